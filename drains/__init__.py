@@ -1,1 +1,51 @@
-"""Outbound drains: HTTPS (application/logplex-1) and syslog over TCP, TLS and UDP."""
+"""Outbound drains: HTTPS (application/logplex-1) and syslog over TCP, TLS and UDP.
+
+The router sees drains only through what this module exports (docs/architecture.md):
+``parse_drain_url``, ``open_drain`` and the records around them. Each drain kind lives in
+its own module (``http``, ``syslog``, ``udp``); the shared buffer with drop-oldest and loss
+accounting (``_buffer``), the retry policy (``_retry``) and the metrics (``_metrics``) are
+private. ``receiver`` and ``sink`` are for drain subscribers (DESIGN 5.4).
+"""
+
+from __future__ import annotations
+
+from drains._interface import (
+    Drain,
+    DrainContext,
+    DrainSettings,
+    DrainState,
+    DrainStatus,
+)
+from drains._url import DrainError, DrainURL, InvalidDrainURL, parse_drain_url
+
+__all__ = [
+    "Drain",
+    "DrainContext",
+    "DrainError",
+    "DrainSettings",
+    "DrainState",
+    "DrainStatus",
+    "DrainURL",
+    "InvalidDrainURL",
+    "open_drain",
+    "parse_drain_url",
+]
+
+
+def open_drain(ctx: DrainContext) -> Drain:
+    """Create the drain for ``ctx.url`` (by scheme); the caller runs ``drain.run``.
+
+    Raises ``InvalidDrainURL`` when the URL cannot be used.
+    """
+    url = parse_drain_url(ctx.url)
+    if url.kind == "http":
+        from drains.http import HttpDrain  # load httpx only when needed
+
+        return HttpDrain(ctx, url)
+    if url.kind == "syslog+udp":
+        from drains.udp import UdpDrain
+
+        return UdpDrain(ctx, url)
+    from drains.syslog import SyslogDrain
+
+    return SyslogDrain(ctx, url)

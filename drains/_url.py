@@ -1,0 +1,175 @@
+"""Drain URLs: parsing, validation and the redacted form shown in logs and status.
+
+Follows DESIGN section 3 ("Drain URLs"):
+
+- ``https://[user:pass@]host[:port]/path[?query]`` and ``http://…`` — HTTP drains; the
+  userinfo is percent-decoded and becomes Basic auth (a password may contain ``:``);
+  ``#insecure`` on an ``https://`` URL turns certificate verification off.
+- ``syslog://host[:port]`` — octet-counted syslog over TCP, default port 601.
+- ``syslog+tls://host[:port][#insecure]`` — the same over TLS, default port 6514.
+- ``syslog+udp://host[:port]`` — one datagram per message, default port 514.
+
+Anything else raises ``InvalidDrainURL`` naming what is wrong and what is accepted. The
+credentials of a URL never leave this module except as the Basic auth header; everything
+shown to people goes through ``DrainURL.redacted()``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Final, Literal
+
+DrainKind = Literal["http", "syslog", "syslog+tls", "syslog+udp"]
+
+ACCEPTED_SCHEMES: Final = "https://, http://, syslog://, syslog+tls:// or syslog+udp://"
+MAX_URL_CHARS: Final = 2048
+INSECURE_FRAGMENT: Final = "insecure"
+
+_DEFAULT_PORTS: Final[dict[str, int]] = {
+    "https": 443,
+    "http": 80,
+    "syslog": 601,
+    "syslog+tls": 6514,
+    "syslog+udp": 514,
+}
+_KIND_BY_SCHEME: Final[dict[str, DrainKind]] = {
+    "https": "http",
+    "http": "http",
+    "syslog": "syslog",
+    "syslog+tls": "syslog+tls",
+    "syslog+udp": "syslog+udp",
+}
+
+
+class DrainError(Exception):
+    """Base of every error the drains raise."""
+
+
+class InvalidDrainURL(DrainError, ValueError):
+    """A drain URL that cannot be used; the message says what is wrong and what is accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainURL:
+    """A validated drain URL.
+
+    ``target`` is what an HTTP drain posts to (scheme, host, port, path and query, without
+    userinfo or fragment); for syslog kinds it is ``scheme://host:port``.
+    """
+
+    scheme: str
+    kind: DrainKind
+    host: str
+    port: int
+    target: str
+    username: str | None = None
+    password: str | None = None
+    insecure: bool = False
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.scheme in ("https", "syslog+tls")
+
+    def redacted(self) -> str:
+        """The URL without credentials: userinfo removed, query values replaced by ``…``."""
+        parts = urllib.parse.urlsplit(self.target)
+        query = ""
+        if parts.query:
+            names = [pair.partition("=")[0] for pair in parts.query.split("&")]
+            query = "?" + "&".join(f"{name}=…" for name in names)
+        fragment = f"#{INSECURE_FRAGMENT}" if self.insecure else ""
+        return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
+
+    def __repr__(self) -> str:  # never show the password in a traceback or a log line
+        return f"DrainURL({self.redacted()!r})"
+
+
+def _host_for_netloc(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def parse_drain_url(url: str) -> DrainURL:
+    """Validate ``url`` and split it into the parts a drain needs.
+
+    Raises ``InvalidDrainURL`` with a message that names the problem and the accepted forms.
+    """
+    if not isinstance(url, str) or not url:
+        raise InvalidDrainURL(f"drain URL is empty; use {ACCEPTED_SCHEMES}")
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidDrainURL(f"drain URL is longer than {MAX_URL_CHARS} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise InvalidDrainURL(
+            "drain URL contains whitespace or control characters; percent-encode them"
+        )
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise InvalidDrainURL(f"drain URL has no scheme; use {ACCEPTED_SCHEMES}")
+    scheme = scheme.lower()
+    if scheme not in _KIND_BY_SCHEME:
+        raise InvalidDrainURL(
+            f"drain URL scheme {scheme!r} is not supported; use {ACCEPTED_SCHEMES}"
+        )
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if not host:
+        raise InvalidDrainURL(f"drain URL {scheme}://… has no host; e.g. {scheme}://host:port")
+    try:
+        explicit_port = parts.port
+    except ValueError:
+        given = parts.netloc.rpartition(":")[2]
+        raise InvalidDrainURL(
+            f"drain URL port {given!r} is not a number between 1 and 65535"
+        ) from None
+    if explicit_port == 0:
+        raise InvalidDrainURL("drain URL port 0 is not valid; use a port between 1 and 65535")
+    port = explicit_port if explicit_port is not None else _DEFAULT_PORTS[scheme]
+    insecure = False
+    if parts.fragment:
+        if parts.fragment != INSECURE_FRAGMENT:
+            raise InvalidDrainURL(
+                f"drain URL fragment #{parts.fragment} is not understood; "
+                f"the only fragment accepted is #{INSECURE_FRAGMENT} (TLS drains)"
+            )
+        if scheme not in ("https", "syslog+tls"):
+            raise InvalidDrainURL(
+                f"#{INSECURE_FRAGMENT} only applies to https:// and syslog+tls:// drains"
+            )
+        insecure = True
+
+    netloc_host = _host_for_netloc(host)
+    if scheme in ("https", "http"):
+        username = password = None
+        if parts.username is not None:
+            username = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+        netloc = netloc_host if explicit_port is None else f"{netloc_host}:{explicit_port}"
+        path = parts.path or "/"
+        query = f"?{parts.query}" if parts.query else ""
+        return DrainURL(
+            scheme=scheme,
+            kind="http",
+            host=host,
+            port=port,
+            target=f"{scheme}://{netloc}{path}{query}",
+            username=username,
+            password=password,
+            insecure=insecure,
+        )
+
+    if parts.username is not None:
+        raise InvalidDrainURL(
+            f"{scheme}:// drain URLs take no user or password; use {scheme}://host[:port]"
+        )
+    if parts.path not in ("", "/") or parts.query:
+        raise InvalidDrainURL(
+            f"{scheme}:// drain URLs take no path or query; use {scheme}://host[:port]"
+        )
+    return DrainURL(
+        scheme=scheme,
+        kind=_KIND_BY_SCHEME[scheme],
+        host=host,
+        port=port,
+        target=f"{scheme}://{netloc_host}:{port}",
+        insecure=insecure,
+    )
