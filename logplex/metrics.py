@@ -6,7 +6,13 @@ URL, channel name or message text.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import trio
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 INGEST_MESSAGES = Counter(
     "logplex_ingest_messages_total",
@@ -23,3 +29,97 @@ INGEST_ERRORS = Counter(
     "Ingest inputs refused or skipped, by protocol and bounded reason.",
     ["protocol", "reason"],  # reason: unauthorized | unknown_token | malformed | too_large | ...
 )
+
+# -- fan-out -----------------------------------------------------------------------------
+
+PUBLISH_BATCH_MESSAGES = Histogram(
+    "logplex_publish_batch_messages",
+    "Messages per router.publish call (ingest hands batches, not lines, to the fan-out).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000),
+)
+PUBLISH_UNKNOWN_CHANNEL_MESSAGES = Counter(
+    "logplex_publish_unknown_channel_messages_total",
+    "Messages published to a channel that no longer exists (deleted meanwhile), dropped.",
+)
+
+# -- ingest connections and shim streams -------------------------------------------------
+
+INGEST_CONNECTIONS = Gauge(
+    "logplex_ingest_connections",
+    "Open ingest connections, by protocol.",
+    ["protocol"],  # shim | syslog
+)
+INGEST_CONNECTIONS_CLOSED = Counter(
+    "logplex_ingest_connections_closed_total",
+    "Ingest connections closed, by protocol and bounded reason.",
+    ["protocol", "reason"],  # eof | error | idle | hello_timeout | ping_timeout | send_timeout
+)
+SHIM_DUPLICATE_BATCHES = Counter(
+    "logplex_shim_duplicate_batches_total",
+    "Shim BATCH frames dropped because the router already held their (stream, seq).",
+)
+
+# -- event loop --------------------------------------------------------------------------
+
+EVENT_LOOP_LAG = Histogram(
+    "logplex_event_loop_lag_seconds",
+    "How late a periodic timer fired: time the event loop was busy with other work.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+EVENT_LOOP_LAG_LAST = Gauge(
+    "logplex_event_loop_lag_last_seconds",
+    "The most recent event-loop lag measurement.",
+)
+
+
+async def measure_event_loop_lag(*, interval_s: float = 0.25) -> None:
+    """Sleep ``interval_s`` in a loop and record how much later than asked each wake-up was."""
+    while True:
+        asked_at = trio.current_time()
+        await trio.sleep(interval_s)
+        lag_s = max(0.0, trio.current_time() - asked_at - interval_s)
+        EVENT_LOOP_LAG.observe(lag_s)
+        EVENT_LOOP_LAG_LAST.set(lag_s)
+
+
+# -- index sizes, computed at scrape time ------------------------------------------------
+
+
+class RouterIndexCollector(Collector):
+    """Gauges of the router's in-memory index: channels, tokens, drains, tail sessions.
+
+    ``counts`` is called at scrape time (``Router.counts``), so the hot path pays nothing.
+    """
+
+    def __init__(self, counts: Callable[[], RouterCountsLike]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        for name, documentation, value in (
+            ("logplex_channels", "Channels known to the router.", counts.channels),
+            ("logplex_tokens", "Tokens indexed for ingest.", counts.tokens),
+            ("logplex_drains", "Drains configured across all channels.", counts.drains),
+            ("logplex_tail_sessions", "Open tail sessions.", counts.sessions),
+        ):
+            yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class RouterCountsLike(Protocol):
+    @property
+    def channels(self) -> int: ...
+    @property
+    def tokens(self) -> int: ...
+    @property
+    def drains(self) -> int: ...
+    @property
+    def sessions(self) -> int: ...
+
+
+def register_router_collector(
+    counts: Callable[[], RouterCountsLike], registry: CollectorRegistry = REGISTRY
+) -> RouterIndexCollector:
+    """Register the index gauges; unregister with ``registry.unregister(collector)``."""
+    collector = RouterIndexCollector(counts)
+    registry.register(collector)
+    return collector
