@@ -1,12 +1,71 @@
-"""The ``logshim`` console script."""
+"""The ``logshim`` console script: block signals, parse options, spawn the app, then supervise.
+
+DESIGN section 6 (start-up). The first statement of ``main()`` blocks every signal the shim
+handles, before anything else is imported: importing trio takes ~80 ms and PID 1 silently
+discards signals it has no handler for, so a SIGTERM in that window would otherwise be lost.
+Blocked, it stays pending and reaches the app once the supervisor's receiver is installed.
+
+Only cheap modules are imported before the app is spawned (``shims.spawn``, ``shims.options``:
+os, signal, fcntl, argparse, ctypes); trio, zstandard and msgpack come after, while the app
+is already starting.
+"""
 
 from __future__ import annotations
 
-import argparse
+import signal
+import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="logshim", description="supervisor shim")
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    """Run ``logshim [OPTIONS] -- COMMAND [ARGS...]``; return the shim's exit status."""
+    from shims.spawn import block_handled_signals
+
+    handled_signals = block_handled_signals()
+    try:
+        return _run(sys.argv[1:] if argv is None else argv, handled_signals)
+    except BaseException:
+        # Whatever happens, never leave the caller (tests call main() in-process) with a
+        # blocked mask.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled_signals)
+        raise
+
+
+def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
+    import os
+
+    from shims.options import parse_options
+    from shims.spawn import (
+        SpawnError,
+        become_subreaper,
+        hand_terminal_to,
+        open_capture_pipe,
+        spawn_app,
+    )
+
+    options = parse_options(argv, os.environ)
+    become_subreaper()
+    stdout_read, stdout_write = open_capture_pipe()
+    stderr_read, stderr_write = open_capture_pipe()
+    try:
+        pid = spawn_app(options.command, stdout_fd=stdout_write, stderr_fd=stderr_write)
+    except SpawnError as exc:
+        print(exc.message, file=sys.stderr, flush=True)
+        return exc.exit_code
+    finally:
+        os.close(stdout_write)
+        os.close(stderr_write)
+    hand_terminal_to(pid)
+
+    from shims.supervisor import supervise
+
+    return supervise(
+        options,
+        pid=pid,
+        stdout_fd=stdout_read,
+        stderr_fd=stderr_read,
+        handled_signals=handled_signals,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Command line and environment of ``logshim`` (DESIGN section 6, the options table).
+
+Parsed before the app is spawned, so this module stays cheap to import: ``argparse`` and
+``os`` only (no dataclasses, no urllib). Every option with an environment twin takes the
+flag first, then the environment, then the default. Errors exit with status 2 and a message
+that says which option was wrong and what it expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+
+DEFAULT_GRACE_S = 25.0
+DEFAULT_FLUSH_TIMEOUT_S = 3.0
+DEFAULT_BUFFER_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_LINE_BYTES = 10000
+MIN_BUFFER_BYTES = 64 * 1024
+URL_SCHEMES = ("tcp", "tls")
+
+
+class RouterAddress:
+    """Where the router's shim listener is: ``tcp://host:port`` or ``tls://host:port``."""
+
+    __slots__ = ("host", "port", "tls")
+
+    def __init__(self, host: str, port: int, *, tls: bool) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+
+    def __repr__(self) -> str:
+        scheme = "tls" if self.tls else "tcp"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+class ShimOptions:
+    """The parsed options; ``command`` is the app's argv (never empty)."""
+
+    __slots__ = (
+        "block",
+        "buffer_bytes",
+        "ca_file",
+        "command",
+        "flush_timeout_s",
+        "grace_s",
+        "max_line_bytes",
+        "platform_token",
+        "ps",
+        "router",
+        "single_child",
+        "success_codes",
+        "tee",
+        "token",
+    )
+
+    def __init__(
+        self,
+        *,
+        command: list[str],
+        router: RouterAddress | None = None,
+        token: str | None = None,
+        ca_file: str | None = None,
+        ps: str = "shim",
+        platform_token: str | None = None,
+        tee: bool = True,
+        single_child: bool = False,
+        grace_s: float = DEFAULT_GRACE_S,
+        flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        block: bool = False,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        success_codes: frozenset[int] = frozenset(),
+    ) -> None:
+        self.command = command
+        self.router = router
+        self.token = token
+        self.ca_file = ca_file
+        self.ps = ps
+        self.platform_token = platform_token
+        self.tee = tee
+        self.single_child = single_child
+        self.grace_s = grace_s
+        self.flush_timeout_s = flush_timeout_s
+        self.buffer_bytes = buffer_bytes
+        self.block = block
+        self.max_line_bytes = max_line_bytes
+        self.success_codes = success_codes
+
+
+def parse_router_url(url: str) -> RouterAddress:
+    """``tcp://host:port`` / ``tls://host:port`` (IPv6 hosts in brackets) → ``RouterAddress``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in URL_SCHEMES:
+        raise ValueError(f"router URL {url!r} must start with tcp:// or tls://")
+    hostport = rest.rstrip("/")
+    if hostport.startswith("["):
+        host, bracket, port_text = hostport[1:].partition("]")
+        port_text = port_text.removeprefix(":") if bracket and port_text.startswith(":") else ""
+    else:
+        host, _, port_text = hostport.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"router URL {url!r} must name a host and a port, e.g. tcp://router:6001")
+    return RouterAddress(host, int(port_text), tls=scheme == "tls")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(text)
+    return value
+
+
+def _exit_code(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise ValueError(text)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logshim",
+        usage="logshim [OPTIONS] -- COMMAND [ARGS...]",
+        description="Run COMMAND as a supervised child: forward signals, reap zombies, exit "
+        "with its status, and ship its stdout/stderr lines to a logplex router.",
+    )
+    add = parser.add_argument
+    add("--url", help="router shim listener, tcp://HOST:PORT or tls://HOST:PORT (LOGPLEX_URL)")
+    add("--token", help="channel token t.<uuid> the lines are written under (LOGPLEX_TOKEN)")
+    add("--ca-file", help="CA bundle that verifies a tls:// router (LOGPLEX_CA_FILE)")
+    add("--ps", help="process name, e.g. web.1 (LOGPLEX_PS, else DYNO, else the hostname)")
+    add("--platform-token", help="token for lifecycle notices (LOGPLEX_PLATFORM_TOKEN)")
+    add("--no-tee", action="store_true", help="do not copy the output to our stdout/stderr")
+    add("--single-child", action="store_true", help="signal the child only, not its group")
+    add("--grace", type=_positive_float, metavar="SECONDS", help="SIGTERM to SIGKILL (25)")
+    add("--flush-timeout", type=_positive_float, metavar="SECONDS", default=None)
+    add("--buffer-bytes", type=int, metavar="N", help="memory for unshipped lines (8 MiB)")
+    add("--block", action="store_true", help="let the app block instead of dropping lines")
+    add("--max-line-bytes", type=int, metavar="N", help="split longer lines (10000)")
+    add("-e", dest="success_codes", type=_exit_code, action="append", metavar="CODE")
+    add("command", nargs=argparse.REMAINDER, help="the app and its arguments, after --")
+    return parser
+
+
+def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> ShimOptions:
+    """Parse argv (without the program name); exits with status 2 on a usage error."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    command: list[str] = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        parser.error("no command given; usage: logshim [OPTIONS] -- COMMAND [ARGS...]")
+
+    def env(name: str) -> str | None:
+        value = environ.get(name)
+        return value if value else None
+
+    url = args.url or env("LOGPLEX_URL")
+    router = None
+    if url:
+        try:
+            router = parse_router_url(url)
+        except ValueError as exc:
+            parser.error(f"--url: {exc}")
+    token = args.token or env("LOGPLEX_TOKEN")
+    if router is not None and not token:
+        parser.error("--url needs a channel token: pass --token t.<uuid> or set LOGPLEX_TOKEN")
+
+    grace_s = args.grace
+    if grace_s is None:
+        grace_env = env("LOGSHIM_GRACE")
+        try:
+            grace_s = _positive_float(grace_env) if grace_env else DEFAULT_GRACE_S
+        except ValueError:
+            parser.error(f"LOGSHIM_GRACE={grace_env!r} is not a number of seconds")
+    buffer_bytes = DEFAULT_BUFFER_BYTES if args.buffer_bytes is None else args.buffer_bytes
+    if buffer_bytes < MIN_BUFFER_BYTES:
+        parser.error(f"--buffer-bytes must be at least {MIN_BUFFER_BYTES} (64 KiB)")
+    max_line_bytes = DEFAULT_MAX_LINE_BYTES if args.max_line_bytes is None else args.max_line_bytes
+    if not 4 <= max_line_bytes <= DEFAULT_MAX_LINE_BYTES:
+        parser.error(f"--max-line-bytes must be between 4 and {DEFAULT_MAX_LINE_BYTES}")
+
+    return ShimOptions(
+        command=command,
+        router=router,
+        token=token,
+        ca_file=args.ca_file or env("LOGPLEX_CA_FILE"),
+        ps=args.ps or env("LOGPLEX_PS") or env("DYNO") or os.uname().nodename,
+        platform_token=args.platform_token or env("LOGPLEX_PLATFORM_TOKEN"),
+        tee=not args.no_tee and environ.get("LOGSHIM_TEE", "1") != "0",
+        single_child=args.single_child,
+        grace_s=grace_s,
+        flush_timeout_s=(
+            DEFAULT_FLUSH_TIMEOUT_S if args.flush_timeout is None else args.flush_timeout
+        ),
+        buffer_bytes=buffer_bytes,
+        block=args.block,
+        max_line_bytes=max_line_bytes,
+        success_codes=frozenset(args.success_codes or ()),
+    )

@@ -1,0 +1,296 @@
+"""Shipping: the outbox's batches to the router over the shim stream protocol v1.
+
+DESIGN section 4 (frames, READY/ACK/PING, resend after reconnect), section 6 (``--url``,
+``--ca-file``, ``--flush-timeout``) and section 8 (at-least-once, de-duplicated by
+(stream, seq); L13 after a refusal; undelivered count at exit).
+
+One connection at a time, over TCP or TLS (``tls://``; system CAs or ``--ca-file``):
+
+- HELLO (same stream uuid for the whole run) → READY. Everything above READY's ``acked`` is
+  resent, byte-identical, then new batches follow while fewer than ``window`` are unacked.
+- A sender task cuts batches from the outbox when one is due (500 lines, 64 KiB, 20 ms after
+  its first line, or at exit) and coalesces the frames it has into one write. A receiver task
+  applies cumulative ACKs, answers PING with PONG and turns ERROR into a reconnect (after
+  ``bad_frame``/``too_large`` the refused batch becomes an L13 notice, see ``Outbox``).
+- Any failure closes the connection; the next attempt waits a capped exponential backoff with
+  jitter (``reconnect_delay_s``). The readers never wait for any of this: they push into the
+  outbox, which drops the oldest lines when full (or, with ``--block``, makes them wait).
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import sys
+import time
+import uuid
+from typing import Any, Final, cast
+
+import trio
+import zstandard
+
+from logplex.codecs import notices
+from logplex.codecs.errors import ProtocolError
+from logplex.codecs.shimproto import (
+    Ack,
+    ErrorFrame,
+    Ping,
+    Ready,
+    ShimFrameDecoder,
+    compress_records,
+    encode_batch_payload,
+    encode_hello,
+    encode_pong,
+)
+from shims.options import RouterAddress, ShimOptions
+from shims.outbox import Outbox, Record
+
+ZSTD_LEVEL: Final = 1
+CONNECT_TIMEOUT_S: Final = 10.0
+READY_TIMEOUT_S: Final = 10.0
+BACKOFF_BASE_S: Final = 0.1
+BACKOFF_CAP_S: Final = 5.0
+MAX_ROUTER_FRAME_BYTES: Final = 64 * 1024
+RECEIVE_BYTES: Final = 64 * 1024
+MAX_WRITE_BYTES: Final = 1024 * 1024
+REFUSAL_CODES: Final = frozenset({"bad_frame", "too_large"})
+
+
+def reconnect_delay_s(attempt: int, jitter: float) -> float:
+    """Delay before reconnect attempt ``attempt`` (0-based), ``jitter`` uniform in [0, 1).
+
+    Capped exponential backoff with equal jitter: half the capped delay is fixed, half random,
+    so a fleet of shims restarted together does not reconnect in lockstep.
+    """
+    capped = min(BACKOFF_CAP_S, BACKOFF_BASE_S * float(2 ** min(attempt, 32)))
+    return capped / 2 + capped / 2 * jitter
+
+
+def agent_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"logshim/{version('logplex')}"
+    except PackageNotFoundError:
+        return "logshim/0"
+
+
+class RouterRefused(Exception):
+    """The router answered ERROR; the connection is over."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"router refused the stream: {code}: {message}")
+        self.code = code
+
+
+class ConnectionLost(Exception):
+    """The router closed the connection or stopped answering."""
+
+
+CONNECTION_ERRORS: Final = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    ProtocolError,
+    RouterRefused,
+    ConnectionLost,
+    ssl.SSLError,
+)
+
+
+def ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify the router with the system CAs, or only with ``--ca-file`` when given."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+class Shipper:
+    """Owns the outbox and the connection to the router."""
+
+    def __init__(self, options: ShimOptions, *, rng: random.Random | None = None) -> None:
+        assert options.router is not None
+        assert options.token is not None
+        self.router: RouterAddress = options.router
+        self.options = options
+        self.stream_id = str(uuid.uuid4())
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self.outbox = Outbox(
+            options.buffer_bytes,
+            encode=self._encode,
+            overflow_notice=notices.l12_local_overflow,
+            delivery_notice=notices.l13_local_delivery,
+            block=options.block,
+        )
+        self._rng = rng or random.Random()
+        self._ssl_context = ssl_context(options.ca_file) if options.router.tls else None
+        self._hello = encode_hello(
+            options.token, options.ps, self.stream_id, agent_version(), options.platform_token
+        )
+        self.flushing = False
+        self.connected = False
+        self.window = 1
+        self.max_batch_bytes = 64 * 1024
+        self.connections = 0
+        self.batches_sent = 0
+        self.batches_resent = 0
+        self.last_error: str | None = None
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+
+    # --- the sink the pipe readers push into -----------------------------------------
+
+    def push_lines(self, ts_us: int, kind: int, lines: list[bytes], now_s: float) -> None:
+        self.outbox.push_lines(ts_us, kind, lines, now_s)
+        self._wake.set()
+
+    def push_notice(self, text: bytes) -> None:
+        self.outbox.push_notice(time.time_ns() // 1000, text, trio.current_time())
+        self._wake.set()
+
+    async def wait_for_room(self) -> None:
+        """``--block``: return once the outbox has room again (after an ack frees it)."""
+        while not self.outbox.has_room():
+            progress = self._progress
+            await progress.wait()
+
+    def _encode(self, seq: int, records: list[Record]) -> bytes:
+        compressed = compress_records(cast("list[list[Any]]", records), self._compressor)
+        return encode_batch_payload(seq, compressed)
+
+    def _made_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+        self._wake.set()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def flush(self, timeout_s: float) -> None:
+        """Cut everything pending now, and wait until all is acknowledged or the timeout."""
+        self.flushing = True
+        self._wake.set()
+        with trio.move_on_after(timeout_s):
+            while not self.outbox.is_empty():
+                await self._progress.wait()
+
+    async def run(self) -> None:
+        """Connect, ship, and reconnect with backoff, until cancelled."""
+        attempt = 0
+        while True:
+            try:
+                await self._connect_and_ship()
+            except CONNECTION_ERRORS as exc:
+                self._report(exc)
+            if self.connected:
+                attempt = 0
+            self.connected = False
+            await trio.sleep(reconnect_delay_s(attempt, self._rng.random()))
+            attempt += 1
+
+    def _report(self, exc: BaseException) -> None:
+        text = str(exc) or type(exc).__name__
+        if text != self.last_error:
+            print(
+                f"logshim: connection to router {self.router!r} failed: {text}; retrying",
+                file=sys.stderr,
+            )
+        self.last_error = text
+
+    async def _open_stream(self) -> trio.abc.Stream:
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            tcp = await trio.open_tcp_stream(self.router.host, self.router.port)
+            if self._ssl_context is None:
+                tcp.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+                return tcp
+            tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=self.router.host)
+            await tls.do_handshake()
+            return tls
+
+    async def _connect_and_ship(self) -> None:
+        stream = await self._open_stream()
+        async with stream:
+            decoder = ShimFrameDecoder(MAX_ROUTER_FRAME_BYTES)
+            await stream.send_all(self._hello)
+            with trio.fail_after(READY_TIMEOUT_S):
+                ready = await self._receive_ready(stream, decoder)
+            self.connections += 1
+            self.connected = True
+            self.last_error = None
+            self.window = ready.window
+            self.max_batch_bytes = ready.max_batch_bytes
+            resend = self.outbox.resume(ready.acked, time.time_ns() // 1000)
+            self._made_progress()
+            self.batches_resent += len(resend)
+            send_lock = trio.StrictFIFOLock()
+            for start in range(0, len(resend), 16):
+                await stream.send_all(b"".join(b.frame for b in resend[start : start + 16]))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop, stream, decoder, send_lock)
+                await self._send_loop(stream, send_lock)
+
+    async def _receive_ready(self, stream: trio.abc.Stream, decoder: ShimFrameDecoder) -> Ready:
+        while True:
+            event = decoder.next_event()
+            if event is None:
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    raise ConnectionLost("the router closed the connection before READY")
+                decoder.feed(bytes(data))
+                continue
+            if isinstance(event, Ready):
+                return event
+            if isinstance(event, ErrorFrame):
+                self._refused(event)
+            raise ConnectionLost(f"expected READY from the router, got {type(event).__name__}")
+
+    def _refused(self, event: ErrorFrame) -> None:
+        if event.code in REFUSAL_CODES:
+            self.outbox.note_refusal(time.time_ns() // 1000)
+        raise RouterRefused(event.code, event.message)
+
+    async def _receive_loop(
+        self, stream: trio.abc.Stream, decoder: ShimFrameDecoder, send_lock: trio.StrictFIFOLock
+    ) -> None:
+        while True:
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise ConnectionLost("the router closed the connection")
+            decoder.feed(bytes(data))
+            while (event := decoder.next_event()) is not None:
+                if isinstance(event, Ack):
+                    if self.outbox.ack(event.seq):
+                        self._made_progress()
+                elif isinstance(event, Ping):
+                    async with send_lock:
+                        await stream.send_all(encode_pong())
+                elif isinstance(event, ErrorFrame):
+                    self._refused(event)
+                else:
+                    raise ConnectionLost(f"unexpected {type(event).__name__} frame from the router")
+
+    async def _send_loop(self, stream: trio.abc.Stream, send_lock: trio.StrictFIFOLock) -> None:
+        outbox = self.outbox
+        while True:
+            wake = self._wake = trio.Event()
+            now_s = trio.current_time()
+            frames: list[bytes] = []
+            size = 0
+            while (
+                len(outbox.unacked) < self.window
+                and size < MAX_WRITE_BYTES
+                and outbox.batch_due(now_s, flushing=self.flushing)
+            ):
+                batch = outbox.cut_batch(time.time_ns() // 1000, self.max_batch_bytes)
+                if batch is None:
+                    break
+                frames.append(batch.frame)
+                size += len(batch.frame)
+            if frames:
+                self.batches_sent += len(frames)
+                async with send_lock:
+                    await stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+                continue
+            deadline = outbox.batch_deadline_s()
+            if deadline is None or len(outbox.unacked) >= self.window:
+                deadline = trio.current_time() + 3600.0
+            with trio.move_on_at(deadline):
+                await wake.wait()

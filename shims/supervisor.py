@@ -1,0 +1,380 @@
+"""The supervisor: signal forwarding, the one reaper, the grace period, the exit code.
+
+DESIGN section 6 (behaviour that must hold) and section 8 (what is reported at exit).
+The app was spawned by ``shims.entry`` before trio was imported, with every handled signal
+blocked in the shim; this module takes over from there.
+
+Signals. One ``trio.open_signal_receiver`` for the shim's whole life, installed first, and
+only then are the signals unblocked: whatever arrived since start-up is delivered now, once,
+to the app. Every catchable signal except SIGCHLD is forwarded to the app's process group
+(``--single-child``: to the app alone, through its pidfd, so a recycled pid is never hit).
+SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the others; the receiver's handler replaces
+their default action, so the shim itself never stops (the app and its group stop; the shim
+keeps capturing and forwards the SIGCONT that resumes them). SIGTERM and SIGINT also start
+the grace period: ``Stopping all processes with SIGTERM``, then after ``--grace`` seconds the
+R12 and SIGKILL notices and SIGKILL to the group.
+
+SIGPIPE is the exception to the receiver: a write of the shim's own (a closed stdout, a reset
+router socket) raises SIGPIPE at the writing thread, and a handler cannot tell that from a
+SIGPIPE someone sent. So SIGPIPE stays blocked in every thread, and a signalfd reads it with
+the sender's pid: ours → our own broken pipe, dropped; anyone else's → forwarded.
+
+Reaping. ``Reaper.reap()`` is the only ``waitpid`` caller of the process (trio's process API
+is never used: its own waitpid would race this one and misreport exit codes). It runs on
+every SIGCHLD, when the app's pidfd becomes readable (the app exited), and every second
+(SIGCHLDs coalesce). It reaps every child: the app by pid, and orphans re-parented to us
+(PID 1, or a subreaper; see ``shims.spawn.become_subreaper``).
+
+Exit. After the app exits: readers get until EOF or 1 s, then ``Process exited with status
+N`` is queued, the shipper has ``--flush-timeout`` to get everything acknowledged, and what is
+left is counted on stderr (``logshim: N lines not delivered``). The exit code is the app's,
+128+N after signal N, and 0 when listed with ``-e``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import signal
+import struct
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import trio
+
+from logplex.codecs import notices
+from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
+from shims.capture import PipeReader
+from shims.options import ShimOptions
+from shims.tee import TeeWriter
+
+REAP_SWEEP_S = 1.0
+READ_AFTER_EXIT_S = 1.0
+TEE_FLUSH_S = 1.0
+GRACE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+# signalfd(2) via ctypes: the stdlib has no binding.
+SFD_NONBLOCK = os.O_NONBLOCK
+SFD_CLOEXEC = os.O_CLOEXEC
+SIGNALFD_SIGINFO_BYTES = 128
+_SIGINFO_HEAD = struct.Struct("=IiiI")  # ssi_signo, ssi_errno, ssi_code, ssi_pid
+
+
+class SignalAction(enum.Enum):
+    REAP = "reap"
+    FORWARD = "forward"
+    FORWARD_AND_START_GRACE = "forward and start grace"
+    IGNORE = "ignore"
+
+
+def route_signal(signum: int, *, app_running: bool, grace_started: bool) -> SignalAction:
+    """What the supervisor does with a signal it received (a pure decision, table-tested)."""
+    if signum == signal.SIGCHLD:
+        return SignalAction.REAP
+    if not app_running:
+        return SignalAction.IGNORE
+    if signum in GRACE_SIGNALS and not grace_started:
+        return SignalAction.FORWARD_AND_START_GRACE
+    return SignalAction.FORWARD
+
+
+def status_code(wait_status: int) -> int:
+    """The app's exit code as a shell reports it: the exit status, or 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return code if code >= 0 else 128 - code
+
+
+def final_exit_code(code: int, success_codes: frozenset[int]) -> int:
+    """``-e CODE`` maps that final code to 0."""
+    return 0 if code in success_codes else code
+
+
+def open_sigpipe_fd() -> int:
+    """A non-blocking signalfd that reads SIGPIPE (which stays blocked in every thread)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    mask = (ctypes.c_ulong * 16)()  # sigset_t: 1024 bits
+    bits = ctypes.sizeof(ctypes.c_ulong) * 8
+    index = int(signal.SIGPIPE) - 1
+    mask[index // bits] |= 1 << (index % bits)
+    fd = int(libc.signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC))
+    if fd < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"signalfd: {os.strerror(errno)}")
+    return fd
+
+
+def read_signalfd(fd: int) -> list[tuple[int, int]]:
+    """Every ``(signo, sender_pid)`` waiting in a signalfd."""
+    found: list[tuple[int, int]] = []
+    while True:
+        try:
+            data = os.read(fd, SIGNALFD_SIGINFO_BYTES * 16)
+        except BlockingIOError:
+            return found
+        for offset in range(0, len(data), SIGNALFD_SIGINFO_BYTES):
+            signo, _errno, _code, pid = _SIGINFO_HEAD.unpack_from(data, offset)
+            found.append((signo, pid))
+
+
+class App:
+    """The supervised child: its pid (= process group id), pidfd, and how to signal it."""
+
+    def __init__(self, pid: int, *, single_child: bool) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.single_child = single_child
+        self.wait_status: int | None = None
+        self.exited = trio.Event()
+        self.exited_at_s = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.wait_status is None
+
+    def forward(self, signum: int) -> None:
+        """Deliver ``signum`` to the app's group (or the app with ``--single-child``)."""
+        if not self.running:
+            return
+        if not self.single_child:
+            try:
+                os.killpg(self.pid, signum)
+                return
+            except (ProcessLookupError, PermissionError):
+                pass  # the app left its group (setsid): signal the app itself
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signum)
+
+    def kill_group(self) -> None:
+        """SIGKILL the app and its process group (the end of the grace period)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+class Reaper:
+    """The one place that calls ``waitpid``: every child, the app recognised by its pid."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.orphans_reaped = 0
+        self._nudged = trio.Event()
+
+    def nudge(self) -> None:
+        self._nudged.set()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.app.pid:
+                self.app.wait_status = wait_status
+                self.app.exited_at_s = trio.current_time()
+                self.app.exited.set()
+            else:
+                self.orphans_reaped += 1
+
+    async def run(self) -> None:
+        """Reap on every nudge (SIGCHLD, app's pidfd) and every ``REAP_SWEEP_S``."""
+        while True:
+            self.reap()
+            with trio.move_on_after(REAP_SWEEP_S):
+                await self._nudged.wait()
+            self._nudged = trio.Event()
+
+
+class Supervisor:
+    """Owns the app from spawn to the shim's exit."""
+
+    def __init__(
+        self,
+        options: ShimOptions,
+        *,
+        app: App,
+        stdout_fd: int,
+        stderr_fd: int,
+        forwarded_signals: frozenset[int],
+    ) -> None:
+        self.options = options
+        self.app = app
+        self.reaper = Reaper(app)
+        self.forwarded_signals = forwarded_signals
+        self.grace_started = False
+        self.signals_forwarded = 0
+        self._nursery: trio.Nursery | None = None
+        self.tees: list[TeeWriter] = []
+        stdout_tee = stderr_tee = None
+        if options.tee:
+            stdout_tee, stderr_tee = TeeWriter(1), TeeWriter(2)
+            self.tees = [stdout_tee, stderr_tee]
+        self.shipper = None
+        sink = None
+        wait_for_room: Callable[[], Awaitable[None]] | None = None
+        if options.router is not None:
+            from shims.shipper import Shipper
+
+            self.shipper = Shipper(options)
+            sink = self.shipper
+            if options.block:
+                wait_for_room = self.shipper.wait_for_room
+        self.readers = [
+            PipeReader(
+                stdout_fd,
+                KIND_STDOUT,
+                sink=sink,
+                tee=stdout_tee,
+                max_line_bytes=options.max_line_bytes,
+                wait_for_room=wait_for_room,
+            ),
+            PipeReader(
+                stderr_fd,
+                KIND_STDERR,
+                sink=sink,
+                tee=stderr_tee,
+                max_line_bytes=options.max_line_bytes,
+                wait_for_room=wait_for_room,
+            ),
+        ]
+
+    def notice(self, text: bytes) -> None:
+        if self.shipper is not None:
+            self.shipper.push_notice(text)
+
+    async def run(self, signals: AsyncIterator[int] | None = None) -> int:
+        """Supervise until the app has exited and its output is shipped; the exit code."""
+        self.notice(notices.starting_process(self.options.command))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.reaper.run)
+            nursery.start_soon(self._watch_app_pidfd)
+            if signals is not None:
+                nursery.start_soon(self._receive_signals, signals)
+            nursery.start_soon(self._watch_sigpipe)
+            for tee in self.tees:
+                nursery.start_soon(_guarded, "the tee", tee.run)
+            if self.shipper is not None:
+                nursery.start_soon(_guarded, "shipping", self.shipper.run)
+            async with trio.open_nursery() as capture:
+                for reader in self.readers:
+                    capture.start_soon(reader.run)
+                await self.app.exited.wait()
+                with trio.move_on_at(self.app.exited_at_s + READ_AFTER_EXIT_S):
+                    for reader in self.readers:
+                        await reader.finished.wait()
+                capture.cancel_scope.cancel()
+            for reader in self.readers:
+                reader.drain_now()
+            assert self.app.wait_status is not None
+            code = status_code(self.app.wait_status)
+            self.notice(notices.process_exited(code))
+            with trio.move_on_after(max(self.options.flush_timeout_s, TEE_FLUSH_S)):
+                for tee in self.tees:
+                    await tee.wait_idle()
+            if self.shipper is not None:
+                await self.shipper.flush(self.options.flush_timeout_s)
+                undelivered = self.shipper.outbox.undelivered()
+                if undelivered:
+                    print(f"logshim: {undelivered} lines not delivered", file=sys.stderr)
+            nursery.cancel_scope.cancel()
+        return final_exit_code(code, self.options.success_codes)
+
+    async def _watch_app_pidfd(self) -> None:
+        await trio.lowlevel.wait_readable(self.app.pidfd)
+        self.reaper.nudge()
+
+    async def _receive_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            self._handle_signal(signum)
+
+    def _handle_signal(self, signum: int) -> None:
+        action = route_signal(
+            signum, app_running=self.app.running, grace_started=self.grace_started
+        )
+        if action is SignalAction.REAP:
+            self.reaper.nudge()
+        elif action is SignalAction.FORWARD:
+            self.app.forward(signum)
+            self.signals_forwarded += 1
+        elif action is SignalAction.FORWARD_AND_START_GRACE:
+            self.app.forward(signum)
+            self.signals_forwarded += 1
+            self.grace_started = True
+            self.notice(notices.stopping_sigterm())
+            assert self._nursery is not None
+            self._nursery.start_soon(self._grace_then_kill)
+
+    async def _grace_then_kill(self) -> None:
+        with trio.move_on_after(self.options.grace_s):
+            await self.app.exited.wait()
+            return
+        self.notice(notices.exit_timeout_r12(self.options.grace_s))
+        self.notice(notices.stopping_sigkill())
+        self.app.kill_group()
+
+    async def _watch_sigpipe(self) -> None:
+        if signal.SIGPIPE not in self.forwarded_signals:
+            return
+        fd = open_sigpipe_fd()
+        own_pid = os.getpid()
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(fd)
+                for signo, sender_pid in read_signalfd(fd):
+                    if sender_pid != own_pid:
+                        self._handle_signal(signo)
+        finally:
+            os.close(fd)
+
+
+async def _guarded(what: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run a helper task whose failure must never end supervision (or cancel capture)."""
+    try:
+        await run()
+    except Exception as exc:
+        print(f"logshim: {what} stopped after an internal error: {exc!r}", file=sys.stderr)
+
+
+def supervise(
+    options: ShimOptions,
+    *,
+    pid: int,
+    stdout_fd: int,
+    stderr_fd: int,
+    handled_signals: frozenset[int],
+) -> int:
+    """Run the supervisor under trio; return the shim's exit code."""
+    return trio.run(_supervise, options, pid, stdout_fd, stderr_fd, handled_signals)
+
+
+async def _supervise(
+    options: ShimOptions,
+    pid: int,
+    stdout_fd: int,
+    stderr_fd: int,
+    handled_signals: frozenset[int],
+) -> int:
+    received = handled_signals - {signal.SIGPIPE}
+    forwarded = handled_signals - {signal.SIGCHLD}
+    app = App(pid, single_child=options.single_child)
+    supervisor = Supervisor(
+        options,
+        app=app,
+        stdout_fd=stdout_fd,
+        stderr_fd=stderr_fd,
+        forwarded_signals=forwarded,
+    )
+    with trio.open_signal_receiver(*received) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, received)
+        try:
+            return await supervisor.run(signals)
+        finally:
+            # Leaving the receiver re-raises signals it did not deliver; blocked, they stay
+            # pending until the process exits instead of killing it with the wrong status.
+            signal.pthread_sigmask(signal.SIG_BLOCK, received)
