@@ -1,0 +1,545 @@
+"""The shim stream protocol, version 1 (DESIGN section 4): frames, events, BATCH bodies.
+
+Every frame is ``u32 BE length`` + ``u8 kind`` + body; the length counts the kind byte and
+the body, so it is at least 1. Bodies are msgpack maps with str keys, except BATCH: ``u64 BE
+seq`` then one zstd frame whose content is a msgpack array of records ``[ts_us, kind, data]``.
+
+Encoders return whole frames. ``ShimFrameDecoder`` is incremental (feed bytes, take events),
+linear under any split of the input, and never allocates from an untrusted length before
+checking it against ``max_frame_bytes`` (a bound on the length field, i.e. kind + body).
+Each body is validated on the spot: shape, key presence and value types; unknown keys are
+ignored (forward compatibility), a ``v`` other than 1 is ``UnsupportedVersion``.
+
+A BATCH event keeps its zstd payload compressed: the router decides when to decode it
+(``decode_batch_messages``, its fast path straight to message tuples, or
+``decode_batch_records``) and with which limits. Decompression is bounded by reading the
+frame's declared content size first: a frame that does not declare it, or declares more
+than ``max_bytes``, is refused before anything is allocated (``max_output_size`` alone does
+not bound a frame that declares its size). Record validation is done column-wise with
+C-level passes (``map``, ``zip``, ``set``, ``min``/``max``), not per record in Python.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, Final
+
+import msgpack
+import zstandard
+
+from logplex.codecs.errors import (
+    DecompressedTooLarge,
+    EncodeError,
+    FrameTooLarge,
+    ShimFrameError,
+    TooManyRecords,
+    UnsupportedVersion,
+)
+from logplex.codecs.lines import split_embedded_lines
+from logplex.codecs.records import PRI_BY_KIND, Message
+from logplex.codecs.timestamps import MAX_TS_US
+
+__all__ = [
+    "ACK",
+    "BATCH",
+    "ERROR",
+    "HELLO",
+    "MIN_MAX_BATCH_BYTES",
+    "PING",
+    "PONG",
+    "PROTOCOL_VERSION",
+    "READY",
+    "Ack",
+    "BatchFrame",
+    "ErrorFrame",
+    "Event",
+    "Hello",
+    "Ping",
+    "Pong",
+    "Ready",
+    "ShimFrameDecoder",
+    "compress_records",
+    "decode_batch_messages",
+    "decode_batch_records",
+    "encode_ack",
+    "encode_batch",
+    "encode_batch_payload",
+    "encode_error",
+    "encode_hello",
+    "encode_ping",
+    "encode_pong",
+    "encode_ready",
+]
+
+HELLO: Final = 1
+READY: Final = 2
+BATCH: Final = 3
+ACK: Final = 4
+PING: Final = 5
+PONG: Final = 6
+ERROR: Final = 7
+
+PROTOCOL_VERSION: Final = 1
+MIN_MAX_BATCH_BYTES: Final = 65536
+MAX_SEQ: Final = 2**64 - 1
+MAX_FRAME_LENGTH: Final = 2**32 - 1
+
+_HEADER: Final = struct.Struct(">IB")
+_BATCH_HEADER: Final = struct.Struct(">IBQ")
+_KINDS: Final = frozenset(PRI_BY_KIND)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    v: int
+    token: str
+    ps: str
+    stream: str
+    agent: str
+    platform_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    v: int
+    acked: int
+    window: int
+    max_batch_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFrame:
+    seq: int
+    payload: bytes  # the zstd frame, still compressed
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    code: str
+    message: str
+
+
+Event = Hello | Ready | BatchFrame | Ack | Ping | Pong | ErrorFrame
+
+
+# --- encoders ---------------------------------------------------------------------------
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    if len(body) >= MAX_FRAME_LENGTH:
+        raise EncodeError(f"frame body of {len(body)} bytes does not fit a u32 length")
+    return _HEADER.pack(len(body) + 1, kind) + body
+
+
+def _map_frame(kind: int, body: dict[str, Any]) -> bytes:
+    return _frame(kind, msgpack.packb(body))
+
+
+def encode_hello(
+    token: str, ps: str, stream: str, agent: str, platform_token: str | None = None
+) -> bytes:
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "token": token,
+        "ps": ps,
+        "stream": stream,
+        "agent": agent,
+    }
+    if platform_token is not None:
+        body["platform_token"] = platform_token
+    return _map_frame(HELLO, body)
+
+
+def encode_ready(acked: int, window: int, max_batch_bytes: int) -> bytes:
+    if max_batch_bytes < MIN_MAX_BATCH_BYTES:
+        raise EncodeError(
+            f"max_batch_bytes {max_batch_bytes} is below the protocol minimum {MIN_MAX_BATCH_BYTES}"
+        )
+    body = {"v": PROTOCOL_VERSION, "acked": acked, "window": window}
+    body["max_batch_bytes"] = max_batch_bytes
+    return _map_frame(READY, body)
+
+
+def compress_records(records: list[list[Any]], compressor: zstandard.ZstdCompressor) -> bytes:
+    """The zstd frame (with its content size) of the msgpack array of ``records``."""
+    return compressor.compress(msgpack.packb(records))
+
+
+def encode_batch_payload(seq: int, compressed: bytes) -> bytes:
+    """A BATCH frame around an already compressed body (resending keeps the same bytes)."""
+    if not 1 <= seq <= MAX_SEQ:
+        raise EncodeError(f"batch seq {seq} is outside 1..2**64-1")
+    if len(compressed) + 9 > MAX_FRAME_LENGTH:
+        raise EncodeError(f"batch payload of {len(compressed)} bytes does not fit a u32 length")
+    return _BATCH_HEADER.pack(len(compressed) + 9, BATCH, seq) + compressed
+
+
+def encode_batch(
+    seq: int,
+    records: list[list[Any]],
+    *,
+    compressor: zstandard.ZstdCompressor | None = None,
+    level: int = 1,
+) -> bytes:
+    """A BATCH frame; pass a reusable ``compressor`` on hot paths (creating one costs)."""
+    if compressor is None:
+        compressor = zstandard.ZstdCompressor(level=level)
+    return encode_batch_payload(seq, compress_records(records, compressor))
+
+
+def encode_ack(seq: int) -> bytes:
+    return _map_frame(ACK, {"seq": seq})
+
+
+def encode_ping() -> bytes:
+    return _map_frame(PING, {})
+
+
+def encode_pong() -> bytes:
+    return _map_frame(PONG, {})
+
+
+def encode_error(code: str, message: str) -> bytes:
+    return _map_frame(ERROR, {"code": code, "message": message})
+
+
+# --- frame decoder ----------------------------------------------------------------------
+
+_KIND_NAMES: Final = {
+    HELLO: "HELLO",
+    READY: "READY",
+    BATCH: "BATCH",
+    ACK: "ACK",
+    PING: "PING",
+    PONG: "PONG",
+    ERROR: "ERROR",
+}
+_COMPACT_AFTER_BYTES: Final = 65536
+
+
+def _unpack_map(kind: int, body: bytes, offset: int) -> dict[str, Any]:
+    name = _KIND_NAMES[kind]
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ShimFrameError(
+            f"{name} body is not one msgpack value ({exc})", offset=offset
+        ) from None
+    if type(value) is not dict:
+        raise ShimFrameError(
+            f"{name} body must be a msgpack map, got {type(value).__name__}", offset=offset
+        )
+    if not all(type(key) is str for key in value):
+        raise ShimFrameError(f"{name} body keys must be msgpack str", offset=offset)
+    return value
+
+
+def _field(body: dict[str, Any], kind: int, key: str, expected: type, offset: int) -> Any:
+    if key not in body:
+        raise ShimFrameError(f"{_KIND_NAMES[kind]} body lacks the key {key!r}", offset=offset)
+    value = body[key]
+    if type(value) is not expected:
+        raise ShimFrameError(
+            f"{_KIND_NAMES[kind]} field {key!r} must be {expected.__name__}, "
+            f"got {type(value).__name__}",
+            offset=offset,
+        )
+    return value
+
+
+def _count(body: dict[str, Any], kind: int, key: str, minimum: int, offset: int) -> int:
+    value: int = _field(body, kind, key, int, offset)
+    if not minimum <= value <= MAX_SEQ:
+        raise ShimFrameError(
+            f"{_KIND_NAMES[kind]} field {key!r} is {value}, outside {minimum}..2**64-1",
+            offset=offset,
+        )
+    return value
+
+
+def _version(body: dict[str, Any], kind: int, offset: int) -> int:
+    version: int = _field(body, kind, "v", int, offset)
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"{_KIND_NAMES[kind]} speaks protocol version {version}; this end speaks only "
+            f"version {PROTOCOL_VERSION}",
+            offset=offset,
+        )
+    return version
+
+
+def _decode_body(kind: int, body: bytes, offset: int) -> Event:
+    if kind == BATCH:
+        if len(body) <= 8:
+            raise ShimFrameError(
+                f"BATCH body of {len(body)} bytes is shorter than a seq and a zstd frame",
+                offset=offset,
+            )
+        seq = int.from_bytes(body[:8], "big")
+        if seq == 0:
+            raise ShimFrameError("BATCH seq 0 is invalid; seqs start at 1", offset=offset)
+        return BatchFrame(seq, body[8:])
+    if kind not in _KIND_NAMES:
+        raise ShimFrameError(f"unknown frame kind {kind}; version 1 has kinds 1..7", offset=offset)
+    fields = _unpack_map(kind, body, offset)
+    if kind == HELLO:
+        version = _version(fields, kind, offset)
+        platform_token = fields.get("platform_token")
+        if platform_token is not None and type(platform_token) is not str:
+            raise ShimFrameError("HELLO field 'platform_token' must be str", offset=offset)
+        return Hello(
+            version,
+            _field(fields, kind, "token", str, offset),
+            _field(fields, kind, "ps", str, offset),
+            _field(fields, kind, "stream", str, offset),
+            _field(fields, kind, "agent", str, offset),
+            platform_token,
+        )
+    if kind == READY:
+        version = _version(fields, kind, offset)
+        acked = _count(fields, kind, "acked", 0, offset)
+        window = _count(fields, kind, "window", 1, offset)
+        max_batch_bytes = _count(fields, kind, "max_batch_bytes", MIN_MAX_BATCH_BYTES, offset)
+        return Ready(version, acked, window, max_batch_bytes)
+    if kind == ACK:
+        return Ack(_count(fields, kind, "seq", 0, offset))
+    if kind == PING:
+        return Ping()
+    if kind == PONG:
+        return Pong()
+    return ErrorFrame(
+        _field(fields, kind, "code", str, offset), _field(fields, kind, "message", str, offset)
+    )
+
+
+class ShimFrameDecoder:
+    """Incremental decoder of shim stream frames: ``feed(data)``, then ``next_event()``.
+
+    ``max_frame_bytes`` bounds the length field (kind + body); a longer frame raises
+    ``FrameTooLarge`` as soon as its 4-byte length is seen, before its body is buffered.
+    After an error the decoder is unusable: the connection must be closed.
+    """
+
+    __slots__ = ("_buffer", "_consumed", "_max_frame_bytes", "_start")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes must be positive, got {max_frame_bytes}")
+        self._max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+        self._start = 0  # index in _buffer of the next frame
+        self._consumed = 0  # absolute stream offset of _buffer[0]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as events."""
+        return len(self._buffer) - self._start
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_event(self) -> Event | None:
+        """The next complete frame's event, or None until more bytes arrive."""
+        buffer = self._buffer
+        start = self._start
+        if len(buffer) - start < 5:
+            return None
+        length, kind = _HEADER.unpack_from(buffer, start)
+        offset = self._consumed + start
+        if length < 1:
+            raise ShimFrameError(
+                "frame length 0: a frame holds at least its kind byte", offset=offset
+            )
+        if length > self._max_frame_bytes:
+            raise FrameTooLarge(
+                f"{_KIND_NAMES.get(kind, f'kind {kind}')} frame of {length} bytes exceeds the "
+                f"limit of {self._max_frame_bytes}",
+                offset=offset,
+            )
+        end = start + 4 + length
+        if len(buffer) < end:
+            return None
+        body = bytes(buffer[start + 5 : end])
+        self._start = end
+        if end >= _COMPACT_AFTER_BYTES and end * 2 >= len(buffer):
+            del buffer[:end]
+            self._consumed += end
+            self._start = 0
+        return _decode_body(kind, body, offset)
+
+
+# --- BATCH bodies -----------------------------------------------------------------------
+
+# One decompressor for the process: creating one per batch costs more than decoding a small
+# batch. zstandard objects must not be used from two threads at once; the codecs are used
+# from one thread (trio's), and a caller that decodes from worker threads passes its own.
+_DECOMPRESSOR: Final = zstandard.ZstdDecompressor()
+
+
+def _decompress_bounded(
+    payload: bytes, max_bytes: int, decompressor: zstandard.ZstdDecompressor
+) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        raise ShimFrameError(
+            f"BATCH payload does not start with a zstd frame header ({payload[:8].hex()})"
+        ) from None
+    if declared < 0:
+        raise ShimFrameError(
+            "BATCH zstd frame does not declare its content size; compress with "
+            "write_content_size=True (zstandard's default for one-shot compress)"
+        )
+    if declared > max_bytes:
+        raise DecompressedTooLarge(
+            f"BATCH declares {declared} bytes of content, over the limit of {max_bytes} "
+            "(max_batch_bytes)"
+        )
+    try:
+        content: bytes = decompressor.decompress(payload, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise ShimFrameError(f"BATCH payload is not one valid zstd frame ({exc})") from None
+    return content
+
+
+def _first_bad_record(records: tuple[Any, ...]) -> str:
+    """Why the first invalid record is invalid (only called once validation failed)."""
+    for index, record in enumerate(records):
+        where = f"record {index}"
+        if type(record) is not tuple or len(record) != 3:
+            return f"{where} is not an array [ts_us, kind, data]"
+        ts_us, kind, data = record
+        if type(ts_us) is not int or not 0 <= ts_us < MAX_TS_US:
+            return f"{where}: ts_us must be an int of microseconds in years 1970..9999"
+        if kind not in _KINDS:
+            return f"{where}: kind must be 1 (stdout), 2 (stderr) or 3 (notice), got {kind!r}"
+        if type(data) is not bytes:
+            return f"{where}: data must be msgpack bin, got {type(data).__name__}"
+    raise AssertionError("validation failed but every record is valid")  # pragma: no cover
+
+
+def _validated_columns(
+    payload: bytes,
+    max_bytes: int,
+    max_records: int,
+    decompressor: zstandard.ZstdDecompressor,
+) -> tuple[tuple[Any, ...], tuple[int, ...], tuple[int, ...], tuple[bytes, ...], bytes]:
+    """The records and their three columns (ts_us, kind, data), and all data joined.
+
+    The checks are C-level passes over columns, in an order where each one's assumptions
+    hold: the msgpack limits refuse str, map and ext content outright; ``zip(strict=True)``
+    yields exactly three columns only when every record is iterable with three elements (a
+    bin record yields ints, caught by the data check; a scalar record raises TypeError);
+    ``b"".join`` refuses any data item that is not bytes, and its result serves the LF check
+    of the caller too. ``kind`` is checked by value: 1, 2 or 3 (a float 1.0 or msgpack true
+    equals 1 and maps to the same PRI and source, so accepting it changes nothing).
+    """
+    content = _decompress_bounded(payload, max_bytes, decompressor)
+    try:
+        records = msgpack.unpackb(
+            content,
+            use_list=False,
+            max_array_len=max(max_records, 3),
+            max_map_len=0,
+            max_str_len=0,
+            max_ext_len=0,
+            max_bin_len=max_bytes,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        if "max_array_len" in str(exc):
+            raise TooManyRecords(
+                f"BATCH holds more than {max_records} records (max_records)"
+            ) from None
+        raise ShimFrameError(f"BATCH content is not one msgpack array ({exc})") from None
+    if type(records) is not tuple:
+        raise ShimFrameError(
+            f"BATCH content must be a msgpack array of records, got {type(records).__name__}"
+        )
+    if len(records) > max_records:
+        raise TooManyRecords(
+            f"BATCH holds {len(records)} records, more than {max_records} (max_records)"
+        )
+    if not records:
+        return records, (), (), (), b""
+    try:
+        columns = tuple(zip(*records, strict=True))
+        if len(columns) != 3:
+            raise ValueError("not three columns")
+        ts_column, kind_column, data_column = columns
+        joined = b"".join(data_column)
+        valid = (
+            set(map(type, ts_column)) == {int}
+            and min(ts_column) >= 0
+            and max(ts_column) < MAX_TS_US
+            and _KINDS.issuperset(kind_column)
+        )
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ShimFrameError(f"BATCH {_first_bad_record(records)}")
+    return records, ts_column, kind_column, data_column, joined
+
+
+def decode_batch_records(
+    payload: bytes,
+    *,
+    max_bytes: int,
+    max_records: int,
+    decompressor: zstandard.ZstdDecompressor = _DECOMPRESSOR,
+) -> list[list[Any]]:
+    """The validated records ``[ts_us, kind, data]`` of a BATCH payload (a zstd frame).
+
+    Raises ``DecompressedTooLarge`` when the content would exceed ``max_bytes``,
+    ``TooManyRecords`` beyond ``max_records``, ``ShimFrameError`` for anything malformed.
+    """
+    records = _validated_columns(payload, max_bytes, max_records, decompressor)[0]
+    return [list(record) for record in records]
+
+
+def decode_batch_messages(
+    payload: bytes,
+    *,
+    max_bytes: int,
+    max_records: int,
+    ps: bytes,
+    sources: tuple[bytes, bytes, bytes],
+    decompressor: zstandard.ZstdDecompressor = _DECOMPRESSOR,
+) -> list[Message]:
+    """The router's fast path: a BATCH payload straight to message tuples.
+
+    ``sources`` gives the source for kinds 1, 2 and 3 (stdout, stderr, shim notice); the PRI
+    comes from ``records.PRI_BY_KIND``. Data containing LF (a shim that did not split
+    lines) becomes one message per line, so no message holds a raw LF.
+    """
+    _, ts_column, kind_column, data_column, joined = _validated_columns(
+        payload, max_bytes, max_records, decompressor
+    )
+    if len(set(kind_column)) == 1:
+        kind = kind_column[0]
+        pri_column: Any = repeat(PRI_BY_KIND[kind])
+        source_column: Any = repeat(sources[kind - 1])
+    else:
+        source_by_kind = dict(zip((1, 2, 3), sources, strict=True))
+        pri_column = map(PRI_BY_KIND.__getitem__, kind_column)
+        source_column = map(source_by_kind.__getitem__, kind_column)
+    messages = list(zip(ts_column, pri_column, source_column, repeat(ps), data_column))
+    if b"\n" in joined:
+        return split_embedded_lines(messages)
+    return messages
