@@ -1,0 +1,158 @@
+"""Log ingest over HTTP (``POST /logs``) and history reads (``GET /v3/channels/{ch}/logs``).
+
+DESIGN section 3 and 5.6. ``POST /logs`` is Logplex's HTTP input as log-shuttle speaks it: an
+``application/logplex-1`` body of octet-counted RFC 5424 frames in the input layout
+``LEN <PRI>1 TS HOST t.TOKEN PS - - MSG``, authenticated with Basic ``token:t.…``. The token
+in the credentials decides channel and source (APP-NAME is ignored); PRI, TIMESTAMP, PROCID
+and MSG are kept. The whole request is refused on any malformed frame, naming its 1-based
+number, so a client never has to guess which part landed. Limits: 8 MiB of body (after
+gzip decompression too, checked as it inflates, so a gzip bomb costs at most the limit).
+
+``GET /v3/channels/{ch}/logs?num=N`` answers the last N history lines (default 100) in the
+HTTPS-drain layout of 5.2, oldest first, with ``Logplex-Msg-Count``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from logplex.api import (
+    AUTH_CHALLENGE,
+    ApiError,
+    api_state,
+    basic_token,
+    read_body_limited,
+    require_admin,
+)
+from logplex.codecs.records import Message
+from logplex.metrics import INGEST_BYTES, INGEST_ERRORS, INGEST_MESSAGES
+
+MAX_LOGS_BODY_BYTES = 8 * 1024 * 1024
+LOGPLEX1 = "application/logplex-1"
+DEFAULT_LOGS_NUM = 100
+PROTOCOL = "http"
+
+
+class GzipTooLarge(Exception):
+    """The gzip body inflates past the limit."""
+
+
+def gunzip_limited(body: bytes, max_bytes: int) -> bytes:
+    """Inflate a gzip body, refusing as soon as the output passes ``max_bytes``.
+
+    Raises ``GzipTooLarge`` or ``ValueError`` (not gzip, truncated, trailing garbage).
+    """
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as error:
+        raise ValueError(f"the gzip body is corrupt: {error}") from None
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise GzipTooLarge(f"the body inflates to more than {max_bytes} bytes")
+    if not inflater.eof:
+        raise ValueError("the gzip body is truncated")
+    if inflater.unused_data:
+        raise ValueError("the gzip body has bytes after its end")
+    return out
+
+
+def _refuse(
+    status: int, reason: str, message: str, headers: dict[str, str] | None = None
+) -> ApiError:
+    INGEST_ERRORS.labels(PROTOCOL, reason).inc()
+    return ApiError(status, message, headers=headers)
+
+
+def messages_from_frames(frames: list[object], source: bytes) -> list[Message]:
+    """Router messages of parsed input frames, under the token's ``source``.
+
+    A message containing LF becomes one message per line (DESIGN section 3, ingest fields).
+    """
+    messages: list[Message] = []
+    for frame in frames:
+        ts_us: int = frame.ts_us  # type: ignore[attr-defined]
+        pri: int = frame.pri  # type: ignore[attr-defined]
+        ps: bytes = frame.ps  # type: ignore[attr-defined]
+        msg: bytes = frame.msg  # type: ignore[attr-defined]
+        if b"\n" in msg:
+            messages.extend((ts_us, pri, source, ps, line) for line in msg.split(b"\n"))
+        else:
+            messages.append((ts_us, pri, source, ps, msg))
+    return messages
+
+
+async def post_logs(request: Request) -> Response:
+    state = api_state(request)
+    token = basic_token(request.headers.get("authorization"))
+    info = state.router.lookup_token(token) if token else None
+    if info is None:
+        raise _refuse(
+            401,
+            "unauthorized",
+            "send Basic auth 'token:t.<uuid>' with a token of an existing channel",
+            AUTH_CHALLENGE,
+        )
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != LOGPLEX1:
+        raise _refuse(
+            415, "unsupported_media_type", f"Content-Type must be {LOGPLEX1}, not {content_type!r}"
+        )
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise _refuse(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding {encoding!r} is not supported; use gzip",
+        )
+    try:
+        body = await read_body_limited(request, MAX_LOGS_BODY_BYTES, "the body")
+        if encoding == "gzip":
+            body = gunzip_limited(body, MAX_LOGS_BODY_BYTES)
+    except ApiError as error:
+        raise _refuse(error.status, "too_large", error.message) from None
+    except GzipTooLarge as error:
+        raise _refuse(413, "too_large", str(error)) from None
+    except ValueError as error:
+        raise _refuse(400, "malformed", str(error)) from None
+    from logplex.codecs.logplex1 import Logplex1Error, parse_input_body
+
+    try:
+        frames = parse_input_body(body)
+    except Logplex1Error as error:
+        raise _refuse(400, "malformed", f"request refused, nothing was accepted: {error}") from None
+    declared = request.headers.get("logplex-msg-count")
+    if declared is not None and declared.strip() != str(len(frames)):
+        raise _refuse(
+            400,
+            "count_mismatch",
+            f"Logplex-Msg-Count says {declared.strip()} but the body holds {len(frames)} frames",
+        )
+    messages = messages_from_frames(list(frames), info.source)
+    if messages:
+        state.router.publish(info.channel, messages)
+        INGEST_MESSAGES.labels(PROTOCOL).inc(len(messages))
+        INGEST_BYTES.labels(PROTOCOL).inc(sum(len(m[4]) for m in messages))
+    return Response(status_code=204)
+
+
+async def channel_logs(request: Request) -> Response:
+    require_admin(request)
+    state = api_state(request)
+    channel: str = request.path_params["channel"]
+    raw_num = request.query_params.get("num")
+    num = DEFAULT_LOGS_NUM
+    if raw_num is not None:
+        if not raw_num.isdigit():
+            raise ApiError(400, f"num must be a non-negative whole number, got {raw_num!r}")
+        num = int(raw_num)
+    if not state.router.has_channel(channel):
+        raise ApiError(404, f"channel {channel!r} not found")
+    from logplex.codecs.logplex1 import encode_https_body
+
+    history = state.router.history(channel)
+    messages = history[-num:] if num else []
+    body, count = encode_https_body(messages)
+    return Response(body, media_type=LOGPLEX1, headers={"Logplex-Msg-Count": str(count)})

@@ -1,0 +1,176 @@
+"""Log sessions over HTTP: ``POST /v3/sessions`` and ``GET /sessions/{uuid}``.
+
+DESIGN section 3 (sessions, filters), 5.3 (tail lines), 5.5 (L11) and 8 (tails). Creating a
+session needs the admin key; fetching it needs only the URL (a random uuid4 capability). A
+fetch answers ``200`` with a chunked ``text/plain`` body: the last ``num`` history lines
+that pass the filters, then, for a tailing session, live lines until the client goes away
+(or the channel is deleted, which ends the body cleanly).
+
+The tail subscription is opened in the same synchronous step as the history snapshot, with
+no await between them: ``router.publish`` never runs in between, so the client sees each
+line exactly once, neither lost nor repeated at the seam.
+
+A tail whose client reads nothing for ``IDLE_READER_TIMEOUT_S`` (60 s) is disconnected: its
+router subscription is closed at once and the response ends without its final chunk.
+hypercorn shields its socket writes from cancellation, so the write that is stuck behind a
+non-reading client is left to the transport; nothing more is queued or formatted for it.
+"""
+
+from __future__ import annotations
+
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from logplex.api import ApiError, ApiState, TailLike, api_state, read_json_object, require_admin
+from logplex.codecs.notices import tail_line
+from logplex.codecs.records import Message
+from logplex.router import message_filter
+from logplex.sessions import RegistryFull, SessionRequestError, parse_session_request
+
+IDLE_READER_TIMEOUT_S = 60.0
+MAX_CHUNK_BYTES = 64 * 1024
+
+
+async def create_session(request: Request) -> Response:
+    require_admin(request)
+    state = api_state(request)
+    body = await read_json_object(request)
+    try:
+        spec = parse_session_request(body)
+    except SessionRequestError as error:
+        raise ApiError(400, str(error)) from None
+    if not state.router.has_channel(spec.channel):
+        raise ApiError(422, f"channel {spec.channel!r} not found")
+    try:
+        session_id = state.sessions.create(spec, trio.current_time())
+    except RegistryFull as error:
+        raise ApiError(503, str(error)) from None
+    url = f"{state.config.public_url}/sessions/{session_id}"
+    return JSONResponse({"url": url}, status_code=201, headers={"Location": url})
+
+
+def history_lines(
+    history: list[Message], *, num: int, ps: bytes | None, source: bytes | None
+) -> list[Message]:
+    """The last ``num`` messages of ``history`` that pass the session filters, oldest first."""
+    if num <= 0:
+        return []
+    if ps is not None or source is not None:
+        accepts = message_filter(ps=ps, source=source)
+        history = [message for message in history if accepts(message)]
+    return history[-num:]
+
+
+def encode_chunks(messages: list[Message], max_chunk_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
+    """Tail lines (5.3) of ``messages``, joined into chunks of about ``max_chunk_bytes``."""
+    chunks: list[bytes] = []
+    pending: list[bytes] = []
+    size = 0
+    for message in messages:
+        line = tail_line(message)
+        pending.append(line)
+        size += len(line)
+        if size >= max_chunk_bytes:
+            chunks.append(b"".join(pending))
+            pending, size = [], 0
+    if pending:
+        chunks.append(b"".join(pending))
+    return chunks
+
+
+async def stream_session(request: Request) -> Response:
+    state = api_state(request)
+    session_id: str = request.path_params["session_id"]
+    spec = state.sessions.begin_fetch(session_id, trio.current_time())
+    if spec is None:
+        raise ApiError(404, "session not found: it never existed or expired; create a new one")
+    if not state.router.has_channel(spec.channel):
+        state.sessions.end_fetch(session_id, trio.current_time())
+        raise ApiError(404, f"the session's channel {spec.channel!r} no longer exists")
+    # No await from here to the snapshot: publish cannot run between the two.
+    tail = (
+        state.router.open_tail(spec.channel, ps=spec.ps, source=spec.source) if spec.tail else None
+    )
+    history = history_lines(
+        state.router.history(spec.channel), num=spec.num, ps=spec.ps, source=spec.source
+    )
+    return SessionStream(state, session_id, history, tail)
+
+
+class SessionStream(Response):
+    """The chunked body of one session fetch; see the module docstring."""
+
+    def __init__(
+        self, state: ApiState, session_id: str, history: list[Message], tail: TailLike | None
+    ) -> None:
+        super().__init__(status_code=200)
+        # Lines are bytes as written by the apps, not necessarily UTF-8: no charset claimed.
+        self.raw_headers = [(b"content-type", b"text/plain")]
+        self._state = state
+        self._session_id = session_id
+        self._history = history
+        self._tail = tail
+        self._send_started_s: float | None = None
+        self.stalled = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
+                nursery.start_soon(self._watch_stalled_reader)
+                finished = await self._stream(send)
+                nursery.cancel_scope.cancel()
+            if finished:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if self._tail is not None:
+                self._tail.close()
+            self._state.sessions.end_fetch(self._session_id, trio.current_time())
+
+    async def _send_chunk(self, send: Send, chunk: bytes) -> bool:
+        self._send_started_s = trio.current_time()
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self._send_started_s = None
+        return not self.stalled
+
+    async def _stream(self, send: Send) -> bool:
+        """Send history, then live lines; True when the body ended normally."""
+        for chunk in encode_chunks(self._history):
+            if not await self._send_chunk(send, chunk):
+                return False
+        self._history = []
+        if self._tail is None:
+            return True
+        while True:
+            try:
+                messages = await self._tail.receive()
+            except trio.EndOfChannel:
+                return not self.stalled
+            for chunk in encode_chunks(messages):
+                if not await self._send_chunk(send, chunk):
+                    return False
+
+    async def _watch_disconnect(self, receive: Receive, scope: trio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
+
+    async def _watch_stalled_reader(self) -> None:
+        while True:
+            started = self._send_started_s
+            if started is None:
+                await trio.sleep(IDLE_READER_TIMEOUT_S / 4)
+                continue
+            await trio.sleep_until(started + IDLE_READER_TIMEOUT_S)
+            if self._send_started_s == started:
+                # The same write has been blocked for the whole timeout: the client is not
+                # reading. Stop feeding it; the response ends when the write returns.
+                self.stalled = True
+                if self._tail is not None:
+                    self._tail.close()
+                return
