@@ -8,8 +8,10 @@ shutdown flush), and reports a status like a real drain.
 from __future__ import annotations
 
 import trio
+import zstandard
 
 from drains import DrainContext, DrainStatus
+from logplex.codecs import shimproto
 from logplex.codecs.records import Batch, Message
 
 
@@ -97,3 +99,72 @@ def make_messages(
     """``count`` distinct messages ``line <n>`` with increasing timestamps."""
     base_us = 1_795_000_000_000_000
     return [(base_us + n, pri, source, ps, b"line %d" % n) for n in range(start, start + count)]
+
+
+class ShimTestClient:
+    """A shim-protocol client over any trio stream, for driving the listener in tests."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.decoder = shimproto.ShimFrameDecoder(max_frame_bytes=1 << 20)
+        self.compressor = zstandard.ZstdCompressor(level=1)
+
+    @classmethod
+    async def connect(cls, port: int) -> ShimTestClient:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def hello(
+        self,
+        token: str,
+        *,
+        stream_id: str = "5b0c1c32-9b1c-4d3e-8f4a-1d2e3f405162",
+        ps: str = "web.1",
+        platform_token: str | None = None,
+    ) -> shimproto.Event:
+        await self.stream.send_all(
+            shimproto.encode_hello(token, ps, stream_id, "logshim/test", platform_token)
+        )
+        return await self.next_event()
+
+    def batch(self, seq: int, lines: list[bytes], *, kind: int = 1, ts_us: int = 0) -> bytes:
+        records = [[ts_us or 1_795_000_000_000_000 + n, kind, line] for n, line in enumerate(lines)]
+        return shimproto.encode_batch(seq, records, compressor=self.compressor)
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def next_event(self) -> shimproto.Event:
+        """The next frame from the router; raises EOFError when it closed the connection."""
+        while True:
+            event = self.decoder.next_event()
+            if event is not None:
+                return event
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("the router closed the connection")
+            self.decoder.feed(bytes(data))
+
+    async def wait_acked(self, seq: int) -> None:
+        while True:
+            event = await self.next_event()
+            if isinstance(event, shimproto.Ack) and event.seq >= seq:
+                return
+            if isinstance(event, shimproto.Ping):
+                await self.send(shimproto.encode_pong())
+            elif not isinstance(event, shimproto.Ack):
+                raise AssertionError(f"expected ACK {seq}, got {event!r}")
+
+    async def expect_error_then_close(self) -> shimproto.ErrorFrame:
+        event = await self.next_event()
+        assert isinstance(event, shimproto.ErrorFrame), event
+        with trio.fail_after(5):
+            try:
+                while await self.stream.receive_some(65536):
+                    pass
+            except trio.BrokenResourceError:
+                pass  # a reset instead of a FIN is a close too
+        await self.stream.aclose()
+        return event
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

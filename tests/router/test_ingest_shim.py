@@ -1,0 +1,301 @@
+"""The shim stream listener (DESIGN 4) over real loopback sockets, and its timers in virtual time."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import msgpack
+import pytest
+import trio
+import trio.testing
+import zstandard
+from dataplane_helpers import ShimTestClient
+
+from logplex import metrics
+from logplex.codecs import shimproto
+from logplex.codecs.records import PRI_SHIM_NOTICE, PRI_STDERR, PRI_STDOUT
+from logplex.ingest_shim import ShimListener, ShimListenerSettings, StreamAcks
+from logplex.model import ChannelConfig
+from logplex.router import Router
+
+TOKEN = "t.11111111-1111-4111-8111-111111111111"
+PLATFORM_TOKEN = "t.22222222-2222-4222-8222-222222222222"
+OTHER_CHANNEL_TOKEN = "t.33333333-3333-4333-8333-333333333333"
+STREAM = "0e9c5a52-6b6e-4a43-9c57-0a4d2b9d4c11"
+
+
+def make_router() -> Router:
+    router = Router(history_lines=100_000)
+    router.apply_channel(ChannelConfig("app1", {"app": TOKEN, "heroku": PLATFORM_TOKEN}))
+    router.apply_channel(ChannelConfig("other", {"app": OTHER_CHANNEL_TOKEN}))
+    return router
+
+
+@asynccontextmanager
+async def serving(
+    router: Router, settings: ShimListenerSettings | None = None
+) -> AsyncIterator[tuple[int, ShimListener]]:
+    listener = ShimListener(router, settings)
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(listener.serve, listeners)
+        yield listeners[0].socket.getsockname()[1], listener
+        nursery.cancel_scope.cancel()
+
+
+def msgs(router: Router, channel: str = "app1") -> list[bytes]:
+    return [m[4] for m in router.history(channel)]
+
+
+async def test_hello_ready_batches_acked_and_published() -> None:
+    router = make_router()
+    async with serving(router) as (port, _):
+        client = await ShimTestClient.connect(port)
+        ready = await client.hello(TOKEN, platform_token=PLATFORM_TOKEN, ps="web.3")
+        assert ready == shimproto.Ready(v=1, acked=0, window=32, max_batch_bytes=1024 * 1024)
+        await client.send(
+            client.batch(1, [b"out 1", b"out 2"])
+            + client.batch(2, [b"err 1"], kind=2)
+            + client.batch(3, [b"Starting process with command `x`"], kind=3)
+            + client.batch(4, [b"two\nlines"])
+        )
+        await client.wait_acked(4)
+        history = router.history("app1")
+        assert [(m[1], m[2], m[3], m[4]) for m in history] == [
+            (PRI_STDOUT, b"app", b"web.3", b"out 1"),
+            (PRI_STDOUT, b"app", b"web.3", b"out 2"),
+            (PRI_STDERR, b"app", b"web.3", b"err 1"),
+            (PRI_SHIM_NOTICE, b"heroku", b"web.3", b"Starting process with command `x`"),
+            (PRI_STDOUT, b"app", b"web.3", b"two"),
+            (PRI_STDOUT, b"app", b"web.3", b"lines"),
+        ]
+        await client.aclose()
+
+
+async def test_notices_use_the_token_source_without_a_valid_platform_token() -> None:
+    router = make_router()
+    async with serving(router) as (port, _):
+        for platform_token in (None, "t.not-a-token", OTHER_CHANNEL_TOKEN):
+            client = await ShimTestClient.connect(port)
+            stream = f"stream-{platform_token}"
+            await client.hello(TOKEN, stream_id=stream, platform_token=platform_token)
+            await client.send(client.batch(1, [b"notice"], kind=3))
+            await client.wait_acked(1)
+            assert router.history("app1")[-1][2] == b"app"
+            await client.aclose()
+
+
+async def test_reconnect_and_resend_delivers_every_line_exactly_once() -> None:
+    router = make_router()
+    async with serving(router) as (port, _):
+        sent: list[bytes] = []
+        first = await ShimTestClient.connect(port)
+        assert (await first.hello(TOKEN, stream_id=STREAM)).acked == 0  # type: ignore[union-attr]
+        for seq in range(1, 6):
+            lines = [b"batch %d line %d" % (seq, n) for n in range(3)]
+            sent.extend(lines)
+            await first.send(first.batch(seq, lines))
+        await first.wait_acked(3)
+        await first.aclose()  # gone before reading the ACKs of 4 and 5 (if any came)
+        with trio.fail_after(5):
+            while len(router.history("app1")) < 15:
+                await trio.sleep(0.01)
+
+        second = await ShimTestClient.connect(port)
+        ready = await second.hello(TOKEN, stream_id=STREAM)
+        assert isinstance(ready, shimproto.Ready)
+        assert ready.acked == 5
+        # A shim that did not see ACK 4 and 5 resends from 4: dropped as already held.
+        for seq in range(4, 9):
+            lines = [b"batch %d line %d" % (seq, n) for n in range(3)]
+            if seq > 5:
+                sent.extend(lines)
+            await second.send(second.batch(seq, lines))
+        await second.wait_acked(8)
+        assert msgs(router) == sent
+        await second.aclose()
+
+        # A different token never sees (or moves) this stream's position.
+        third = await ShimTestClient.connect(port)
+        ready = await third.hello(OTHER_CHANNEL_TOKEN, stream_id=STREAM)
+        assert isinstance(ready, shimproto.Ready)
+        assert ready.acked == 0
+        await third.aclose()
+
+
+def test_stream_acks_are_a_bounded_lru() -> None:
+    acks = StreamAcks(capacity=2)
+    acks.record("t", "a", 5)
+    acks.record("t", "b", 7)
+    assert acks.acked("t", "a") == 5  # touch a: b is now the oldest
+    acks.record("t", "c", 1)
+    assert len(acks) == 2
+    assert acks.acked("t", "b") == 0
+    assert acks.acked("t", "a") == 5
+    assert acks.acked("u", "a") == 0
+
+
+def zstd_bomb() -> bytes:
+    return zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 * 1024 * 1024))
+
+
+def zstd_without_size() -> bytes:
+    compressor = zstandard.ZstdCompressor(write_content_size=False)
+    return compressor.compress(msgpack.packb([[1, 1, b"x"]]))
+
+
+def raw_batch(seq: int, payload: bytes) -> bytes:
+    return struct.pack(">IBQ", len(payload) + 9, 3, seq) + payload
+
+
+BAD_AFTER_HELLO = {
+    "garbage bytes": (b"\x00\x00\x00\x09\x63garbage!", "bad_frame"),
+    "2 GiB length prefix": (struct.pack(">IB", 2**31, 3) + b"\0" * 64, "too_large"),
+    "zstd bomb": (raw_batch(1, zstd_bomb()), "too_large"),
+    "zstd frame without content size": (raw_batch(1, zstd_without_size()), "bad_frame"),
+    "msgpack of the wrong shape": (
+        raw_batch(1, zstandard.ZstdCompressor().compress(msgpack.packb({"a": 1}))),
+        "bad_frame",
+    ),
+    "records of the wrong shape": (
+        raw_batch(1, zstandard.ZstdCompressor().compress(msgpack.packb([[1, 9, "str"]]))),
+        "bad_frame",
+    ),
+    "seq gap": (
+        raw_batch(2, zstandard.ZstdCompressor().compress(msgpack.packb([[1, 1, b"x"]]))),
+        "bad_frame",
+    ),
+    "second HELLO": (shimproto.encode_hello(TOKEN, "web.1", "s", "x"), "bad_frame"),
+}
+
+
+async def good_client(port: int, stream_id: str, batches: int, router: Router) -> None:
+    """A well-behaved shim: every line it sends must land once, whatever happens beside it."""
+    client = await ShimTestClient.connect(port)
+    await client.hello(TOKEN, stream_id=stream_id, ps="good.1")
+    for seq in range(1, batches + 1):
+        await client.send(client.batch(seq, [b"%s %d" % (stream_id.encode(), seq)]))
+        await client.wait_acked(seq)
+        await trio.sleep(0.005)
+    await client.aclose()
+    mine = [m for m in msgs(router) if m.startswith(stream_id.encode() + b" ")]
+    assert mine == [b"%s %d" % (stream_id.encode(), seq) for seq in range(1, batches + 1)]
+
+
+@pytest.mark.parametrize(("bad_input", "code"), BAD_AFTER_HELLO.values(), ids=BAD_AFTER_HELLO)
+async def test_bad_input_gets_error_and_close_and_spares_others(
+    bad_input: bytes, code: str
+) -> None:
+    router = make_router()
+    async with serving(router) as (port, _), trio.open_nursery() as nursery:
+        nursery.start_soon(good_client, port, "good", 40, router)
+        bad = await ShimTestClient.connect(port)
+        await bad.hello(TOKEN, stream_id="bad")
+        await bad.send(bad_input)
+        error = await bad.expect_error_then_close()
+        assert error.code == code
+        assert error.message  # says what was wrong
+        await bad.aclose()
+
+
+@pytest.mark.parametrize(
+    ("hello", "code"),
+    [
+        (
+            shimproto.encode_hello("t.00000000-0000-4000-8000-000000000000", "w", "s", "a"),
+            "unauthorized",
+        ),
+        (struct.pack(">IB", 0, 1), "bad_frame"),
+        (b"\x00\x00\x00\x03\x01\x81\xa1", "bad_frame"),  # truncated msgpack map
+    ],
+    ids=["wrong token", "zero length", "bad msgpack"],
+)
+async def test_bad_hello_is_refused(hello: bytes, code: str) -> None:
+    router = make_router()
+    async with serving(router) as (port, _):
+        client = await ShimTestClient.connect(port)
+        await client.send(hello)
+        error = await client.expect_error_then_close()
+        assert error.code == code
+
+
+async def test_wrong_version_is_refused() -> None:
+    router = make_router()
+    body = msgpack.packb({"v": 2, "token": TOKEN, "ps": "w", "stream": "s", "agent": "a"})
+    async with serving(router) as (port, _):
+        client = await ShimTestClient.connect(port)
+        await client.send(struct.pack(">IB", len(body) + 1, 1) + body)
+        error = await client.expect_error_then_close()
+        assert error.code == "unsupported_version"
+        assert "version 2" in error.message
+
+
+async def test_silent_client_is_closed_after_the_hello_timeout_others_unaffected() -> None:
+    router = make_router()
+    settings = ShimListenerSettings(hello_timeout_s=0.3)
+    async with serving(router, settings) as (port, _), trio.open_nursery() as nursery:
+        nursery.start_soon(good_client, port, "good", 20, router)
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):
+            assert await silent.receive_some(100) == b""
+        await silent.aclose()
+
+
+async def test_client_that_never_reads_acks_is_closed_others_unaffected() -> None:
+    router = make_router()
+    settings = ShimListenerSettings(send_timeout_s=0.5)
+    async with serving(router, settings) as (port, _), trio.open_nursery() as nursery:
+        nursery.start_soon(good_client, port, "good", 40, router)
+        timeouts = metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol="shim", reason="send_timeout")
+        timeouts_before = timeouts._value.get()
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", port))
+        deaf = ShimTestClient(trio.SocketStream(sock))
+        await deaf.hello(OTHER_CHANNEL_TOKEN, stream_id="deaf")  # its flood stays out of app1
+        payload = zstandard.ZstdCompressor().compress(msgpack.packb([[1, 1, b"x"]]))
+        # One batch per send: the router reads and ACKs each, and never sees them read.
+        with trio.fail_after(30), pytest.raises(trio.BrokenResourceError):  # noqa: PT012
+            for seq in range(1, 1_000_000):
+                await deaf.send(raw_batch(seq, payload))
+                await trio.sleep(0)
+        assert timeouts._value.get() == timeouts_before + 1
+        await deaf.aclose()
+
+
+async def test_idle_connection_is_pinged_then_closed_without_pong(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = make_router()
+    listener = ShimListener(router)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.handle_connection, server_end)
+        client = ShimTestClient(client_end)
+        await client.hello(TOKEN)
+        started = trio.current_time()
+        assert isinstance(await client.next_event(), shimproto.Ping)
+        assert trio.current_time() - started == pytest.approx(30)
+        await client.send(shimproto.encode_pong())
+        assert isinstance(await client.next_event(), shimproto.Ping)  # idle again: 30 s more
+        assert trio.current_time() - started == pytest.approx(60)
+        with pytest.raises(EOFError):
+            await client.next_event()  # no PONG: closed 10 s after the PING
+        assert trio.current_time() - started == pytest.approx(70)
+
+
+async def test_a_batch_counts_as_liveness(autojump_clock: trio.testing.MockClock) -> None:
+    router = make_router()
+    listener = ShimListener(router)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.handle_connection, server_end)
+        client = ShimTestClient(client_end)
+        await client.hello(TOKEN)
+        for seq in range(1, 5):
+            await trio.sleep(25)
+            await client.send(client.batch(seq, [b"tick"]))
+            assert await client.next_event() == shimproto.Ack(seq)
+        nursery.cancel_scope.cancel()
