@@ -1,4 +1,4 @@
-"""The shim stream listener (DESIGN 4) over real loopback sockets, and its timers in virtual time."""
+"""The shim stream listener (DESIGN 4) over loopback sockets, with its timers in virtual time."""
 
 from __future__ import annotations
 
