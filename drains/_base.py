@@ -1,0 +1,167 @@
+"""What every drain kind shares: its queue, counters, status and flush wait.
+
+A drain kind (``http``, ``syslog``, ``udp``) subclasses ``DrainCore`` and writes only its
+``run`` loop: take frames from ``self.queue``, send them, and report each outcome through
+``record_delivered`` / ``record_failure`` / ``give_up``. Status follows
+``drains._interface.drain_state``; metrics follow ``drains._metrics``.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+
+import trio
+
+from drains._buffer import DrainBuffer, DrainQueue, Taken
+from drains._interface import DrainContext, DrainState, DrainStatus, drain_state
+from drains._metrics import LIVE_DRAINS, KindMetrics
+from drains._notices import l10_message
+from drains._url import DrainURL, parse_drain_url
+from logplex.codecs.records import Batch, Message
+
+MAX_ERROR_CHARS = 500
+
+
+def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind ``exc``, if that is what it is."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A one-line reason for a failed attempt, from the most specific error in the chain."""
+    certificate = certificate_error(exc)
+    if certificate is not None:
+        reason = certificate.verify_message or certificate.reason or str(certificate)
+        return f"certificate validation failed: {reason}"
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 10:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for candidate in reversed(chain):
+        text = str(candidate)
+        if text and text != type(candidate).__name__:
+            return f"{type(candidate).__name__}: {text}"
+    return type(exc).__name__
+
+
+class DrainCore:
+    """Queue, accounting and status of one drain; subclasses add the delivery loop."""
+
+    def __init__(
+        self,
+        ctx: DrainContext,
+        url: DrainURL | None,
+        *,
+        encode: Callable[[list[Message]], list[bytes]],
+        memo_key: str,
+        queue: DrainQueue | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.url = url if url is not None else parse_drain_url(ctx.url)
+        self.kind = self.url.kind
+        self.metrics = KindMetrics(self.kind)
+        self.queue: DrainQueue = queue or DrainBuffer(
+            max_messages=ctx.settings.buffer_messages,
+            max_bytes=ctx.settings.buffer_bytes,
+            encode=encode,
+            memo_key=memo_key,
+            make_notice=l10_message,
+        )
+        self.in_flight_messages = 0
+        self.delivered = 0
+        self._dropped_reported = 0
+        self._last_attempt_ok: bool | None = None
+        self._last_success_s: float | None = None
+        self._last_error: str | None = None
+        self._progress = trio.Event()
+        LIVE_DRAINS.add(self)
+
+    # -- the Drain interface ------------------------------------------------------------
+
+    def push_batch(self, batch: Batch) -> None:
+        self.queue.push_batch(batch)
+        if self.queue.dropped_total != self._dropped_reported:
+            self._report_dropped()
+
+    async def wait_flushed(self) -> None:
+        """Return once nothing is queued, in flight, or owed as an L10 notice."""
+        while self.queue.queued_messages or self.in_flight_messages or self.queue.lost_pending:
+            self._progress = trio.Event()
+            await self._progress.wait()
+
+    def status(self) -> DrainStatus:
+        return DrainStatus(
+            state=self.current_state(time.time()),
+            delivered=self.delivered,
+            dropped=self.queue.dropped_total,
+            buffered=self.buffered_messages(),
+            last_error=self._last_error,
+            last_success_at=self._last_success_s,
+        )
+
+    # -- observation for metrics ------------------------------------------------------
+
+    def buffered_messages(self) -> int:
+        return self.queue.queued_messages + self.in_flight_messages
+
+    def current_state(self, now_s: float) -> DrainState:
+        return drain_state(
+            now_s=now_s,
+            last_attempt_ok=self._last_attempt_ok,
+            last_success_s=self._last_success_s,
+        )
+
+    # -- outcomes, reported by the delivery loop ---------------------------------------
+
+    def begin(self, taken: Taken) -> None:
+        self.in_flight_messages = taken.message_count
+
+    def record_delivered(self, message_count: int, byte_count: int) -> None:
+        self.delivered += message_count
+        self.metrics.delivered.inc(message_count)
+        self.metrics.bytes_delivered.inc(byte_count)
+        self._last_attempt_ok = True
+        self._last_success_s = time.time()
+
+    def record_connected(self) -> None:
+        """A connection opened: the drain is reachable again."""
+        self._last_attempt_ok = True
+
+    def record_failure(self, error: str) -> None:
+        """Remember a failed attempt; ``error`` must already be free of credentials."""
+        self._last_attempt_ok = False
+        self._last_error = error[:MAX_ERROR_CHARS]
+
+    def record_retry(self, taken: Taken) -> None:
+        self.metrics.retried.inc(taken.message_count)
+        self.metrics.bytes_retried.inc(taken.byte_count)
+
+    def finish(self, taken: Taken, *, delivered: bool) -> None:
+        """Close out a taken batch (a batch given up on is counted into the next L10)."""
+        if delivered:
+            self.record_delivered(taken.message_count, taken.byte_count)
+        else:
+            self.metrics.bytes_dropped.inc(taken.byte_count)
+        self.queue.settle(taken, delivered=delivered)
+        self.in_flight_messages = 0
+        if self.queue.dropped_total != self._dropped_reported:
+            self._report_dropped()
+        self.signal_progress()
+
+    def signal_progress(self) -> None:
+        self._progress.set()
+
+    def _report_dropped(self) -> None:
+        total = self.queue.dropped_total
+        self.metrics.dropped.inc(total - self._dropped_reported)
+        self._dropped_reported = total

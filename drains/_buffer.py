@@ -1,0 +1,276 @@
+"""The per-drain buffer: bounded, drop-oldest, with in-band loss accounting (L10).
+
+Follows DESIGN section 8 ("Router → drains") and 5.5 (L10). In the spirit of Logplex's
+``logplex_drain_buffer.erl``: one bounded buffer per drain, losses told in-band.
+
+- ``push_batch`` is synchronous and O(1) amortised: the batch's frames (formatted once per
+  batch and memoised in ``Batch.encoded`` under the drain's key) are appended as one entry.
+- Caps: ``max_messages`` and ``max_bytes`` (frame bytes). Overflow drops the OLDEST
+  messages, counts them and remembers the wall-clock time of the first drop.
+- ``take(max_messages, max_bytes)`` hands out up to that many frames; when losses are
+  pending, the L10 notice is the first frame, and exactly one is sent per loss streak.
+- ``settle(taken, delivered=False)`` returns a batch the drain gave up on: its messages and
+  the count its L10 carried are added to the next L10 (nothing vanishes silently).
+- When losses are pending and nothing is queued, the notice becomes takeable on its own
+  ``notice_delay_s`` (1 s) after the loss, so it is never held back indefinitely.
+
+``DrainQueue`` is the seam for the durable spool (DESIGN section 2, ``--spool``): drains use
+only that protocol, which a spool can implement with the same loss reporting.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+from logplex.codecs.records import Batch, Message
+
+EncodeMessages = Callable[[list[Message]], list[bytes]]
+MakeNotice = Callable[[int, int, int], Message]  # (count, since_us, now_us) -> L10 message
+
+
+@dataclass(slots=True)
+class Taken:
+    """Frames handed to a drain for one send, with what they stand for.
+
+    ``frames`` begins with the L10 frame when ``notice_count`` > 0; ``message_count`` counts
+    only the buffered messages (the notice is not a published message).
+    """
+
+    frames: list[bytes]
+    message_count: int
+    byte_count: int
+    notice_count: int = 0
+    notice_since_us: int = 0
+
+
+class DrainQueue(Protocol):
+    """What a drain reads through: the in-memory ``DrainBuffer`` or, later, a spool."""
+
+    @property
+    def queued_messages(self) -> int: ...
+
+    @property
+    def dropped_total(self) -> int: ...
+
+    @property
+    def lost_pending(self) -> int: ...
+
+    def push_batch(self, batch: Batch) -> None: ...
+
+    def take(self, max_messages: int, max_bytes: int) -> Taken | None: ...
+
+    def settle(self, taken: Taken, *, delivered: bool) -> None: ...
+
+    async def wait_takeable(self) -> None: ...
+
+
+class DrainBuffer:
+    """The in-memory ``DrainQueue`` of one drain."""
+
+    def __init__(
+        self,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        encode: EncodeMessages,
+        memo_key: str,
+        make_notice: MakeNotice,
+        notice_delay_s: float = 1.0,
+        wall_clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("drain buffer caps must be positive")
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._encode = encode
+        self._memo_key = memo_key
+        self._make_notice = make_notice
+        self._notice_delay_s = notice_delay_s
+        self._wall_clock_s = wall_clock_s
+        # Entries are [frames, start, bytes_remaining]; frames[start:] are still queued.
+        self._entries: collections.deque[list[object]] = collections.deque()
+        self._queued_messages = 0
+        self._queued_bytes = 0
+        self._lost_pending = 0  # messages to report in the next L10
+        self._lost_since_us = 0  # wall-clock time of the first loss of the streak
+        self._notice_due_at = 0.0  # trio time at which a lone notice becomes takeable
+        self._dropped_total = 0
+        self._wakeup = trio.Event()
+
+    # -- observation ------------------------------------------------------------------
+
+    @property
+    def queued_messages(self) -> int:
+        return self._queued_messages
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def dropped_total(self) -> int:
+        """Messages dropped so far (overflow and batches given up), for status and tests."""
+        return self._dropped_total
+
+    @property
+    def lost_pending(self) -> int:
+        return self._lost_pending
+
+    # -- producer side (synchronous, called from the router's publish) ----------------
+
+    def frames_of(self, batch: Batch) -> tuple[list[bytes], int]:
+        """The batch's frames and their total size, formatted once per batch and key."""
+        memo = batch.encoded.get(self._memo_key)
+        if memo is None:
+            frames = self._encode(batch.messages)
+            memo = (frames, sum(map(len, frames)))
+            batch.encoded[self._memo_key] = memo
+        return memo  # type: ignore[return-value]
+
+    def push_batch(self, batch: Batch) -> None:
+        if not batch.messages:
+            return
+        frames, byte_count = self.frames_of(batch)
+        self._entries.append([frames, 0, byte_count])
+        self._queued_messages += len(frames)
+        self._queued_bytes += byte_count
+        if self._queued_messages > self._max_messages or self._queued_bytes > self._max_bytes:
+            self._drop_oldest()
+        self._wakeup.set()
+
+    def _drop_oldest(self) -> None:
+        dropped = 0
+        while self._entries and (
+            self._queued_messages > self._max_messages or self._queued_bytes > self._max_bytes
+        ):
+            entry = self._entries[0]
+            frames: list[bytes] = entry[0]  # type: ignore[assignment]
+            start: int = entry[1]  # type: ignore[assignment]
+            remaining_bytes: int = entry[2]  # type: ignore[assignment]
+            left = len(frames) - start
+            excess_messages = self._queued_messages - self._max_messages
+            excess_bytes = self._queued_bytes - self._max_bytes
+            if excess_messages >= left or excess_bytes >= remaining_bytes:
+                self._entries.popleft()
+                self._queued_bytes -= remaining_bytes
+                cut = left
+            else:
+                # Part of this entry goes: enough messages for the message cap, then enough
+                # more for the byte cap (it ends inside the entry: excess < remaining).
+                cut = max(excess_messages, 0)
+                cut_bytes = sum(map(len, frames[start : start + cut]))
+                while cut_bytes < excess_bytes:
+                    cut_bytes += len(frames[start + cut])
+                    cut += 1
+                entry[1] = start + cut
+                entry[2] = remaining_bytes - cut_bytes
+                self._queued_bytes -= cut_bytes
+            self._queued_messages -= cut
+            dropped += cut
+        self._record_loss(dropped, int(self._wall_clock_s() * 1_000_000))
+
+    def _record_loss(self, count: int, since_us: int) -> None:
+        if count <= 0:
+            return
+        if self._lost_pending == 0:
+            self._lost_since_us = since_us
+            self._notice_due_at = trio.current_time() + self._notice_delay_s
+        else:
+            self._lost_since_us = min(self._lost_since_us, since_us)
+        self._lost_pending += count
+        self._dropped_total += count
+        self._wakeup.set()
+
+    # -- consumer side (the drain's task) ---------------------------------------------
+
+    def _notice_takeable(self) -> bool:
+        return self._lost_pending > 0 and trio.current_time() >= self._notice_due_at
+
+    async def wait_takeable(self) -> None:
+        """Wait until ``take`` would return something."""
+        while True:
+            if self._queued_messages or self._notice_takeable():
+                return
+            self._wakeup = trio.Event()
+            if self._lost_pending:
+                with trio.move_on_at(self._notice_due_at):
+                    await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
+
+    def take(self, max_messages: int, max_bytes: int) -> Taken | None:
+        """Up to ``max_messages`` frames and about ``max_bytes`` bytes (always at least one).
+
+        Returns None when there is nothing to send yet.
+        """
+        if not self._queued_messages and not self._notice_takeable():
+            return None
+        taken = Taken(frames=[], message_count=0, byte_count=0)
+        if self._lost_pending:
+            now_us = int(self._wall_clock_s() * 1_000_000)
+            notice = self._make_notice(self._lost_pending, self._lost_since_us, now_us)
+            notice_frame = self._encode([notice])[0]
+            taken.frames.append(notice_frame)
+            taken.byte_count = len(notice_frame)
+            taken.notice_count = self._lost_pending
+            taken.notice_since_us = self._lost_since_us
+            self._lost_pending = 0
+        out = taken.frames
+        byte_count = taken.byte_count
+        room = max_messages
+        entries = self._entries
+        while entries and room > 0:
+            entry = entries[0]
+            frames: list[bytes] = entry[0]  # type: ignore[assignment]
+            start: int = entry[1]  # type: ignore[assignment]
+            remaining_bytes: int = entry[2]  # type: ignore[assignment]
+            left = len(frames) - start
+            if left <= room and byte_count + remaining_bytes <= max_bytes:
+                out.extend(frames if start == 0 else frames[start:])
+                byte_count += remaining_bytes
+                room -= left
+                entries.popleft()
+                continue
+            # Cut inside this entry: frame by frame up to the caps (at least one frame).
+            end = start
+            limit = start + min(left, room)
+            cut_bytes = 0
+            while end < limit:
+                size = len(frames[end])
+                if byte_count + cut_bytes + size > max_bytes and (out or end > start):
+                    break
+                cut_bytes += size
+                end += 1
+            out.extend(frames[start:end])
+            byte_count += cut_bytes
+            room -= end - start
+            if end - start == left:
+                entries.popleft()
+            else:
+                entry[1] = end
+                entry[2] = remaining_bytes - cut_bytes
+            break
+        taken.message_count = len(out) - (1 if taken.notice_count else 0)
+        self._queued_messages -= taken.message_count
+        self._queued_bytes -= byte_count - (len(out[0]) if taken.notice_count else 0)
+        taken.byte_count = byte_count
+        return taken
+
+    def settle(self, taken: Taken, *, delivered: bool) -> None:
+        """Close out a taken batch; one given up on is counted into the next L10."""
+        if delivered:
+            return
+        since_us = taken.notice_since_us if taken.notice_count else self._now_us()
+        if taken.notice_count:
+            # The notice's own count is already in dropped_total; carry it over.
+            self._dropped_total -= taken.notice_count
+        self._record_loss(taken.notice_count + taken.message_count, since_us)
+
+    def _now_us(self) -> int:
+        return int(self._wall_clock_s() * 1_000_000)
