@@ -50,7 +50,7 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
         pid = spawn_app(options.command, stdout_fd=stdout_write, stderr_fd=stderr_write)
     except SpawnError as exc:
         print(exc.message, file=sys.stderr, flush=True)
-        return exc.exit_code
+        return 0 if exc.exit_code in options.success_codes else exc.exit_code
     finally:
         os.close(stdout_write)
         os.close(stderr_write)

@@ -1,0 +1,44 @@
+"""Record every catchable signal received, one number per line, into the file argv[1].
+
+Writes ``ready <pid>`` first, once every handler is installed. Runs until it receives the
+signal number given as argv[2] (default: never), then exits 0 after recording it. With
+``--spawn-child`` it first starts a copy of itself (without the flag) writing to argv[1] +
+".child", in the same process group, so group forwarding can be checked on a grandchild.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def main() -> None:
+    path = sys.argv[1]
+    stop_on = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None
+    child = None
+    if "--spawn-child" in sys.argv:
+        child = subprocess.Popen([sys.executable, __file__, path + ".child", "-"])
+    out = open(path, "a", buffering=1)  # noqa: SIM115
+    stopping = []
+
+    def record(signum: int, _frame: object) -> None:
+        out.write(f"{signum}\n")
+        if signum == stop_on:
+            stopping.append(signum)
+
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(signum, record)
+    out.write(f"ready {os.getpid()}\n")
+    while not stopping:
+        time.sleep(0.01)
+    if child is not None:
+        child.kill()
+        child.wait()
+
+
+if __name__ == "__main__":
+    main()
