@@ -6,23 +6,66 @@ Output (DESIGN 5.2), what HTTPS drains receive: Heroku's layout without a STRUCT
 field, ``LEN SP <PRI>1 SP TS SP host SP SOURCE SP PS SP - SP MSG LF``, LEN counting every
 byte after its space including the LF. ``encode_https_body`` formats a whole batch with one
 join; header fields are validated once per distinct (PRI, host, source, ps).
+``parse_drain_body`` reads that layout back, byte-exactly by the counts, for receivers.
+
+Input (DESIGN section 3), what ``POST /logs`` and the syslog listener receive: Logplex's
+layout ``<PRI>1 TS HOST t.TOKEN PS - - MSG``. ``parse_input_frame`` reads one frame,
+``parse_input_body`` a whole body; any malformed frame raises ``Logplex1Error`` naming its
+1-based frame number, so the whole request can be refused. Rules:
+
+- PRI 0..191 without leading zeros, VERSION 1, TIMESTAMP RFC 3339 (a validated date; more
+  than six fraction digits are truncated, since log shippers send nanoseconds);
+- HOSTNAME, APP-NAME, PROCID, MSGID: ``-`` or 1..255/48/128/32 PRINTUSASCII;
+- STRUCTURED-DATA ``-`` or real SD elements (parsed by the strict RFC 5424 rules, dropped);
+- the drain layout without STRUCTURED-DATA is accepted where it is unambiguous: MSGID ``-``
+  followed by something that is neither ``-`` nor ``[`` starts MSG;
+- one trailing LF and a leading UTF-8 BOM are removed from MSG; a frame over
+  ``max_frame_bytes`` (10240, DESIGN 5.6) is malformed.
+
+Splitting messages with embedded LF (DESIGN 3) is the job of ``input_messages``, which
+turns frames into router messages under a source; ``input_messages_from_body`` is the fast
+path from a body straight to messages, with no per-frame object.
+
+``InputFrame`` and ``DrainFrame`` are immutable ``NamedTuple`` records (no instance dict):
+creating one costs a third of a frozen slotted dataclass, and ingest creates one per line.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, NamedTuple
 
+from logplex.codecs.errors import Logplex1Error, OctetFramingError, ProtocolError
+from logplex.codecs.lines import split_embedded_lines
+from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import (
     APP_NAME_MAX,
+    BOM,
     HOSTNAME_MAX,
+    MSGID_MAX,
+    PRI_MAX,
     PROCID_MAX,
     check_header_field,
     check_pri,
+    parse_structured_data,
 )
-from logplex.codecs.timestamps import format_ts
+from logplex.codecs.timestamps import format_ts, parse_ts
 
-__all__ = ["encode_https_body", "https_frame"]
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "DrainFrame",
+    "InputFrame",
+    "Logplex1Error",
+    "encode_https_body",
+    "https_frame",
+    "input_messages",
+    "input_messages_from_body",
+    "parse_drain_body",
+    "parse_input_body",
+    "parse_input_frame",
+]
+
+MAX_FRAME_BYTES: Final = 10240
 
 _HEADER_CACHE_LIMIT: Final = 4096
 _TS_LEN: Final = 32
@@ -78,3 +121,222 @@ def encode_https_body(messages: list[Message], host: bytes = b"host") -> tuple[b
         append(msg)
         append(b"\n")
     return b"".join(pieces), len(messages)
+
+
+# --- input layout -----------------------------------------------------------------------
+
+
+class InputFrame(NamedTuple):
+    """One frame of Logplex's input layout; None stands for NILVALUE."""
+
+    pri: int
+    ts_us: int
+    hostname: bytes | None
+    app_name: bytes | None  # the token (``t.<uuid>``) on the syslog listener
+    procid: bytes | None  # the ps
+    msgid: bytes | None
+    msg: bytes
+
+    @property
+    def ps(self) -> bytes:
+        """The process name (PROCID); NILVALUE reads as ``-``."""
+        return self.procid if self.procid is not None else b"-"
+
+
+_FIELD_LIMITS: Final = (
+    ("HOSTNAME", HOSTNAME_MAX),
+    ("APP-NAME", APP_NAME_MAX),
+    ("PROCID", PROCID_MAX),
+    ("MSGID", MSGID_MAX),
+)
+_CACHE_LIMIT: Final = 4096
+# b"<190>1" -> 190, for the PRI+VERSION heads already validated
+_pri_by_head: dict[bytes, int] = {}
+# (HOSTNAME, APP-NAME, PROCID, MSGID) already validated
+_valid_fields: set[tuple[bytes, bytes, bytes, bytes]] = set()
+
+
+def _head_pri(head: bytes) -> int:
+    if (
+        len(head) < 5
+        or head[0] != 0x3C
+        or not head.endswith(b">1")
+        or not head[1:-2].isdigit()
+        or (head[1] == 0x30 and len(head) > 5)
+        or int(head[1:-2]) > PRI_MAX
+    ):
+        raise ValueError(
+            f"header {head[:12]!r} must be <PRI>1 with PRI 0..{PRI_MAX} (no leading zeros)"
+        )
+    pri = int(head[1:-2])
+    if len(_pri_by_head) >= _CACHE_LIMIT:
+        _pri_by_head.clear()
+    _pri_by_head[head] = pri
+    return pri
+
+
+def _check_fields(key: tuple[bytes, bytes, bytes, bytes]) -> None:
+    for (name, max_len), value in zip(_FIELD_LIMITS, key, strict=True):
+        if value != b"-":
+            check_header_field(name, value, max_len)
+    if len(_valid_fields) >= _CACHE_LIMIT:
+        _valid_fields.clear()
+    _valid_fields.add(key)
+
+
+def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, bytes]:
+    """(pri, ts_us, hostname, app_name, procid, msgid, msg) with NILVALUE kept as ``-``.
+
+    Raises ValueError (EncodeError from the field checks) or ProtocolError (timestamp,
+    structured data) saying what is wrong.
+    """
+    parts = frame.split(b" ", 7)
+    if len(parts) < 7:
+        raise ValueError(
+            "a frame needs <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA, "
+            f"found {len(parts)} of these 7 fields"
+        )
+    head, stamp, hostname, app_name, procid, msgid, structured = parts[:7]
+    pri = _pri_by_head.get(head)
+    if pri is None:
+        pri = _head_pri(head)
+    ts_us = parse_ts(stamp, lenient=True)
+    key = (hostname, app_name, procid, msgid)
+    if key not in _valid_fields:
+        _check_fields(key)
+    msg = parts[7] if len(parts) == 8 else b""
+    if structured != b"-":
+        if structured[:1] == b"[":
+            start = len(frame) - len(msg) - len(structured) - (len(parts) == 8)
+            end = parse_structured_data(frame, start, strict=True)[1]
+            if end < len(frame) and frame[end] != 0x20:
+                raise ValueError("STRUCTURED-DATA must be followed by a space and MSG")
+            msg = frame[end + 1 :]
+        elif msgid == b"-":
+            # Heroku's drain layout: no STRUCTURED-DATA field, MSG right after MSGID.
+            msg = structured + b" " + msg if len(parts) == 8 else structured
+        else:
+            raise ValueError(f"STRUCTURED-DATA must be '-' or '[', found {structured[:20]!r}")
+    if msg[-1:] == b"\n":
+        msg = msg[:-1]
+    if msg[:3] == BOM:
+        msg = msg[3:]
+    return pri, ts_us, hostname, app_name, procid, msgid, msg
+
+
+def _nil(value: bytes) -> bytes | None:
+    return None if value == b"-" else value
+
+
+def parse_input_frame(frame: bytes, frame_number: int = 1) -> InputFrame:
+    """One input-layout frame (without its ``LEN SP``); ``Logplex1Error`` when malformed."""
+    try:
+        pri, ts_us, hostname, app_name, procid, msgid, msg = _parse_input(frame)
+    except (ValueError, ProtocolError) as exc:
+        raise Logplex1Error(str(exc), frame_number=frame_number) from None
+    return InputFrame(pri, ts_us, _nil(hostname), _nil(app_name), _nil(procid), _nil(msgid), msg)
+
+
+def _body_frames(body: bytes, max_frame_bytes: int) -> list[bytes]:
+    decoder = OctetFrameDecoder(max_frame_bytes, "strict")
+    decoder.feed(body)
+    frames = decoder.frames()
+    if decoder.buffered:
+        number = len(frames) + 1
+        try:
+            decoder.frames()
+        except OctetFramingError as exc:
+            raise Logplex1Error(exc.message, frame_number=number, offset=exc.offset) from None
+        offset = len(body) - decoder.buffered
+        raise Logplex1Error(
+            f"the body ends inside this frame, which starts at byte {offset} "
+            "(the count is larger than the bytes that follow)",
+            frame_number=number,
+            offset=offset,
+        )
+    return frames
+
+
+def parse_input_body(body: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> list[InputFrame]:
+    """Every frame of a logplex-1 input body; ``Logplex1Error`` names the first bad frame."""
+    return [
+        parse_input_frame(frame, number)
+        for number, frame in enumerate(_body_frames(body, max_frame_bytes), 1)
+    ]
+
+
+def input_messages(frames: list[InputFrame], source: bytes) -> list[Message]:
+    """Router messages of ``frames`` under ``source``; embedded LF splits a message."""
+    return split_embedded_lines(
+        [(frame.ts_us, frame.pri, source, frame.ps, frame.msg) for frame in frames]
+    )
+
+
+def input_messages_from_body(
+    body: bytes, *, source: bytes, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> list[Message]:
+    """``input_messages(parse_input_body(body), source)`` without the per-frame objects."""
+    messages: list[Message] = []
+    append = messages.append
+    split = False
+    for number, frame in enumerate(_body_frames(body, max_frame_bytes), 1):
+        try:
+            pri, ts_us, _, _, procid, _, msg = _parse_input(frame)
+        except (ValueError, ProtocolError) as exc:
+            raise Logplex1Error(str(exc), frame_number=number) from None
+        append((ts_us, pri, source, procid, msg))
+        if b"\n" in msg:
+            split = True
+    return split_embedded_lines(messages) if split else messages
+
+
+# --- drain layout (for receivers) -------------------------------------------------------
+
+
+class DrainFrame(NamedTuple):
+    """One frame of the HTTPS-drain layout (DESIGN 5.2)."""
+
+    pri: int
+    ts_us: int
+    hostname: bytes
+    source: bytes
+    ps: bytes
+    msg: bytes
+
+
+def _parse_drain(frame: bytes) -> DrainFrame:
+    parts = frame.split(b" ", 6)
+    if len(parts) < 7 or parts[5] != b"-":
+        raise ValueError(
+            "a drain frame is <PRI>1 TIMESTAMP HOST SOURCE PS - MSG LF (DESIGN 5.2), "
+            f"found {frame[:60]!r}"
+        )
+    head, stamp, hostname, source, ps, _, msg = parts
+    pri = _pri_by_head.get(head)
+    if pri is None:
+        pri = _head_pri(head)
+    ts_us = parse_ts(stamp)
+    key = (hostname, source, ps, b"-")
+    if key not in _valid_fields:
+        _check_fields(key)
+    if msg[-1:] != b"\n":
+        raise ValueError("a drain frame ends with LF, counted in its length")
+    msg = msg[:-1]
+    if b"\n" in msg:
+        raise ValueError("a drain message must not contain LF (line receivers split on it)")
+    return DrainFrame(pri, ts_us, hostname, source, ps, msg)
+
+
+def parse_drain_body(body: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> list[DrainFrame]:
+    """Every frame of an HTTPS-drain body, read byte-exactly by the counts.
+
+    Raises ``Logplex1Error`` naming the first bad frame: a count that does not match the
+    bytes, a frame that is not the 5.2 layout, a message holding LF.
+    """
+    frames: list[DrainFrame] = []
+    for number, frame in enumerate(_body_frames(body, max_frame_bytes), 1):
+        try:
+            frames.append(_parse_drain(frame))
+        except (ValueError, ProtocolError) as exc:
+            raise Logplex1Error(str(exc), frame_number=number) from None
+    return frames

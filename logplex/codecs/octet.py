@@ -1,0 +1,194 @@
+"""RFC 6587 section 3.4.1 octet counting: ``MSG-LEN SP SYSLOG-MSG``, frames back to back.
+
+``MSG-LEN = NONZERO-DIGIT *DIGIT`` counts the octets of the message that follows the space.
+Anything else where a frame must start is garbage: a leading zero, a non-digit, no space
+after at most ``len(str(max_frame_bytes))`` digits, or a count above ``max_frame_bytes``.
+
+``OctetFrameDecoder`` is incremental: ``feed(data)``, then ``frames()`` (all complete
+frames) or ``next_frame()`` (one). Two policies for garbage:
+
+- ``strict`` (HTTP bodies): raise ``OctetFramingError`` naming the absolute byte offset of
+  the garbage. Frames completed before the garbage are returned first; the error is raised
+  by the call that reaches it, and again by every later call.
+- ``resync`` (TCP streams): skip to the next plausible frame start and go on. The rule: the
+  first later position where ``[1-9][0-9]{0,D-1} SP <`` matches (D the digit count of
+  ``max_frame_bytes``; ``<`` opens every syslog PRI). The skipped bytes are added to
+  ``skipped_bytes``, each recovery to ``resyncs``. While no candidate is in sight only the
+  last D+1 bytes are kept, since a candidate may start there.
+
+Cost: the decoder never looks at more than D+1 bytes to read a header, and once a header
+is read it does nothing until the buffer holds the whole frame, so feeding one byte at a
+time stays linear. Frames are cut from one ``bytes`` snapshot of the buffer per call, taken
+only when at least one frame is complete.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Literal, NoReturn
+
+from logplex.codecs.errors import OctetFramingError
+
+__all__ = ["OctetFrameDecoder", "encode_octet_frame", "octet_frames"]
+
+Policy = Literal["strict", "resync"]
+
+
+def encode_octet_frame(payload: bytes) -> bytes:
+    """``MSG-LEN SP payload`` (payload must not be empty: MSG-LEN starts with 1..9)."""
+    if not payload:
+        raise ValueError("an octet-counted frame cannot be empty (MSG-LEN is at least 1)")
+    return b"%d %b" % (len(payload), payload)
+
+
+class OctetFrameDecoder:
+    """Incremental RFC 6587 octet-counting decoder with a frame size limit."""
+
+    __slots__ = (
+        "_buffer",
+        "_candidate",
+        "_consumed",
+        "_digits",
+        "_frame_end",
+        "_max_frame_bytes",
+        "_policy",
+        "_ready",
+        "_resyncing",
+        "resyncs",
+        "skipped_bytes",
+    )
+
+    def __init__(self, max_frame_bytes: int, policy: Policy = "strict") -> None:
+        if max_frame_bytes < 1:
+            raise ValueError(f"max_frame_bytes must be positive, got {max_frame_bytes}")
+        if policy not in ("strict", "resync"):
+            raise ValueError(f"policy must be 'strict' or 'resync', got {policy!r}")
+        self._max_frame_bytes = max_frame_bytes
+        self._policy: Policy = policy
+        self._digits = len(str(max_frame_bytes))
+        self._candidate = re.compile(rb"[1-9][0-9]{0,%d} <" % (self._digits - 1))
+        self._buffer = bytearray()
+        self._consumed = 0  # absolute stream offset of _buffer[0]
+        self._frame_end = 0  # end in _buffer of the frame whose header was read; 0: none
+        self._resyncing = False
+        self._ready: deque[bytes] = deque()
+        #: bytes dropped while looking for a frame start (resync policy)
+        self.skipped_bytes = 0
+        #: times the decoder found its way back to a frame start (resync policy)
+        self.resyncs = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as frames (nor skipped)."""
+        return len(self._buffer) + sum(map(len, self._ready))
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame's message, or None until more bytes arrive."""
+        if not self._ready:
+            self._ready.extend(self._decode())
+        return self._ready.popleft() if self._ready else None
+
+    def frames(self) -> list[bytes]:
+        """Every complete frame's message, in order."""
+        if self._ready:
+            frames = list(self._ready)
+            self._ready.clear()
+            frames.extend(self._decode())
+            return frames
+        return self._decode()
+
+    def _decode(self) -> list[bytes]:
+        buffer = self._buffer
+        size = len(buffer)
+        if self._frame_end > size or size == 0:
+            return []
+        self._frame_end = 0
+        data = bytes(buffer)
+        frames: list[bytes] = []
+        append = frames.append
+        digits = self._digits
+        max_frame_bytes = self._max_frame_bytes
+        position = self._resync(data, 0, 0) if self._resyncing else 0
+        while position < size and not self._resyncing:
+            space = data.find(b" ", position, position + digits + 1)
+            if space > position:
+                if 0x31 <= data[position] <= 0x39 and data[position:space].isdigit():
+                    length = int(data[position:space])
+                    if length <= max_frame_bytes:
+                        end = space + 1 + length
+                        if end > size:
+                            self._frame_end = end - position
+                            break
+                        append(data[space + 1 : end])
+                        position = end
+                        continue
+            elif (
+                space < 0
+                and size - position <= digits
+                and 0x31 <= data[position] <= 0x39
+                and data[position:size].isdigit()
+            ):
+                break  # a header still arriving
+            # Garbage where a frame must start.
+            if self._policy == "strict":
+                if frames:
+                    break  # hand out the good frames first; the next call raises
+                self._raise_garbage(data, position)
+            position = self._resync(data, position + 1, position)
+        if position:
+            del buffer[:position]
+            self._consumed += position
+        return frames
+
+    def _resync(self, data: bytes, search_from: int, skipped_from: int) -> int:
+        """The position of the next candidate frame start, counting what is skipped."""
+        match = self._candidate.search(data, search_from)
+        if match is not None:
+            self.skipped_bytes += match.start() - skipped_from
+            self.resyncs += 1
+            self._resyncing = False
+            return match.start()
+        keep_from = max(search_from, len(data) - (self._digits + 1))
+        self.skipped_bytes += keep_from - skipped_from
+        self._resyncing = True
+        return keep_from
+
+    def _raise_garbage(self, data: bytes, position: int) -> NoReturn:
+        offset = self._consumed + position
+        head = data[position : position + self._digits + 1]
+        space = head.find(b" ")
+        count = head[:space] if space > 0 else head
+        if count[:1] == b"0" and count.isdigit():
+            reason = f"MSG-LEN {count!r} has a leading zero"
+        elif space > 0 and count.isdigit():
+            reason = f"MSG-LEN {int(count)} exceeds the limit of {self._max_frame_bytes} bytes"
+        elif count.isdigit():
+            reason = (
+                f"MSG-LEN {count!r}... has more than {self._digits} digits "
+                f"(the limit is {self._max_frame_bytes} bytes)"
+            )
+        else:
+            reason = f"expected MSG-LEN SP (digits then a space), found {head!r}"
+        raise OctetFramingError(
+            f"octet-counted framing broken at byte {offset}: {reason}", offset=offset
+        )
+
+
+def octet_frames(data: bytes, max_frame_bytes: int) -> list[bytes]:
+    """Every frame of a complete octet-counted body (strict); raises on garbage or a cut."""
+    decoder = OctetFrameDecoder(max_frame_bytes, "strict")
+    decoder.feed(data)
+    frames = decoder.frames()
+    if decoder.buffered:
+        frames.extend(decoder.frames())  # raises when garbage follows the first frames
+        offset = len(data) - decoder.buffered
+        raise OctetFramingError(
+            f"octet-counted body ends inside a frame that starts at byte {offset} "
+            f"({decoder.buffered} bytes of it present)",
+            offset=offset,
+        )
+    return frames
