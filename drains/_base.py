@@ -45,6 +45,9 @@ def describe_exception(exc: BaseException) -> str:
     chain: list[BaseException] = []
     seen: BaseException | None = exc
     while seen is not None and len(chain) < 10:
+        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
+            seen = seen.exceptions[0]  # e.g. trio's "all attempts to connect failed"
+            continue
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     for candidate in reversed(chain):

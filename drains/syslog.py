@@ -230,17 +230,21 @@ class SyslogDrain(DrainCore):
     # -- one connection ---------------------------------------------------------------
 
     async def _serve_connection(self, conn: _Connection) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._watch_peer, conn, nursery.cancel_scope)
-            try:
-                await self._pump(conn)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                conn.failure = describe_exception(exc)
-            nursery.cancel_scope.cancel()
-        if conn.failure is not None:
-            self.record_failure(f"connection to {self.url.redacted()} failed: {conn.failure}")
-        self._requeue_unacknowledged(conn)
-        await trio.aclose_forcefully(conn.stream)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_peer, conn, nursery.cancel_scope)
+                try:
+                    await self._pump(conn)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    conn.failure = describe_exception(exc)
+                nursery.cancel_scope.cancel()
+            if conn.failure is not None:
+                where = self.url.redacted()
+                self.record_failure(f"connection to {where} failed: {conn.failure}")
+        finally:
+            # Also on cancellation: count what was acknowledged, keep the rest for later.
+            self._requeue_unacknowledged(conn)
+            await trio.aclose_forcefully(conn.stream)
 
     async def _watch_peer(self, conn: _Connection, scope: trio.CancelScope) -> None:
         """Syslog receivers send nothing: EOF or an error here means the connection is gone."""

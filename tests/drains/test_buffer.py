@@ -1,0 +1,174 @@
+"""The drain buffer: caps, drop-oldest, L10 placement and carry-over (DESIGN 5.5, 8)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from drains._buffer import DrainBuffer, Taken
+from logplex.codecs.records import Batch, Message
+
+WALL_S = 1_795_000_000.0
+
+
+def encode(messages: list[Message]) -> list[bytes]:
+    return [m[4] + b"\n" for m in messages]
+
+
+def notice(count: int, since_us: int, now_us: int) -> Message:
+    return (now_us, 172, b"heroku", b"logplex", b"L10 %d since %d" % (count, since_us))
+
+
+def make_buffer(max_messages: int = 10, max_bytes: int = 1 << 20) -> DrainBuffer:
+    return DrainBuffer(
+        max_messages=max_messages,
+        max_bytes=max_bytes,
+        encode=encode,
+        memo_key="test",
+        make_notice=notice,
+        wall_clock_s=lambda: WALL_S,
+    )
+
+
+def batch(*numbers: int) -> Batch:
+    return Batch([(0, 190, b"app", b"web.1", b"m%d" % n) for n in numbers])
+
+
+def texts(taken: Taken | None) -> list[bytes]:
+    assert taken is not None
+    return [frame.rstrip(b"\n") for frame in taken.frames]
+
+
+@pytest.mark.parametrize(
+    ("pushes", "max_messages", "kept", "dropped"),
+    [
+        ([[1, 2, 3]], 10, [1, 2, 3], 0),
+        ([[1, 2, 3], [4, 5]], 4, [2, 3, 4, 5], 1),  # oldest message of the first batch
+        ([[1, 2], [3, 4], [5, 6]], 3, [4, 5, 6], 3),  # a whole batch and part of the next
+        ([list(range(20))], 5, list(range(15, 20)), 15),  # one batch bigger than the cap
+        ([[1], [2], [3], [4]], 1, [4], 3),
+    ],
+)
+async def test_message_cap_drops_the_oldest(
+    pushes: list[list[int]], max_messages: int, kept: list[int], dropped: int
+) -> None:
+    buffer = make_buffer(max_messages=max_messages)
+    for numbers in pushes:
+        buffer.push_batch(batch(*numbers))
+    assert buffer.queued_messages == len(kept)
+    assert buffer.dropped_total == dropped
+    taken = buffer.take(1000, 1 << 20)
+    expected = [b"m%d" % n for n in kept]
+    if dropped:
+        assert texts(taken)[0] == b"L10 %d since %d" % (dropped, WALL_S * 1_000_000)
+        assert texts(taken)[1:] == expected
+    else:
+        assert texts(taken) == expected
+
+
+async def test_byte_cap_drops_the_oldest() -> None:
+    buffer = make_buffer(max_messages=1000, max_bytes=10)  # frames are 3 bytes: "mN\n"
+    buffer.push_batch(batch(1, 2, 3))
+    buffer.push_batch(batch(4, 5))
+    assert buffer.queued_bytes == 9
+    assert buffer.dropped_total == 2
+    assert texts(buffer.take(100, 1000))[1:] == [b"m3", b"m4", b"m5"]
+
+
+async def test_take_respects_message_and_byte_limits_and_keeps_order() -> None:
+    buffer = make_buffer(max_messages=1000)
+    buffer.push_batch(batch(*range(10)))
+    buffer.push_batch(batch(*range(10, 20)))
+    assert texts(buffer.take(4, 1 << 20)) == [b"m0", b"m1", b"m2", b"m3"]
+    assert texts(buffer.take(100, 9)) == [b"m4", b"m5", b"m6"]  # 3 bytes each
+    assert texts(buffer.take(8, 1 << 20)) == [b"m%d" % n for n in range(7, 15)]
+    assert texts(buffer.take(100, 1 << 20)) == [b"m%d" % n for n in range(15, 20)]
+    assert buffer.take(100, 100) is None
+    assert buffer.queued_messages == 0
+    assert buffer.queued_bytes == 0
+
+
+async def test_take_always_hands_out_one_frame_even_over_the_byte_limit() -> None:
+    buffer = make_buffer()
+    buffer.push_batch(batch(123456))
+    assert texts(buffer.take(10, 1)) == [b"m123456"]
+
+
+async def test_frames_are_formatted_once_per_batch_and_key() -> None:
+    calls: list[int] = []
+
+    def counting(messages: list[Message]) -> list[bytes]:
+        calls.append(len(messages))
+        return encode(messages)
+
+    shared = batch(1, 2, 3)
+    for _ in range(10):
+        other = DrainBuffer(
+            max_messages=10, max_bytes=100, encode=counting, memo_key="k", make_notice=notice
+        )
+        other.push_batch(shared)
+    assert calls == [3]
+
+
+async def test_exactly_one_l10_per_loss_streak() -> None:
+    buffer = make_buffer(max_messages=2)
+    buffer.push_batch(batch(1, 2, 3))
+    buffer.push_batch(batch(4, 5, 6))
+    first = texts(buffer.take(100, 1 << 20))
+    assert first[0].startswith(b"L10 4 since")
+    buffer.push_batch(batch(7))
+    assert texts(buffer.take(100, 1 << 20)) == [b"m7"]
+
+
+async def test_given_up_batch_carries_its_count_and_its_notice_count() -> None:
+    buffer = make_buffer(max_messages=2)
+    buffer.push_batch(batch(1, 2, 3))  # drops m1
+    taken = buffer.take(100, 1 << 20)
+    assert texts(taken) == [b"L10 1 since %d" % (WALL_S * 1_000_000), b"m2", b"m3"]
+    assert taken is not None
+    buffer.settle(taken, delivered=False)  # e.g. a 404: 2 messages plus the notice's 1
+    assert buffer.dropped_total == 3
+    buffer.push_batch(batch(9))
+    again = texts(buffer.take(100, 1 << 20))
+    assert again == [b"L10 3 since %d" % (WALL_S * 1_000_000), b"m9"]
+
+
+async def test_lone_notice_becomes_takeable_after_one_second(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    buffer = make_buffer()
+    buffer.push_batch(batch(1))
+    taken = buffer.take(100, 1 << 20)
+    assert taken is not None
+    start = trio.current_time()
+    buffer.settle(taken, delivered=False)
+    assert buffer.take(100, 1 << 20) is None  # not yet: a batch may still follow
+    await buffer.wait_takeable()
+    assert trio.current_time() - start == pytest.approx(1.0)
+    assert texts(buffer.take(100, 1 << 20)) == [b"L10 1 since %d" % (WALL_S * 1_000_000)]
+
+
+async def test_notice_goes_with_the_next_batch_within_one_second(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    buffer = make_buffer()
+    buffer.push_batch(batch(1))
+    taken = buffer.take(100, 1 << 20)
+    assert taken is not None
+    buffer.settle(taken, delivered=False)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+
+        async def push_later() -> None:
+            await trio.sleep(0.3)
+            buffer.push_batch(batch(2))
+
+        nursery.start_soon(push_later)
+        await buffer.wait_takeable()
+    assert trio.current_time() - start == pytest.approx(0.3)
+    assert texts(buffer.take(100, 1 << 20))[1:] == [b"m2"]
+
+
+def test_caps_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        make_buffer(max_messages=0)
