@@ -99,6 +99,22 @@ CONNECTION_ERRORS: Final = (
 )
 
 
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line about why a connection failed: trio's wrappers name their cause."""
+    while isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message}); pass --ca-file or fix the CA"
+    return str(exc) or type(exc).__name__
+
+
 def ssl_context(ca_file: str | None) -> ssl.SSLContext:
     """Verify the router with the system CAs, or only with ``--ca-file`` when given."""
     return ssl.create_default_context(cafile=ca_file)
@@ -178,8 +194,8 @@ class Shipper:
         while True:
             try:
                 await self._connect_and_ship()
-            except CONNECTION_ERRORS as exc:
-                self._report(exc)
+            except* CONNECTION_ERRORS as failures:
+                self._report(_first_leaf(failures))
             if self.connected:
                 attempt = 0
             self.connected = False
@@ -187,7 +203,7 @@ class Shipper:
             attempt += 1
 
     def _report(self, exc: BaseException) -> None:
-        text = str(exc) or type(exc).__name__
+        text = describe_failure(exc)
         if text != self.last_error:
             print(
                 f"logshim: connection to router {self.router!r} failed: {text}; retrying",

@@ -15,6 +15,7 @@ Knobs for the failure cases the shim must survive:
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,9 @@ class RouterDouble:
         stall_after_ready: bool = False,
         refuse_seqs: frozenset[int] = frozenset(),
         send_ping: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context
         self.window = window
         self.max_batch_bytes = max_batch_bytes
         self.stall_after_ready = stall_after_ready
@@ -77,6 +80,8 @@ class RouterDouble:
 
     @property
     def url(self) -> str:
+        if self.ssl_context is not None:
+            return f"tls://localhost:{self.port}"
         return f"tcp://127.0.0.1:{self.port}"
 
     def only_stream(self) -> StreamLog:
@@ -86,8 +91,11 @@ class RouterDouble:
     async def serve(self, port: int = 0, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
             self._scope = scope
-            listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
+            tcp_listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+            self.port = tcp_listeners[0].socket.getsockname()[1]
+            listeners: list[Any] = list(tcp_listeners)
+            if self.ssl_context is not None:
+                listeners = [trio.SSLListener(tcp, self.ssl_context) for tcp in tcp_listeners]
             task_status.started(self.port)
             await trio.serve_listeners(self._handle, listeners)
 
@@ -104,7 +112,7 @@ class RouterDouble:
             while not predicate():
                 await self.changed.wait()
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         decoder = ShimFrameDecoder(MAX_FRAME_BYTES)
         log: StreamLog | None = None
@@ -135,12 +143,12 @@ class RouterDouble:
                     elif isinstance(event, Pong):
                         self.pongs += 1
                         self._changed()
-            except (ProtocolError, trio.BrokenResourceError) as exc:
+            except (ProtocolError, trio.BrokenResourceError, ssl.SSLError) as exc:
                 if log is not None:
                     log.violations.append(repr(exc))
                 self._changed()
 
-    async def _batch(self, stream: trio.SocketStream, log: StreamLog, event: BatchFrame) -> bool:
+    async def _batch(self, stream: trio.abc.Stream, log: StreamLog, event: BatchFrame) -> bool:
         if event.seq in self.refuse_seqs:
             self.refuse_seqs.discard(event.seq)
             await stream.send_all(encode_error("bad_frame", "refused by the test double"))
