@@ -20,6 +20,7 @@ import binascii
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -155,11 +156,12 @@ async def read_body_limited(request: Request, max_bytes: int, what: str) -> byte
         raise ApiError(413, f"{what} is {declared} bytes; the limit is {max_bytes}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise ApiError(413, f"{what} is larger than the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > max_bytes:
+                raise ApiError(413, f"{what} is larger than the limit of {max_bytes} bytes")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

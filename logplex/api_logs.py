@@ -27,7 +27,8 @@ from logplex.api import (
     read_body_limited,
     require_admin,
 )
-from logplex.codecs.records import Message
+from logplex.codecs.errors import ProtocolError
+from logplex.codecs.logplex1 import encode_https_body, input_messages, parse_input_body
 from logplex.metrics import INGEST_BYTES, INGEST_ERRORS, INGEST_MESSAGES
 
 MAX_LOGS_BODY_BYTES = 8 * 1024 * 1024
@@ -66,24 +67,6 @@ def _refuse(
     return ApiError(status, message, headers=headers)
 
 
-def messages_from_frames(frames: list[object], source: bytes) -> list[Message]:
-    """Router messages of parsed input frames, under the token's ``source``.
-
-    A message containing LF becomes one message per line (DESIGN section 3, ingest fields).
-    """
-    messages: list[Message] = []
-    for frame in frames:
-        ts_us: int = frame.ts_us  # type: ignore[attr-defined]
-        pri: int = frame.pri  # type: ignore[attr-defined]
-        ps: bytes = frame.ps  # type: ignore[attr-defined]
-        msg: bytes = frame.msg  # type: ignore[attr-defined]
-        if b"\n" in msg:
-            messages.extend((ts_us, pri, source, ps, line) for line in msg.split(b"\n"))
-        else:
-            messages.append((ts_us, pri, source, ps, msg))
-    return messages
-
-
 async def post_logs(request: Request) -> Response:
     state = api_state(request)
     token = basic_token(request.headers.get("authorization"))
@@ -117,11 +100,9 @@ async def post_logs(request: Request) -> Response:
         raise _refuse(413, "too_large", str(error)) from None
     except ValueError as error:
         raise _refuse(400, "malformed", str(error)) from None
-    from logplex.codecs.logplex1 import Logplex1Error, parse_input_body
-
     try:
         frames = parse_input_body(body)
-    except Logplex1Error as error:
+    except ProtocolError as error:  # Logplex1Error names the frame; framing errors the byte
         raise _refuse(400, "malformed", f"request refused, nothing was accepted: {error}") from None
     declared = request.headers.get("logplex-msg-count")
     if declared is not None and declared.strip() != str(len(frames)):
@@ -130,7 +111,7 @@ async def post_logs(request: Request) -> Response:
             "count_mismatch",
             f"Logplex-Msg-Count says {declared.strip()} but the body holds {len(frames)} frames",
         )
-    messages = messages_from_frames(list(frames), info.source)
+    messages = input_messages(frames, info.source)
     if messages:
         state.router.publish(info.channel, messages)
         INGEST_MESSAGES.labels(PROTOCOL).inc(len(messages))
@@ -150,8 +131,6 @@ async def channel_logs(request: Request) -> Response:
         num = int(raw_num)
     if not state.router.has_channel(channel):
         raise ApiError(404, f"channel {channel!r} not found")
-    from logplex.codecs.logplex1 import encode_https_body
-
     history = state.router.history(channel)
     messages = history[-num:] if num else []
     body, count = encode_https_body(messages)
