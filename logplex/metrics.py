@@ -99,7 +99,11 @@ class RouterIndexCollector(Collector):
         for name, documentation, value in (
             ("logplex_channels", "Channels known to the router.", counts.channels),
             ("logplex_tokens", "Tokens indexed for ingest.", counts.tokens),
-            ("logplex_drains", "Drains configured across all channels.", counts.drains),
+            (
+                "logplex_drains_configured",
+                "Drains configured across all channels.",
+                counts.drains,
+            ),
             ("logplex_tail_sessions", "Open tail sessions.", counts.sessions),
         ):
             yield GaugeMetricFamily(name, documentation, value=value)

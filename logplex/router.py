@@ -276,7 +276,13 @@ class Router:
             settings=self._drain_settings or DrainSettings(),
             post_notice=post_notice,
         )
-        return self._drain_factory(context)
+        try:
+            return self._drain_factory(context)
+        except Exception:
+            # A drain that cannot be built stays "pending"; the channel and its other drains
+            # keep working. The URL is not logged: it may carry credentials.
+            log.exception("drain %d of channel %r could not be created", config.id, channel)
+            return None
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -1,0 +1,181 @@
+"""The syslog TCP listener: RFC 6587 octet-counted RFC 5424, token in APP-NAME (DESIGN 2, 3).
+
+Logplex's raw TCP input: each frame is ``LEN <PRI>1 TS HOST t.TOKEN PS MSGID SD MSG``. The
+token in APP-NAME picks the channel and source; PRI, TIMESTAMP (the receive time when it is
+NIL or unreadable), PROCID (the ps) and MSG are kept, HOSTNAME, MSGID and STRUCTURED-DATA are
+dropped, and a MSG holding LF becomes one message per line.
+
+Framing is ``OctetFrameDecoder`` with the ``resync`` policy: garbage, a frame over
+``max_frame_bytes`` or a bad length is skipped up to the next plausible frame start and
+counted (``logplex_ingest_errors_total{protocol="syslog",reason="malformed"}``); a frame
+that does not parse, or names an unknown token, is counted and skipped too. Nothing is
+answered (syslog has no acknowledgement). Frames of one read are grouped by channel in
+arrival order and published as lists (``frames_to_batches``, a plain function). A
+connection that sends nothing for ``idle_timeout_s`` is closed; each connection is its own
+task, so one client can never stall another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from logplex import metrics
+from logplex.codecs.errors import ProtocolError
+from logplex.codecs.lines import split_embedded_lines
+from logplex.codecs.octet import OctetFrameDecoder
+from logplex.codecs.records import Message
+from logplex.codecs.rfc5424 import parse_lenient
+from logplex.model import TokenInfo
+from logplex.router import Router
+
+log = logging.getLogger(__name__)
+
+PROTOCOL: Final = "syslog"
+RECEIVE_BYTES: Final = 256 * 1024
+NIL_PS: Final = b"-"
+
+_MESSAGES = metrics.INGEST_MESSAGES.labels(protocol=PROTOCOL)
+_BYTES = metrics.INGEST_BYTES.labels(protocol=PROTOCOL)
+_MALFORMED = metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="malformed")
+_UNKNOWN_TOKEN = metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="unknown_token")
+_CONNECTIONS = metrics.INGEST_CONNECTIONS.labels(protocol=PROTOCOL)
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogListenerSettings:
+    # DESIGN 5.6 caps a frame at 10240 bytes; senders that wrap long lines stay under it.
+    max_frame_bytes: int = 10240
+    idle_timeout_s: float = 300.0
+
+
+@dataclass(slots=True)
+class ReadOutcome:
+    """What one read's frames became: batches per channel in order, and what was skipped."""
+
+    batches: list[tuple[str, list[Message]]]
+    unknown_tokens: int = 0
+    malformed: int = 0
+
+
+def frames_to_batches(
+    frames: list[bytes],
+    lookup_token: Callable[[str], TokenInfo | None],
+    now_us: int,
+) -> ReadOutcome:
+    """Parse frames and group consecutive ones of the same channel into one batch each."""
+    outcome = ReadOutcome([])
+    batches = outcome.batches
+    channel = ""
+    current: list[Message] = []
+    for frame in frames:
+        try:
+            parsed = parse_lenient(frame)
+        except ProtocolError:
+            outcome.malformed += 1
+            continue
+        app_name = parsed.app_name
+        info = lookup_token(app_name.decode("ascii", "replace")) if app_name else None
+        if info is None:
+            outcome.unknown_tokens += 1
+            continue
+        if info.channel != channel or not current:
+            if current:
+                batches.append((channel, current))
+            channel = info.channel
+            current = []
+        ts_us = parsed.timestamp_us if parsed.timestamp_us is not None else now_us
+        current.append((ts_us, parsed.pri, info.source, parsed.procid or NIL_PS, parsed.msg))
+    if current:
+        batches.append((channel, current))
+    for index, (name, messages) in enumerate(batches):
+        if any(b"\n" in m[4] for m in messages):
+            batches[index] = (name, split_embedded_lines(messages))
+    return outcome
+
+
+class SyslogListener:
+    """Serves octet-counted syslog connections into a ``Router``."""
+
+    def __init__(self, router: Router, settings: SyslogListenerSettings | None = None) -> None:
+        self.router = router
+        self.settings = settings or SyslogListenerSettings()
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | list[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections on ``listeners`` until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+            task_status.started()
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
+    ) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE and friends: back off, keep serving
+                    log.warning("syslog listener accept failed (%s); retrying in 0.1 s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self.handle_connection, stream)
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        """Read frames until EOF, idle timeout or error; never raises."""
+        _CONNECTIONS.inc()
+        reason = "eof"
+        try:
+            async with stream:
+                reason = await self._read_frames(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            reason = "error"
+        except Exception:
+            reason = "error"
+            log.exception("syslog connection failed unexpectedly; closing it")
+        finally:
+            _CONNECTIONS.dec()
+            metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol=PROTOCOL, reason=reason).inc()
+
+    async def _read_frames(self, stream: trio.abc.Stream) -> str:
+        decoder = OctetFrameDecoder(self.settings.max_frame_bytes, policy="resync")
+        router = self.router
+        lookup_token = router.lookup_token
+        resyncs = 0
+        while True:
+            with trio.move_on_after(self.settings.idle_timeout_s):
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    return "eof"
+                decoder.feed(bytes(data))
+                frames = decoder.frames()
+                if decoder.resyncs != resyncs:
+                    _MALFORMED.inc(decoder.resyncs - resyncs)
+                    resyncs = decoder.resyncs
+                if not frames:
+                    continue
+                outcome = frames_to_batches(frames, lookup_token, time.time_ns() // 1000)
+                published = 0
+                for channel, messages in outcome.batches:
+                    router.publish(channel, messages)
+                    published += len(messages)
+                _MESSAGES.inc(published)
+                _BYTES.inc(sum(map(len, frames)))
+                if outcome.malformed:
+                    _MALFORMED.inc(outcome.malformed)
+                if outcome.unknown_tokens:
+                    _UNKNOWN_TOKEN.inc(outcome.unknown_tokens)
+                continue
+            # Only a timeout gets here: every path inside the scope returns or continues.
+            log.info("syslog connection idle for %.0f s: closed", self.settings.idle_timeout_s)
+            return "idle"

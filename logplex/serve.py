@@ -1,0 +1,515 @@
+"""``logplex serve``: settings, wiring and shutdown of the router (DESIGN sections 2 and 7).
+
+Settings (DESIGN 2). Every setting has one name, the flag without its dashes. A value is
+taken, first found, from the command line, then the environment (``--shutdown-grace`` <-
+``LOGPLEX_SHUTDOWN_GRACE``), then the TOML file named by ``--config`` / ``LOGPLEX_CONFIG``
+(keys are the flag names, with ``-`` or ``_``: ``shutdown-grace = 5``), then the default.
+``resolve_settings`` is a pure function of those sources, table-tested.
+
+Start-up: data dir -> auth key (``DATA_DIR/auth-key``, mode 0600, generated with ``secrets``)
+-> config store -> ``Router`` with every stored channel applied -> HTTP (hypercorn on trio),
+shim and syslog listeners (TLS on the last two with ``--tls-cert/--tls-key``) -> one
+``listening NAME=HOST:PORT`` line each on stdout, flushed -> ``/healthcheck`` ready.
+
+Shutdown on SIGTERM or SIGINT (one signal receiver for the whole run): stop accepting and
+close ingest connections (shims resend what was not acknowledged to the next router), stop
+the HTTP server, flush drain buffers for at most ``--shutdown-grace`` seconds, exit 0. A
+second signal cuts the flush short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+from prometheus_client import REGISTRY
+
+from logplex import metrics
+from logplex.ingest_shim import ShimListener
+from logplex.ingest_syslog import SyslogListener
+from logplex.router import DrainFactory, Router
+
+log = logging.getLogger(__name__)
+
+
+class ServeConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message says which and how to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    data_dir: Path
+    http: HostPort
+    shim: HostPort
+    syslog: HostPort
+    tls_cert: Path | None
+    tls_key: Path | None
+    auth_key: str | None
+    history: int
+    drain_buffer: int
+    max_drains_per_channel: int
+    public_url: str | None
+    drain_ca_file: Path | None
+    shutdown_grace: float
+    drain_retry_window: float
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; port 0 means "pick a free port"."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8001)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0..65535")
+    return HostPort(host, port)
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise ValueError("it is empty")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    metavar: str
+    help: str
+
+
+SETTINGS: Final = (
+    _Setting("data-dir", Path, Path(".logplex"), "DIR", "config database and auth key"),
+    _Setting(
+        "http",
+        parse_host_port,
+        "127.0.0.1:8001",
+        "HOST:PORT",
+        "REST API, sessions, POST /logs, /metrics, /healthcheck",
+    ),
+    _Setting("shim", parse_host_port, "127.0.0.1:6001", "HOST:PORT", "shim stream listener"),
+    _Setting(
+        "syslog",
+        parse_host_port,
+        "127.0.0.1:6601",
+        "HOST:PORT",
+        "RFC 6587 octet-counted syslog over TCP",
+    ),
+    _Setting("tls-cert", Path, None, "FILE", "with --tls-key: shim and syslog listeners speak TLS"),
+    _Setting("tls-key", Path, None, "FILE", "private key of --tls-cert"),
+    _Setting("auth-key", _text, None, "KEY", "API key (default: generated into DATA_DIR/auth-key)"),
+    _Setting("history", _count(0), 1500, "N", "lines of history kept per channel"),
+    _Setting(
+        "drain-buffer",
+        _count(1),
+        1024,
+        "N",
+        "messages buffered per drain before the oldest are dropped",
+    ),
+    _Setting("max-drains-per-channel", _count(1), 6, "N", "drains allowed per channel"),
+    _Setting("public-url", _text, None, "URL", "base of session URLs (default: from --http)"),
+    _Setting(
+        "drain-ca-file",
+        Path,
+        None,
+        "FILE",
+        "extra CA bundle trusted for HTTPS and syslog+tls drains",
+    ),
+    _Setting(
+        "shutdown-grace", _seconds, 10.0, "SECONDS", "time allowed to flush drains on SIGTERM"
+    ),
+    _Setting(
+        "drain-retry-window",
+        _seconds,
+        60.0,
+        "SECONDS",
+        "how long a failing batch is retried before it is dropped (L10)",
+    ),
+)
+_BY_NAME: Final = {s.name: s for s in SETTINGS}
+
+
+def env_name(setting: str) -> str:
+    return "LOGPLEX_" + setting.upper().replace("-", "_")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``logplex serve`` flags; defaults stay None so env and TOML can fill them."""
+    parser.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file setting any flag (env LOGPLEX_CONFIG)"
+    )
+    for setting in SETTINGS:
+        default = setting.default
+        shown = (
+            f" (default {default}; env {env_name(setting.name)})"
+            if default is not None
+            else (f" (env {env_name(setting.name)})")
+        )
+        parser.add_argument(
+            f"--{setting.name}",
+            dest=setting.name.replace("-", "_"),
+            metavar=setting.metavar,
+            default=None,
+            help=setting.help + shown,
+        )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """The settings table of a ``--config`` file, keys normalised to flag names."""
+    try:
+        with path.open("rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise ServeConfigError(f"cannot read --config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ServeConfigError(f"--config {path} is not valid TOML: {exc}") from None
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("_", "-")
+        if name not in _BY_NAME:
+            known = ", ".join(sorted(_BY_NAME))
+            raise ServeConfigError(f"unknown setting {key!r} in {path}; known settings: {known}")
+        settings[name] = value
+    return settings
+
+
+def resolve_settings(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    toml: Mapping[str, Any],
+    *,
+    toml_path: str = "--config",
+) -> ServeSettings:
+    """Flags over env over TOML over defaults, each value parsed and validated."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        flag_value = flags.get(setting.name)
+        env_value = environ.get(env_name(setting.name))
+        if flag_value is not None:
+            raw, origin = flag_value, f"--{setting.name}"
+        elif env_value is not None:
+            raw, origin = env_value, env_name(setting.name)
+        elif setting.name in toml:
+            value = toml[setting.name]
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ServeConfigError(
+                    f"{setting.name} in {toml_path} must be a string or a number, "
+                    f"not {type(value).__name__}"
+                )
+            raw, origin = str(value), f"{setting.name} in {toml_path}"
+        else:
+            values[setting.name.replace("-", "_")] = (
+                setting.parse(setting.default)
+                if isinstance(setting.default, str)
+                else setting.default
+            )
+            continue
+        try:
+            values[setting.name.replace("-", "_")] = setting.parse(raw)
+        except ValueError as exc:
+            raise ServeConfigError(f"{origin}={raw!r} is invalid: {exc}") from None
+    settings = ServeSettings(**values)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ServeConfigError(
+            "--tls-cert and --tls-key go together: give both (TLS on the shim and syslog "
+            "listeners) or neither"
+        )
+    return settings
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeSettings:
+    """Resolve ``logplex serve`` arguments (as added by ``add_arguments``)."""
+    flags = {s.name: getattr(args, s.name.replace("-", "_"), None) for s in SETTINGS}
+    config = getattr(args, "config", None) or environ.get("LOGPLEX_CONFIG")
+    toml = load_toml(Path(config)) if config else {}
+    return resolve_settings(flags, environ, toml, toml_path=str(config or "--config"))
+
+
+# -- start-up pieces -----------------------------------------------------------------------
+
+AUTH_KEY_FILE: Final = "auth-key"
+CONFIG_DB_FILE: Final = "config.sqlite3"
+HTTP_GRACEFUL_TIMEOUT_S: Final = 1.0  # tail sessions never end by themselves
+
+
+def load_or_create_auth_key(path: Path) -> tuple[str, bool]:
+    """The key stored at ``path``, or a new one written there with mode 0600: (key, created)."""
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if key:
+        return key, False
+    key = secrets.token_urlsafe(32)
+    # Created with mode 0600 from the first byte: never readable by others, even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+    os.chmod(path, 0o600)  # an existing empty file may have had a wider mode
+    return key, True
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeConfigError(
+            f"cannot load --tls-cert {cert} / --tls-key {key} ({exc}); give a PEM certificate "
+            "chain and its unencrypted PEM private key"
+        ) from None
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class _DrainSupport:
+    factory: DrainFactory | None = None
+    settings: Any = None  # drains.DrainSettings
+    validate_url: Callable[[str], None] | None = None
+
+
+def _drain_support(settings: ServeSettings) -> _DrainSupport:
+    """The drains package's factory, settings and URL check; drains stay pending without it."""
+    try:
+        from drains import DrainSettings, open_drain, parse_drain_url
+    except ImportError as exc:
+        log.warning("drains are unavailable (%s): drains are stored but not started", exc)
+        return _DrainSupport()
+    drain_settings = DrainSettings(
+        buffer_messages=settings.drain_buffer,
+        retry_window_s=settings.drain_retry_window,
+        ca_file=str(settings.drain_ca_file) if settings.drain_ca_file else None,
+    )
+
+    def validate_url(url: str) -> None:
+        parse_drain_url(url)
+
+    return _DrainSupport(open_drain, drain_settings, validate_url)
+
+
+def _announce(name: str, address: str) -> None:
+    sys.stdout.write(f"listening {name}={address}\n")
+    sys.stdout.flush()
+
+
+async def _open_listeners(name: str, address: HostPort) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+    except OSError as exc:
+        raise ServeConfigError(
+            f"cannot listen on --{name} {address}: {exc.strerror or exc}; pick another "
+            "address or port (0 picks a free one)"
+        ) from None
+
+
+def _bound_address(listeners: list[trio.SocketListener]) -> str:
+    host, port = listeners[0].socket.getsockname()[:2]
+    return str(HostPort(host, port))
+
+
+def _with_tls(
+    listeners: list[trio.SocketListener], context: ssl.SSLContext | None
+) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    if context is None:
+        return list(listeners)
+    return [trio.SSLListener(listener, context) for listener in listeners]
+
+
+def _bind_http(address: HostPort) -> tuple[int, str]:
+    """Bind the HTTP socket ourselves (port 0 gives its port before the app is built, so
+    session URLs can name it) and hand its descriptor to hypercorn: (fd, bound HOST:PORT)."""
+    try:
+        sock = socket.create_server(
+            (address.host, address.port),
+            family=socket.AF_INET6 if ":" in address.host else socket.AF_INET,
+            backlog=1024,
+        )
+    except OSError as exc:
+        raise ServeConfigError(
+            f"cannot listen on --http {address}: {exc.strerror or exc}; pick another "
+            "address or port (0 picks a free one)"
+        ) from None
+    host, port = sock.getsockname()[:2]
+    return sock.detach(), str(HostPort(host, port))
+
+
+def _http_config(bind: str) -> Any:
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [bind]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup only
+    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT_S
+    return config
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+async def serve(
+    settings: ServeSettings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the router until SIGTERM/SIGINT, then stop accepting, flush drains and return."""
+    from hypercorn.trio import serve as serve_http
+
+    from logplex.api import ApiConfig, create_app
+    from logplex.store import ConfigStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auth_key is not None:
+        auth_key = settings.auth_key
+    else:
+        key_path = settings.data_dir / AUTH_KEY_FILE
+        auth_key, created = load_or_create_auth_key(key_path)
+        what = "generated into" if created else "read from"
+        sys.stdout.write(f"auth key {what} {key_path.resolve()}\n")
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = server_tls_context(settings.tls_cert, settings.tls_key)
+    drains = _drain_support(settings)
+
+    # One receiver for the whole run: signals are never lost or re-raised between phases.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        store = await ConfigStore.open(settings.data_dir / CONFIG_DB_FILE)
+        router = Router(
+            history_lines=settings.history,
+            drain_factory=drains.factory,
+            drain_settings=drains.settings,
+        )
+        collector = metrics.register_router_collector(router.counts)
+        try:
+            for channel in await store.load_channels():
+                router.apply_channel(channel)
+            async with trio.open_nursery() as root:
+                await root.start(router.run)
+                root.start_soon(metrics.measure_event_loop_lag)
+                shim_sockets = await _open_listeners("shim", settings.shim)
+                syslog_sockets = await _open_listeners("syslog", settings.syslog)
+                http_fd, http_address = _bind_http(settings.http)
+                public_url = settings.public_url or f"http://{http_address}"
+                app = create_app(
+                    store=store,
+                    router=router,
+                    config=ApiConfig(
+                        auth_key=auth_key,
+                        public_url=public_url.rstrip("/"),
+                        max_drains_per_channel=settings.max_drains_per_channel,
+                        validate_drain_url=drains.validate_url,
+                    ),
+                )
+                http_stop = trio.Event()
+                ingest = await root.start(_run_ingest, router, shim_sockets, syslog_sockets, tls)
+                await root.start(_run_http, serve_http, app, http_fd, http_stop)
+                _announce("http", http_address)
+                _announce("shim", _bound_address(shim_sockets))
+                _announce("syslog", _bound_address(syslog_sockets))
+                app.state.ready = True
+                task_status.started()
+
+                async for signum in signals:
+                    log.info("%s: stopping", signal.Signals(signum).name)
+                    break
+                app.state.ready = False
+                ingest.cancel()
+                http_stop.set()
+                with trio.CancelScope() as flush_scope:
+                    root.start_soon(_cut_short_on_second_signal, signals, flush_scope)
+                    await router.flush_drains(settings.shutdown_grace)
+                root.cancel_scope.cancel()
+        finally:
+            REGISTRY.unregister(collector)
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _cut_short_on_second_signal(signals: Any, flush_scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        log.warning("second signal: not waiting for drains to flush")
+        flush_scope.cancel()
+        return
+
+
+async def _run_ingest(
+    router: Router,
+    shim_sockets: list[trio.SocketListener],
+    syslog_sockets: list[trio.SocketListener],
+    tls: ssl.SSLContext | None,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The shim and syslog listeners and all their connections, under one cancel scope."""
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ShimListener(router).serve, _with_tls(shim_sockets, tls))
+            await nursery.start(SyslogListener(router).serve, _with_tls(syslog_sockets, tls))
+            task_status.started(scope)
+
+
+async def _run_http(
+    serve_http: Any,
+    app: Any,
+    fd: int,
+    stop: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    config = _http_config(f"fd://{fd}")
+    await serve_http(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``logplex serve``: 0 after a graceful stop, 2 for a configuration error."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args, os.environ)
+        trio.run(serve, settings)
+    except ServeConfigError as exc:
+        sys.stderr.write(f"logplex serve: {exc}\n")
+        return 2
+    return 0
