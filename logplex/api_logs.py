@@ -109,7 +109,8 @@ async def post_logs(request: Request) -> Response:
         raise _refuse(
             400,
             "count_mismatch",
-            f"Logplex-Msg-Count says {declared.strip()} but the body holds {len(frames)} frames",
+            f"Logplex-Msg-Count says {declared.strip()} but the body holds {len(frames)} "
+            f"frame{'' if len(frames) == 1 else 's'}",
         )
     messages = input_messages(frames, info.source)
     if messages:
