@@ -240,18 +240,21 @@ def parse_input_frame(frame: bytes, frame_number: int = 1) -> InputFrame:
 def _body_frames(body: bytes, max_frame_bytes: int) -> list[bytes]:
     decoder = OctetFrameDecoder(max_frame_bytes, "strict")
     decoder.feed(body)
-    frames = decoder.frames()
+    frames: list[bytes] = []
+    try:
+        frames.extend(decoder.frames())
+        if decoder.buffered:
+            frames.extend(decoder.frames())  # raises: garbage follows the good frames
+    except OctetFramingError as exc:
+        raise Logplex1Error(
+            exc.message, frame_number=len(frames) + 1, offset=exc.offset
+        ) from None
     if decoder.buffered:
-        number = len(frames) + 1
-        try:
-            decoder.frames()
-        except OctetFramingError as exc:
-            raise Logplex1Error(exc.message, frame_number=number, offset=exc.offset) from None
         offset = len(body) - decoder.buffered
         raise Logplex1Error(
             f"the body ends inside this frame, which starts at byte {offset} "
             "(the count is larger than the bytes that follow)",
-            frame_number=number,
+            frame_number=len(frames) + 1,
             offset=offset,
         )
     return frames
@@ -319,9 +322,8 @@ def _parse_drain(frame: bytes) -> DrainFrame:
     key = (hostname, source, ps, b"-")
     if key not in _valid_fields:
         _check_fields(key)
-    if msg[-1:] != b"\n":
-        raise ValueError("a drain frame ends with LF, counted in its length")
-    msg = msg[:-1]
+    if msg[-1:] == b"\n":
+        msg = msg[:-1]
     if b"\n" in msg:
         raise ValueError("a drain message must not contain LF (line receivers split on it)")
     return DrainFrame(pri, ts_us, hostname, source, ps, msg)
@@ -331,7 +333,9 @@ def parse_drain_body(body: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES) -> 
     """Every frame of an HTTPS-drain body, read byte-exactly by the counts.
 
     Raises ``Logplex1Error`` naming the first bad frame: a count that does not match the
-    bytes, a frame that is not the 5.2 layout, a message holding LF.
+    bytes, a frame that is not the 5.2 layout, a message holding LF. The LF that ends each
+    frame (and is counted in its length) is removed; a last frame without it is accepted,
+    as some producers omit it.
     """
     frames: list[DrainFrame] = []
     for number, frame in enumerate(_body_frames(body, max_frame_bytes), 1):

@@ -11,10 +11,12 @@ frames) or ``next_frame()`` (one). Two policies for garbage:
   the garbage. Frames completed before the garbage are returned first; the error is raised
   by the call that reaches it, and again by every later call.
 - ``resync`` (TCP streams): skip to the next plausible frame start and go on. The rule: the
-  first later position where ``[1-9][0-9]{0,D-1} SP <`` matches (D the digit count of
-  ``max_frame_bytes``; ``<`` opens every syslog PRI). The skipped bytes are added to
-  ``skipped_bytes``, each recovery to ``resyncs``. While no candidate is in sight only the
-  last D+1 bytes are kept, since a candidate may start there.
+  first later position where ``[1-9][0-9]{0,D-1} SP <`` matches and that is not preceded
+  by a digit (D the digit count of ``max_frame_bytes``; ``<`` opens every syslog PRI; a
+  count is a whole digit run, never the tail of a longer or zero-led number). The skipped
+  bytes are added to ``skipped_bytes``, each recovery to ``resyncs``. While no candidate is
+  in sight only the last D+1 bytes are kept (plus one byte of context for the look-behind),
+  since a candidate may start there.
 
 Cost: the decoder never looks at more than D+1 bytes to read a header, and once a header
 is read it does nothing until the buffer holds the whole frame, so feeding one byte at a
@@ -67,7 +69,7 @@ class OctetFrameDecoder:
         self._max_frame_bytes = max_frame_bytes
         self._policy: Policy = policy
         self._digits = len(str(max_frame_bytes))
-        self._candidate = re.compile(rb"[1-9][0-9]{0,%d} <" % (self._digits - 1))
+        self._candidate = re.compile(rb"(?<![0-9])[1-9][0-9]{0,%d} <" % (self._digits - 1))
         self._buffer = bytearray()
         self._consumed = 0  # absolute stream offset of _buffer[0]
         self._frame_end = 0  # end in _buffer of the frame whose header was read; 0: none
@@ -81,7 +83,7 @@ class OctetFrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as frames (nor skipped)."""
-        return len(self._buffer) + sum(map(len, self._ready))
+        return len(self._buffer) - self._resyncing + sum(map(len, self._ready))
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -112,7 +114,9 @@ class OctetFrameDecoder:
         append = frames.append
         digits = self._digits
         max_frame_bytes = self._max_frame_bytes
-        position = self._resync(data, 0, 0) if self._resyncing else 0
+        # While resyncing, _buffer[0] is one byte of context (already counted as skipped)
+        # that lets the look-behind see whether a digit run continues an earlier one.
+        position = self._resync(data, 1, 1) if self._resyncing else 0
         while position < size and not self._resyncing:
             space = data.find(b" ", position, position + digits + 1)
             if space > position:
@@ -145,7 +149,8 @@ class OctetFrameDecoder:
         return frames
 
     def _resync(self, data: bytes, search_from: int, skipped_from: int) -> int:
-        """The position of the next candidate frame start, counting what is skipped."""
+        """Where decoding goes on: the next candidate frame start, or (none in sight) the
+        byte before the last D+1 bytes, kept as context while more data arrives."""
         match = self._candidate.search(data, search_from)
         if match is not None:
             self.skipped_bytes += match.start() - skipped_from
@@ -155,7 +160,7 @@ class OctetFrameDecoder:
         keep_from = max(search_from, len(data) - (self._digits + 1))
         self.skipped_bytes += keep_from - skipped_from
         self._resyncing = True
-        return keep_from
+        return keep_from - 1
 
     def _raise_garbage(self, data: bytes, position: int) -> NoReturn:
         offset = self._consumed + position

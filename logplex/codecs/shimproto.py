@@ -428,7 +428,7 @@ def _first_bad_record(records: tuple[Any, ...]) -> str:
         ts_us, kind, data = record
         if type(ts_us) is not int or not 0 <= ts_us < MAX_TS_US:
             return f"{where}: ts_us must be an int of microseconds in years 1970..9999"
-        if kind not in _KINDS:
+        if not isinstance(kind, int | float) or kind not in _KINDS:
             return f"{where}: kind must be 1 (stdout), 2 (stderr) or 3 (notice), got {kind!r}"
         if type(data) is not bytes:
             return f"{where}: data must be msgpack bin, got {type(data).__name__}"
