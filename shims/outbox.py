@@ -197,9 +197,8 @@ class Outbox:
             return True
         if self.pending_lines >= BATCH_MAX_LINES or self.pending_bytes >= BATCH_MAX_BYTES:
             return True
-        return self.oldest_pending_s is not None and now_s - self.oldest_pending_s >= (
-            BATCH_LINGER_S
-        )
+        deadline_s = self.batch_deadline_s()
+        return deadline_s is not None and now_s >= deadline_s
 
     def batch_deadline_s(self) -> float | None:
         """When the oldest pending line will have lingered long enough; None if none pend."""

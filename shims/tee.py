@@ -74,6 +74,7 @@ class TeeWriter:
                 try:
                     await trio.to_thread.run_sync(write_all, self.fd, data, abandon_on_cancel=True)
                 except OSError as exc:
+                    self.dropped_bytes += len(data)
                     self._stop(exc)
                     return
                 self.backlog_bytes -= len(data)

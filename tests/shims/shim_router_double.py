@@ -124,7 +124,7 @@ class RouterDouble:
                         data = await stream.receive_some(65536)
                         if not data:
                             return
-                        decoder.feed(data)
+                        decoder.feed(bytes(data))
                         continue
                     if isinstance(event, Hello):
                         log = self.streams.setdefault(event.stream, StreamLog(event))

@@ -30,7 +30,7 @@ class ShimResult:
 
 
 async def run_shim(
-    shim_args: list[str], command: list[str], *, timeout_s: float = 60.0, **kwargs: object
+    shim_args: list[str], command: list[str], *, timeout_s: float = 60.0
 ) -> ShimResult:
     """Run ``logshim SHIM_ARGS -- COMMAND`` to completion, capturing its output."""
     started = time.monotonic()
@@ -41,7 +41,6 @@ async def run_shim(
             capture_stderr=True,
             check=False,
             stdin=subprocess.DEVNULL,
-            **kwargs,  # type: ignore[arg-type]
         )
     return ShimResult(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 

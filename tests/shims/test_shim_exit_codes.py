@@ -43,7 +43,9 @@ async def test_exit_codes_pass_through() -> None:
 
 
 async def test_death_by_signal_is_128_plus_n() -> None:
-    commands = [([], ["sh", "-c", f"kill -{sig.name[3:]} $$"]) for sig in DEATH_SIGNALS]
+    commands: list[tuple[list[str], list[str]]] = [
+        ([], ["sh", "-c", f"kill -{sig.name[3:]} $$"]) for sig in DEATH_SIGNALS
+    ]
     assert await run_all(commands) == [128 + int(sig) for sig in DEATH_SIGNALS]
 
 

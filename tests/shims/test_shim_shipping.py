@@ -20,6 +20,7 @@ from shim_run import LOGSHIM, app, run_shim
 
 from logplex.codecs.records import KIND_NOTICE, KIND_STDERR, KIND_STDOUT
 
+SMALL_BUFFER = ["--buffer-bytes", "65536"]
 StartRouter = Callable[..., Awaitable[RouterDouble]]
 UNDELIVERED = re.compile(rb"logshim: (\d+) lines not delivered")
 L12 = re.compile(rb"Error L12 \(Local buffer overflow\): (\d+) messages dropped since \S+\.")
@@ -197,8 +198,7 @@ async def test_overflow_drops_the_oldest_and_reports_l12(
     code = f"import time\nfor n in range({lines}): print('line %d ' % n + 'x' * 80)\n"
     code += "import sys; sys.stdout.flush(); time.sleep(3)\n"
     result = await run_shim(
-        ["--url", f"tcp://127.0.0.1:{port}", "--token", "t.test", "--no-tee"]
-        + ["--buffer-bytes", "65536"],
+        ["--url", f"tcp://127.0.0.1:{port}", "--token", "t.test", "--no-tee", *SMALL_BUFFER],
         python_app(code),
     )
     assert result.returncode == 0
@@ -228,8 +228,7 @@ async def test_block_makes_the_app_wait_instead_of_dropping(
 
     nursery.start_soon(start_later)
     result = await run_shim(
-        ["--url", f"tcp://127.0.0.1:{port}", "--token", "t.test", "--no-tee", "--block"]
-        + ["--buffer-bytes", "65536"],
+        ["--url", f"tcp://127.0.0.1:{port}", "--token", "t.test", "--block", *SMALL_BUFFER],
         app("write_lines.py", lines, 0, 0, 80),
     )
     assert result.returncode == 0

@@ -1,0 +1,108 @@
+"""Capture and tee over real pipes: partial-line timing (virtual time), EOF, drain, EPIPE."""
+
+from __future__ import annotations
+
+import os
+
+import trio
+import trio.testing
+
+from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
+from shims.capture import PARTIAL_LINE_WAIT_S, PipeReader
+from shims.tee import TeeWriter
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.pushed: list[tuple[int, int, list[bytes], float]] = []
+
+    def push_lines(self, ts_us: int, kind: int, lines: list[bytes], now_s: float) -> None:
+        self.pushed.append((ts_us, kind, lines, now_s))
+
+    def lines(self) -> list[bytes]:
+        return [line for _, _, lines, _ in self.pushed for line in lines]
+
+
+async def test_partial_line_waits_one_second_then_is_flushed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    read_fd, write_fd = os.pipe()
+    sink = Sink()
+    reader = PipeReader(read_fd, KIND_STDERR, sink=sink, tee=None, max_line_bytes=10000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader.run)
+        os.write(write_fd, b"one\ntw")
+        await trio.sleep(0.5)
+        assert sink.lines() == [b"one"]
+        started = trio.current_time()
+        await trio.sleep(PARTIAL_LINE_WAIT_S)
+        assert sink.lines() == [b"one", b"tw"]
+        flushed_at = sink.pushed[-1][3]
+        assert flushed_at - started <= PARTIAL_LINE_WAIT_S
+        os.write(write_fd, b"o\nlast")
+        os.close(write_fd)
+        await reader.finished.wait()
+    assert sink.lines() == [b"one", b"tw", b"o", b"last"]
+    assert {kind for _, kind, _, _ in sink.pushed} == {KIND_STDERR}
+    assert reader.eof
+
+
+async def test_one_timestamp_per_read() -> None:
+    read_fd, write_fd = os.pipe()
+    sink = Sink()
+    reader = PipeReader(read_fd, KIND_STDOUT, sink=sink, tee=None, max_line_bytes=10000)
+    os.write(write_fd, b"a\nb\nc\n")
+    os.close(write_fd)
+    await reader.run()
+    assert len(sink.pushed) == 1
+    ts_us, kind, lines, _ = sink.pushed[0]
+    assert (kind, lines) == (KIND_STDOUT, [b"a", b"b", b"c"])
+    assert ts_us > 1_700_000_000_000_000  # microseconds since the epoch
+
+
+async def test_drain_now_takes_what_is_in_the_pipe_while_a_writer_holds_it_open() -> None:
+    read_fd, write_fd = os.pipe()
+    sink = Sink()
+    reader = PipeReader(read_fd, KIND_STDOUT, sink=sink, tee=None, max_line_bytes=10000)
+    os.write(write_fd, b"x\n" * 1000 + b"tail")
+    reader.drain_now()  # a grandchild still holds write_fd: no EOF, no waiting
+    assert sink.lines() == [b"x"] * 1000 + [b"tail"]
+    assert not reader.eof
+    os.close(write_fd)
+    os.close(read_fd)
+
+
+async def test_tee_copies_and_stops_for_good_on_a_broken_pipe() -> None:
+    read_fd, write_fd = os.pipe()
+    tee = TeeWriter(write_fd)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tee.run)
+        tee.write(b"hello ")
+        tee.write(b"world\n")
+        await tee.wait_idle()
+        assert os.read(read_fd, 100) == b"hello world\n"
+        os.close(read_fd)
+        tee.write(b"into the void\n")
+        await tee.wait_idle()
+        assert tee.stopped
+        assert tee.stop_reason == "Broken pipe"
+        tee.write(b"more\n")  # a stopped tee drops, silently and without blocking
+        assert tee.dropped_bytes == len(b"into the void\nmore\n")
+        nursery.cancel_scope.cancel()
+    os.close(write_fd)
+
+
+async def test_tee_backlog_is_bounded() -> None:
+    read_fd, write_fd = os.pipe()
+    tee = TeeWriter(write_fd, max_backlog_bytes=10)
+    tee.write(b"12345")
+    tee.write(b"67890")
+    tee.write(b"x")  # nobody is writing yet: over the bound, dropped
+    assert (tee.backlog_bytes, tee.dropped_bytes) == (10, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tee.run)
+        await tee.wait_idle()
+        nursery.cancel_scope.cancel()
+    assert os.read(read_fd, 100) == b"1234567890"
+    os.close(read_fd)
+    os.close(write_fd)
