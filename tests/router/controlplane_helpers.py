@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -157,3 +161,72 @@ class StreamingGet:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+
+LOGPLEX = str(Path(sys.executable).with_name("logplex"))
+LOGSHIM = str(Path(sys.executable).with_name("logshim"))
+SERVE_ON_FREE_PORTS = ("--http", "127.0.0.1:0", "--shim", "127.0.0.1:0", "--syslog", "127.0.0.1:0")
+
+
+@dataclass
+class ServeProcess:
+    """A running ``logplex serve``: its addresses and an environment for CLI calls."""
+
+    http_url: str
+    shim_address: str
+    syslog_address: str
+    data_dir: Path
+    env: dict[str, str]
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """The test's environment without LOGPLEX_* settings and without PYTHONUNBUFFERED."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOGPLEX_")}
+    env.pop("PYTHONUNBUFFERED", None)
+    env["LOGPLEX_DATA_DIR"] = str(tmp_path / "data")
+    return env
+
+
+@asynccontextmanager
+async def logplex_serve(tmp_path: Path) -> AsyncIterator[ServeProcess]:
+    """``logplex serve`` on loopback port 0; yields once ``/healthcheck`` answers 200.
+
+    On exit it sends SIGTERM and checks the router exits 0 (DESIGN 2, graceful stop).
+    """
+    env = clean_env(tmp_path)
+    process = await trio.lowlevel.open_process(
+        [LOGPLEX, "serve", *SERVE_ON_FREE_PORTS],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None
+    try:
+        output = b""
+        with trio.fail_after(30):
+            while output.count(b"listening ") < 3:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, f"logplex serve exited early: {output!r}"
+                output += chunk
+        addresses = dict(
+            line.removeprefix("listening ").split("=", 1)
+            for line in output.decode().splitlines()
+            if line.startswith("listening ")
+        )
+        http_url = f"http://{addresses['http']}"
+        async with httpx.AsyncClient() as client:
+            with trio.fail_after(10):
+                while (await client.get(f"{http_url}/healthcheck")).status_code != 200:
+                    await trio.sleep(0.05)
+        yield ServeProcess(
+            http_url,
+            addresses["shim"],
+            addresses["syslog"],
+            tmp_path / "data",
+            {**env, "LOGPLEX_API_URL": http_url},
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            status = await process.wait()
+        await process.stdout.aclose()
+    assert status == 0
