@@ -26,8 +26,9 @@ from typing import Final
 import trio
 
 from logplex import metrics
-from logplex.codecs.errors import ProtocolError
+from logplex.codecs.errors import Logplex1Error, ProtocolError
 from logplex.codecs.lines import split_embedded_lines
+from logplex.codecs.logplex1 import parse_input_frame
 from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import parse_lenient
@@ -63,6 +64,12 @@ class ReadOutcome:
     malformed: int = 0
 
 
+def _parse_frame_leniently(frame: bytes) -> tuple[int, int | None, bytes | None, bytes, bytes]:
+    """(pri, ts_us or None, token, ps, msg) by the lenient RFC 5424 parser; ProtocolError."""
+    parsed = parse_lenient(frame)
+    return parsed.pri, parsed.timestamp_us, parsed.app_name, parsed.procid or NIL_PS, parsed.msg
+
+
 def frames_to_batches(
     frames: list[bytes],
     lookup_token: Callable[[str], TokenInfo | None],
@@ -73,29 +80,42 @@ def frames_to_batches(
     batches = outcome.batches
     channel = ""
     current: list[Message] = []
+    append = current.append
+    last_token: bytes | None = None
+    info: TokenInfo | None = None
+    has_lf = False
+    ts_us: int | None
     for frame in frames:
+        # Logplex's input layout is the fast path; what it refuses gets a second chance with
+        # the lenient RFC 5424 parser (NIL timestamp, odd spacing), so a sender's quirks cost
+        # time only on the frames that have them.
         try:
-            parsed = parse_lenient(frame)
-        except ProtocolError:
-            outcome.malformed += 1
-            continue
-        app_name = parsed.app_name
-        info = lookup_token(app_name.decode("ascii", "replace")) if app_name else None
+            pri, ts_us, _, token, ps, _, msg = parse_input_frame(frame)
+        except Logplex1Error:
+            try:
+                pri, ts_us, token, ps, msg = _parse_frame_leniently(frame)
+            except ProtocolError:
+                outcome.malformed += 1
+                continue
+        if token != last_token:  # consecutive frames nearly always carry the same token
+            last_token = token
+            info = lookup_token(token.decode("ascii", "replace")) if token else None
+            if info is not None and info.channel != channel:
+                if current:
+                    batches.append((channel, current))
+                channel = info.channel
+                current = []
+                append = current.append
         if info is None:
             outcome.unknown_tokens += 1
             continue
-        if info.channel != channel or not current:
-            if current:
-                batches.append((channel, current))
-            channel = info.channel
-            current = []
-        ts_us = parsed.timestamp_us if parsed.timestamp_us is not None else now_us
-        current.append((ts_us, parsed.pri, info.source, parsed.procid or NIL_PS, parsed.msg))
+        append((ts_us if ts_us is not None else now_us, pri, info.source, ps or NIL_PS, msg))
+        if b"\n" in msg:
+            has_lf = True
     if current:
         batches.append((channel, current))
-    for index, (name, messages) in enumerate(batches):
-        if any(b"\n" in m[4] for m in messages):
-            batches[index] = (name, split_embedded_lines(messages))
+    if has_lf:
+        outcome.batches = [(name, split_embedded_lines(messages)) for name, messages in batches]
     return outcome
 
 

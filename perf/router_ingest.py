@@ -1,0 +1,357 @@
+"""Router ingest throughput and history memory (DESIGN section 9; targets in issue 3).
+
+Three measurements, each printed as part of one JSON line and appended to perf/RESULTS.md:
+
+- ``shim``: lines/s into one channel (history + one recording drain) through the shim stream
+  listener. A separate client process pre-builds zstd BATCH frames (1000 lines of 100 bytes
+  each), then sends them within the advertised window and reads the ACKs; the rate is lines
+  acknowledged per second of wall time, first byte to last ACK. Target >= 1,000,000 lines/s.
+- ``syslog``: lines/s through the syslog TCP listener. A separate process pre-builds
+  octet-counted RFC 5424 frames (100-byte messages) and writes them in 256 KiB chunks; the
+  rate is lines published per second, first line to last. Target >= 500,000 lines/s.
+- ``rss``: in a fresh process, RSS growth after filling 1,000 channels' histories with 1,500
+  lines of 100 bytes each, against the raw bytes held. Target <= 2x.
+
+The router runs in this process on one core (trio is single-threaded); clients run in their
+own processes. Usage: ``.venv/bin/python perf/router_ingest.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import zstandard
+
+ROOT = Path(__file__).resolve().parent.parent
+# perf/drains.py would shadow the drains package for scripts run from perf/: import the package.
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "perf":
+    sys.path[0] = str(ROOT)
+
+from drains import DrainContext, DrainStatus  # noqa: E402
+from logplex.codecs import shimproto  # noqa: E402
+from logplex.codecs.octet import encode_octet_frame  # noqa: E402
+from logplex.codecs.records import Batch  # noqa: E402
+from logplex.ingest_shim import ShimListener  # noqa: E402
+from logplex.ingest_syslog import SyslogListener  # noqa: E402
+from logplex.model import ChannelConfig, DrainConfig  # noqa: E402
+from logplex.router import Router  # noqa: E402
+
+TOKEN = "t.7d0f6f8e-3c4b-4a51-9d6e-2b1a0c9e8f7a"
+LINE_BYTES = 100
+LINES_PER_BATCH = 1000
+
+
+def line(n: int) -> bytes:
+    head = b"%08d GET /api/v1/items/%d status=200 bytes=%d duration_ms=%d " % (
+        n,
+        n % 9973,
+        n % 65536,
+        n % 997,
+    )
+    return (head + b"x" * LINE_BYTES)[:LINE_BYTES]
+
+
+# -- in-router consumer -------------------------------------------------------------------
+
+
+class CountingDrain:
+    """A recording drain that keeps counts, not messages (the hot path is what we measure)."""
+
+    def __init__(self, context: DrainContext) -> None:
+        self.context = context
+        self.batches = 0
+        self.messages = 0
+
+    def push_batch(self, batch: Batch) -> None:
+        self.batches += 1
+        self.messages += len(batch.messages)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def wait_flushed(self) -> None:
+        return
+
+    def status(self) -> DrainStatus:
+        return DrainStatus("up", self.messages, 0, 0, None, None)
+
+
+def make_router() -> tuple[Router, list[CountingDrain]]:
+    drains: list[CountingDrain] = []
+
+    def factory(context: DrainContext) -> CountingDrain:
+        drain = CountingDrain(context)
+        drains.append(drain)
+        return drain
+
+    router = Router(history_lines=1500, drain_factory=factory)
+    router.apply_channel(
+        ChannelConfig(
+            "bench",
+            {"app": TOKEN},
+            (DrainConfig(1, "d.00000000-0000-4000-8000-000000000001", "syslog://127.0.0.1:9"),),
+        )
+    )
+    return router, drains
+
+
+# -- clients (separate processes) ---------------------------------------------------------
+
+
+def shim_client(port: int, batches: int) -> None:
+    """Send ``batches`` pre-built BATCH frames within the window; print the JSON result."""
+    compressor = zstandard.ZstdCompressor(level=1)
+    distinct = 64
+    payloads = []
+    for b in range(distinct):
+        records = [
+            [1_795_000_000_000_000 + n, 1, line(b * LINES_PER_BATCH + n)]
+            for n in range(LINES_PER_BATCH)
+        ]
+        payloads.append(shimproto.compress_records(records, compressor))
+    frames = [
+        shimproto.encode_batch_payload(seq, payloads[seq % distinct])
+        for seq in range(1, batches + 1)
+    ]
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(shimproto.encode_hello(TOKEN, "web.1", "perf-stream", "perf/1"))
+    decoder = shimproto.ShimFrameDecoder(max_frame_bytes=1 << 20)
+
+    def next_event() -> shimproto.Event:
+        while True:
+            event = decoder.next_event()
+            if event is not None:
+                return event
+            data = sock.recv(65536)
+            if not data:
+                raise SystemExit("router closed the connection")
+            decoder.feed(data)
+
+    ready = next_event()
+    assert isinstance(ready, shimproto.Ready), ready
+    window = ready.window
+    acked = 0
+    sent = 0
+    started = time.perf_counter()
+    while acked < batches:
+        if sent < batches and sent - acked < window:
+            upto = min(batches, acked + window)
+            sock.sendall(b"".join(frames[sent:upto]))
+            sent = upto
+            continue
+        event = next_event()
+        if isinstance(event, shimproto.Ack):
+            acked = event.seq
+    elapsed = time.perf_counter() - started
+    sock.close()
+    lines = batches * LINES_PER_BATCH
+    print(json.dumps({"lines": lines, "seconds": elapsed, "lines_per_s": lines / elapsed}))
+
+
+def syslog_client(port: int, lines: int) -> None:
+    """Write ``lines`` pre-built octet-counted frames as fast as the socket takes them."""
+    distinct = 10_000
+    frames = [
+        encode_octet_frame(
+            b"<190>1 2026-11-27T20:39:33.%06d+00:00 host %s web.%d - - %s"
+            % (n % 1_000_000, TOKEN.encode(), n % 8, line(n))
+        )
+        for n in range(distinct)
+    ]
+    block = b"".join(frames)
+    chunk = 256 * 1024
+    data = block * (lines // distinct)
+    sock = socket.create_connection(("127.0.0.1", port))
+    view = memoryview(data)
+    for start in range(0, len(data), chunk):
+        sock.sendall(view[start : start + chunk])
+    sock.close()
+
+
+# -- router side ----------------------------------------------------------------------------
+
+
+async def bench_shim(batches: int) -> dict[str, Any]:
+    router, drains = make_router()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(ShimListener(router).serve, listeners)
+        port = listeners[0].socket.getsockname()[1]
+        cpu_before = time.process_time()
+        result = await trio.run_process(
+            [sys.executable, __file__, "--shim-client", str(port), str(batches)],
+            capture_stdout=True,
+        )
+        cpu = time.process_time() - cpu_before
+        nursery.cancel_scope.cancel()
+    measured: dict[str, Any] = json.loads(result.stdout)
+    assert drains[0].messages == measured["lines"], (drains[0].messages, measured)
+    assert len(router.history("bench")) == 1500
+    measured["router_cpu_s"] = round(cpu, 3)
+    measured["lines_per_s"] = round(measured["lines_per_s"])
+    measured["seconds"] = round(measured["seconds"], 3)
+    return measured
+
+
+async def bench_syslog(lines: int) -> dict[str, Any]:
+    router, drains = make_router()
+    first_at: list[float] = []
+    done = trio.Event()
+    publish = router.publish
+
+    def timed_publish(channel: str, messages: list[Any]) -> None:
+        if not first_at:
+            first_at.append(time.perf_counter())
+        publish(channel, messages)
+        if drains[0].messages >= lines:
+            done.set()
+
+    router.publish = timed_publish  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(SyslogListener(router).serve, listeners)
+        port = listeners[0].socket.getsockname()[1]
+        cpu_before = time.process_time()
+        nursery.start_soon(
+            trio.run_process, [sys.executable, __file__, "--syslog-client", str(port), str(lines)]
+        )
+        with trio.fail_after(600):
+            await done.wait()
+        elapsed = time.perf_counter() - first_at[0]
+        cpu = time.process_time() - cpu_before
+        nursery.cancel_scope.cancel()
+    return {
+        "lines": drains[0].messages,
+        "seconds": round(elapsed, 3),
+        "lines_per_s": round(drains[0].messages / elapsed),
+        "router_cpu_s": round(cpu, 3),
+    }
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_rss(channels: int, lines_per_channel: int, batch: int) -> None:
+    """In a fresh process: fill the histories and print RSS growth against raw bytes."""
+    router = Router(history_lines=lines_per_channel)
+    tokens = {}
+    for c in range(channels):
+        name = f"ch{c}"
+        router.apply_channel(ChannelConfig(name, {"app": f"t.{c:08d}"}))
+        tokens[name] = c
+    source, ps = b"app", b"web.1"
+    before = rss_bytes()
+    for c in range(channels):
+        name = f"ch{c}"
+        for start in range(0, lines_per_channel, batch):
+            router.publish(
+                name,
+                [
+                    (1_795_000_000_000_000 + n, 190, source, ps, line(c * lines_per_channel + n))
+                    for n in range(start, min(start + batch, lines_per_channel))
+                ],
+            )
+    after = rss_bytes()
+    raw = channels * lines_per_channel * LINE_BYTES
+    assert sum(len(router.history(f"ch{c}")) for c in range(0, channels, 100)) == (
+        lines_per_channel * len(range(0, channels, 100))
+    )
+    print(
+        json.dumps(
+            {
+                "channels": channels,
+                "lines_per_channel": lines_per_channel,
+                "publish_batch": batch,
+                "raw_bytes": raw,
+                "rss_growth_bytes": after - before,
+                "ratio": round((after - before) / raw, 3),
+            }
+        )
+    )
+
+
+def run_rss(batch: int) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(batch)],
+        capture_output=True,
+        check=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "0"},
+    )
+    measured: dict[str, Any] = json.loads(result.stdout)
+    return measured
+
+
+def commit() -> str:
+    result = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return result.stdout.strip() or "unknown"
+
+
+def append_results(command: str, results: dict[str, Any]) -> None:
+    path = ROOT / "perf" / "RESULTS.md"
+    if not path.exists():
+        path.write_text(
+            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
+            "|---|---|---|---|---|\n"
+        )
+    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
+    with path.open("a") as file:
+        file.write(
+            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
+            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs, no RESULTS.md row")
+    parser.add_argument("--shim-client", nargs=2, type=int, metavar=("PORT", "BATCHES"))
+    parser.add_argument("--syslog-client", nargs=2, type=int, metavar=("PORT", "LINES"))
+    parser.add_argument("--rss-child", type=int, metavar="BATCH")
+    args = parser.parse_args()
+    if args.shim_client:
+        shim_client(*args.shim_client)
+        return
+    if args.syslog_client:
+        syslog_client(*args.syslog_client)
+        return
+    if args.rss_child:
+        bench_rss(1000, 1500, args.rss_child)
+        return
+    shim_batches = 500 if args.quick else 5000
+    syslog_lines = 500_000 if args.quick else 3_000_000
+    results: dict[str, Any] = {
+        "shim": trio.run(bench_shim, shim_batches),
+        "syslog": trio.run(bench_syslog, syslog_lines),
+        "rss": run_rss(100),
+        "rss_line_by_line": run_rss(1),
+    }
+    results["targets_met"] = {
+        "shim_1M_lines_per_s": results["shim"]["lines_per_s"] >= 1_000_000,
+        "syslog_500k_lines_per_s": results["syslog"]["lines_per_s"] >= 500_000,
+        "rss_at_most_2x": results["rss"]["ratio"] <= 2.0,
+    }
+    print(json.dumps(results))
+    if not args.quick:
+        append_results("perf/router_ingest.py", results)
+
+
+if __name__ == "__main__":
+    main()
