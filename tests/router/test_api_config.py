@@ -10,7 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
+import trio
 from controlplane_helpers import ADMIN, AUTH_KEY, basic, running_api
+from dataplane_helpers import RecordingDrainFactory, make_messages
+
+from logplex.router import Router
 
 TOKEN = re.compile(r"t\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 DRAIN_TOKEN = re.compile(r"d\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -329,3 +333,30 @@ async def test_unknown_paths_and_methods_answer_json_errors(tmp_path: Path) -> N
         response = await api.client.post("/v3/channels", headers=ADMIN)
         assert response.status_code == 405
         assert "not allowed" in response.json()["error"]
+
+
+async def test_drain_list_reports_the_running_drains_status(tmp_path: Path) -> None:
+    factory = RecordingDrainFactory()
+    async with running_api(tmp_path, router=Router(drain_factory=factory)) as api:
+        await api.create_channel("c", ["app"])
+        added = await api.client.post(
+            "/v3/channels/c/drains", json={"url": "syslog://a.example"}, headers=ADMIN
+        )
+        drain_id = added.json()["id"]
+        drain = factory.latest("c", drain_id)
+        assert drain.context.url == "syslog://a.example"  # started at once by the API write
+        api.router.publish("c", make_messages(3))
+        with trio.fail_after(5):
+            while len(drain.delivered) < 3:
+                await trio.sleep(0.01)
+        (listed,) = (await api.client.get("/v3/channels/c/drains", headers=ADMIN)).json()
+        assert listed["status"]["state"] == "up"
+        assert listed["status"]["delivered"] == 3
+
+        # A URL change replaces the running drain; removal stops it.
+        await api.client.put(
+            f"/v3/channels/c/drains/{drain_id}", json={"url": "syslog://b.example"}, headers=ADMIN
+        )
+        assert factory.latest("c", drain_id).context.url == "syslog://b.example"
+        await api.client.delete(f"/v3/channels/c/drains/{drain_id}", headers=ADMIN)
+        assert api.router.drain_statuses("c") == {}

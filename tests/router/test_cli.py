@@ -226,3 +226,16 @@ async def test_tail_colours_each_ps_on_a_terminal(tmp_path: Path) -> None:
             b"\x1b[33m2026-11-27T20:39:33.123457+00:00 app[worker.1]:\x1b[0m two",
             b"\x1b[32m2026-11-27T20:39:33.123458+00:00 heroku[router]:\x1b[0m three",
         ]
+
+
+async def test_serve_and_sink_are_handed_to_their_modules(tmp_path: Path) -> None:
+    env = cli_env(None, tmp_path)
+    result = await run_cli(["serve", "--help"], env)
+    assert result.stdout.startswith(b"usage: logplex serve")
+    assert b"--max-drains-per-channel" in result.stdout
+    result = await run_cli(["sink", "--help"], env)
+    assert result.stdout.startswith(b"usage: logplex sink")
+    assert b"--listen" in result.stdout
+    result = await run_cli(["--help"], env)
+    for command in (b"serve", b"sink", b"channels", b"tokens", b"drains", b"tail"):
+        assert command in result.stdout
