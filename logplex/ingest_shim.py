@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import ClassVar, Final
 
 import trio
@@ -42,6 +43,7 @@ PROTOCOL: Final = "shim"
 RECEIVE_BYTES: Final = 256 * 1024
 SEND_BUFFER_BYTES: Final = 16 * 1024  # the kernel doubles it
 
+_MSG = itemgetter(4)
 _MESSAGES = metrics.INGEST_MESSAGES.labels(protocol=PROTOCOL)
 _BYTES = metrics.INGEST_BYTES.labels(protocol=PROTOCOL)
 _CONNECTIONS = metrics.INGEST_CONNECTIONS.labels(protocol=PROTOCOL)
@@ -280,11 +282,9 @@ class _ShimConnection:
         """Decode every complete frame of the buffer, publish once, ACK once."""
         published: list[Message] = []
         acked_before = self.acked
-        wire_bytes = 0
         try:
             while (event := self.decoder.next_event()) is not None:
                 if isinstance(event, shimproto.BatchFrame):
-                    wire_bytes += len(event.payload)
                     self._accept_batch(event, published)
                 elif isinstance(event, shimproto.Pong):
                     pass
@@ -300,7 +300,7 @@ class _ShimConnection:
             if published:
                 self.router.publish(self.channel, published)
                 _MESSAGES.inc(len(published))
-                _BYTES.inc(wire_bytes)
+                _BYTES.inc(sum(map(len, map(_MSG, published))))
         if self.acked != acked_before:
             await self._send(shimproto.encode_ack(self.acked))
 

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Final
 
 import trio
@@ -41,6 +42,7 @@ PROTOCOL: Final = "syslog"
 RECEIVE_BYTES: Final = 256 * 1024
 NIL_PS: Final = b"-"
 
+_MSG = itemgetter(4)
 _MESSAGES = metrics.INGEST_MESSAGES.labels(protocol=PROTOCOL)
 _BYTES = metrics.INGEST_BYTES.labels(protocol=PROTOCOL)
 _MALFORMED = metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="malformed")
@@ -186,11 +188,13 @@ class SyslogListener:
                     continue
                 outcome = frames_to_batches(frames, lookup_token, time.time_ns() // 1000)
                 published = 0
+                message_bytes = 0
                 for channel, messages in outcome.batches:
                     router.publish(channel, messages)
                     published += len(messages)
+                    message_bytes += sum(map(len, map(_MSG, messages)))
                 _MESSAGES.inc(published)
-                _BYTES.inc(sum(map(len, frames)))
+                _BYTES.inc(message_bytes)
                 if outcome.malformed:
                     _MALFORMED.inc(outcome.malformed)
                 if outcome.unknown_tokens:

@@ -51,6 +51,9 @@ def msgs(router: Router, channel: str = "app1") -> list[bytes]:
 
 async def test_hello_ready_batches_acked_and_published() -> None:
     router = make_router()
+    ingested = metrics.INGEST_MESSAGES.labels(protocol="shim")
+    ingested_bytes = metrics.INGEST_BYTES.labels(protocol="shim")
+    before = (ingested._value.get(), ingested_bytes._value.get())
     async with serving(router) as (port, _):
         client = await ShimTestClient.connect(port)
         ready = await client.hello(TOKEN, platform_token=PLATFORM_TOKEN, ps="web.3")
@@ -71,6 +74,8 @@ async def test_hello_ready_batches_acked_and_published() -> None:
             (PRI_STDOUT, b"app", b"web.3", b"two"),
             (PRI_STDOUT, b"app", b"web.3", b"lines"),
         ]
+        assert ingested._value.get() == before[0] + 6
+        assert ingested_bytes._value.get() == before[1] + sum(len(m[4]) for m in history)
         await client.aclose()
 
 
