@@ -168,7 +168,8 @@ class ShimListener:
                     await connection.run()
                 except ProtocolError as exc:
                     reason = "error"
-                    metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=exc.code).inc()
+                    label = "unknown_token" if isinstance(exc, Unauthorized) else exc.code
+                    metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=label).inc()
                     log.info("shim connection refused: %s (%s)", exc.message, exc.code)
                     await connection.send_error(exc.code, exc.message)
                 except ShimConnectionClosed as exc:
@@ -242,7 +243,6 @@ class _ShimConnection:
     def _accept_hello(self, hello: shimproto.Hello) -> None:
         info = self.router.lookup_token(hello.token)
         if info is None:
-            metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="unknown_token").inc()
             raise Unauthorized("unknown token: check the token given to the shim (--token)")
         notice_source = info.source
         if hello.platform_token is not None:

@@ -219,11 +219,15 @@ async def test_bad_input_gets_error_and_close_and_spares_others(
 )
 async def test_bad_hello_is_refused(hello: bytes, code: str) -> None:
     router = make_router()
+    reason = "unknown_token" if code == "unauthorized" else code
+    errors = metrics.INGEST_ERRORS.labels(protocol="shim", reason=reason)
+    before = errors._value.get()
     async with serving(router) as (port, _):
         client = await ShimTestClient.connect(port)
         await client.send(hello)
         error = await client.expect_error_then_close()
         assert error.code == code
+    assert errors._value.get() == before + 1
 
 
 async def test_wrong_version_is_refused() -> None:
