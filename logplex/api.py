@@ -171,6 +171,8 @@ async def read_json_object(request: Request) -> dict[str, object]:
         value = json.loads(body) if body.strip() else {}
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is JSON nested too deeply to be a request") from None
     if not isinstance(value, dict):
         raise ApiError(400, "the body must be a JSON object")
     return value

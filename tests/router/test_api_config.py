@@ -360,3 +360,11 @@ async def test_drain_list_reports_the_running_drains_status(tmp_path: Path) -> N
         assert factory.latest("c", drain_id).context.url == "syslog://b.example"
         await api.client.delete(f"/v3/channels/c/drains/{drain_id}", headers=ADMIN)
         assert api.router.drain_statuses("c") == {}
+
+
+async def test_deeply_nested_json_is_400_not_a_crash(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        body = b"[" * 30000 + b"]" * 30000
+        response = await api.client.put("/v3/channels/c", content=body, headers=ADMIN)
+        assert response.status_code == 400
+        assert "error" in response.json()

@@ -212,3 +212,15 @@ async def test_a_tail_client_that_reads_nothing_is_cut_off(
                 await trio.sleep(0.1)
         assert burst > 500  # it was subscribed for a while, then cut off
         sock.close()
+
+
+async def test_a_full_session_table_is_503(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        await api.create_channel("c", ["app"])
+        api.state.sessions.max_sessions = 1
+        url = await new_session(api, channel_id="c", num=0, tail=True)
+        body = await StreamingGet.open(url)  # the one slot is now streaming
+        response = await api.client.post("/v3/sessions", json={"channel_id": "c"}, headers=ADMIN)
+        assert response.status_code == 503
+        assert "streaming" in response.json()["error"]
+        await body.aclose()
