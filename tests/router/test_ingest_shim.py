@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ import msgpack
 import pytest
 import trio
 import trio.testing
+import trustme
 import zstandard
 from dataplane_helpers import ShimTestClient
 
@@ -307,4 +309,33 @@ async def test_a_batch_counts_as_liveness(autojump_clock: trio.testing.MockClock
             await trio.sleep(25)
             await client.send(client.batch(seq, [b"tick"]))
             assert await client.next_event() == shimproto.Ack(seq)
+        nursery.cancel_scope.cancel()
+
+
+async def test_tls_listener_serves_shims_and_refuses_plain_tcp() -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    router = make_router()
+    listener = ShimListener(router, ShimListenerSettings(hello_timeout_s=2))
+    async with trio.open_nursery() as nursery:
+        tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(listener.serve, [trio.SSLListener(tcp[0], server_context)])
+        port = tcp[0].socket.getsockname()[1]
+        plain = await ShimTestClient.connect(port)  # speaks the protocol without TLS
+        await plain.send(shimproto.encode_hello(TOKEN, "web.1", "s", "a"))
+        with trio.fail_after(5), pytest.raises((EOFError, trio.BrokenResourceError)):
+            await plain.next_event()
+        await plain.aclose()
+        tcp_stream = await trio.open_tcp_stream("127.0.0.1", port)
+        tls_stream = trio.SSLStream(tcp_stream, client_context, server_hostname="127.0.0.1")
+        client = ShimTestClient(tls_stream)
+        assert isinstance(await client.hello(TOKEN, stream_id="tls"), shimproto.Ready)
+        await client.send(client.batch(1, [b"over tls"]))
+        await client.wait_acked(1)
+        assert msgs(router)[-1] == b"over tls"
+        await client.aclose()
         nursery.cancel_scope.cancel()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from logplex import metrics
 from logplex.codecs.octet import encode_octet_frame
@@ -169,3 +172,35 @@ async def test_silent_client_does_not_stall_others() -> None:
             nursery.start_soon(good_sender, port, router, 30)
         await silent.aclose()
         await half.aclose()
+
+
+async def test_tls_syslog_listener() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    router = make_router()
+    async with trio.open_nursery() as nursery:
+        tcp = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        await nursery.start(
+            SyslogListener(router).serve, [trio.SSLListener(tcp[0], server_context)]
+        )
+        port = tcp[0].socket.getsockname()[1]
+        stream = trio.SSLStream(
+            await trio.open_tcp_stream("127.0.0.1", port),
+            client_context,
+            server_hostname="127.0.0.1",
+        )
+        async with stream:
+            await stream.send_all(encode_octet_frame(frame(TOKEN_A, b"secret line")))
+            assert await wait_for_history(router, "a", 1) == [b"secret line"]
+        # Plain text on the TLS port is a failed handshake: nothing lands, nothing breaks.
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        async with plain:
+            await plain.send_all(encode_octet_frame(frame(TOKEN_A, b"plain")))
+            with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+                while await plain.receive_some(1000):
+                    pass
+        assert [m[4] for m in router.history("a")] == [b"secret line"]
+        nursery.cancel_scope.cancel()
