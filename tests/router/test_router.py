@@ -196,3 +196,18 @@ async def test_a_crashing_drain_is_restarted_not_fatal(
     assert len(runs) >= 4
     assert runs[1] - runs[0] == pytest.approx(drain_restart_delay_s(1))
     assert "restarting it" in caplog.text
+
+
+async def test_session_sees_history_then_live_lines_with_filters() -> None:
+    router = Router()
+    router.apply_channel(channel())
+    router.publish("app1", make_messages(3, ps=b"web.1") + make_messages(2, ps=b"worker.1"))
+    # What a session does: filtered history, then the tail opened in the same step.
+    history = [m for m in router.history("app1") if m[3].startswith(b"web")]
+    with router.open_tail("app1", ps=b"web") as session:
+        router.publish("app1", make_messages(1, start=10, ps=b"worker.2"))
+        router.publish("app1", make_messages(1, start=11, ps=b"web.2"))
+        live = await session.receive()
+    assert history == make_messages(3, ps=b"web.1")
+    assert live == make_messages(1, start=11, ps=b"web.2")
+    assert router.counts().sessions == 0
