@@ -124,19 +124,37 @@ class DrainBuffer:
 
     # -- producer side (synchronous, called from the router's publish) ----------------
 
-    def frames_of(self, batch: Batch) -> tuple[list[bytes], int]:
-        """The batch's frames and their total size, formatted once per batch and key."""
+    def frames_of(self, batch: Batch) -> tuple[list[bytes], int, int]:
+        """The batch's frames, their total size and how many messages could not be formatted.
+
+        Formatted once per batch and memo key. A message the encoder refuses (a header field
+        no receiver could parse) is left out and counted into the next L10, so one bad
+        record never fails the router's publish or vanishes silently.
+        """
         memo = batch.encoded.get(self._memo_key)
         if memo is None:
-            frames = self._encode(batch.messages)
-            memo = (frames, sum(map(len, frames)))
+            unformattable = 0
+            try:
+                frames = self._encode(batch.messages)
+            except ValueError:  # codecs.errors.EncodeError and ProtocolError subclasses
+                frames = []
+                for message in batch.messages:
+                    try:
+                        frames.extend(self._encode([message]))
+                    except ValueError:
+                        unformattable += 1
+            memo = (frames, sum(map(len, frames)), unformattable)
             batch.encoded[self._memo_key] = memo
         return memo  # type: ignore[return-value]
 
     def push_batch(self, batch: Batch) -> None:
         if not batch.messages:
             return
-        frames, byte_count = self.frames_of(batch)
+        frames, byte_count, unformattable = self.frames_of(batch)
+        if unformattable:
+            self._record_loss(unformattable, self._now_us())
+        if not frames:
+            return
         self._entries.append([frames, 0, byte_count])
         self._queued_messages += len(frames)
         self._queued_bytes += byte_count

@@ -172,3 +172,24 @@ async def test_notice_goes_with_the_next_batch_within_one_second(
 def test_caps_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         make_buffer(max_messages=0)
+
+
+async def test_unformattable_message_is_left_out_and_counted() -> None:
+    def strict(messages: list[Message]) -> list[bytes]:
+        for m in messages:
+            if b" " in m[3]:
+                raise ValueError("PROCID may not contain a space")
+        return encode(messages)
+
+    buffer = DrainBuffer(
+        max_messages=10,
+        max_bytes=1000,
+        encode=strict,
+        memo_key="strict",
+        make_notice=notice,
+        wall_clock_s=lambda: WALL_S,
+    )
+    bad = Batch([(0, 190, b"app", b"web.1", b"a"), (0, 190, b"app", b"web 1", b"b")])
+    buffer.push_batch(bad)  # must not raise into the router's publish
+    assert buffer.dropped_total == 1
+    assert texts(buffer.take(10, 1000)) == [b"L10 1 since %d" % (WALL_S * 1_000_000), b"a"]

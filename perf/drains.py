@@ -1,0 +1,260 @@
+"""Drain throughput (DESIGN section 9; targets in issue 5).
+
+Messages per second from ``push_batch`` to the receiver, the drains running in this process
+on one core (trio is single-threaded), receivers in their own processes:
+
+- ``https_1``: one HTTPS drain to ``python -m drains.sink --blackhole`` (what ``logplex
+  sink --blackhole`` runs) over TLS with a trustme certificate. Target >= 500,000/s.
+- ``syslog_1``: one syslog TCP drain to a process that reads and discards.
+  Target >= 500,000/s.
+- ``https_10`` / ``https_100``: 10 and 100 HTTPS drains on one "channel": every batch is
+  pushed to all of them (as ``router.publish`` does), total delivered messages/s. Target:
+  10 drains >= 50 % of the 1-drain total.
+
+The producer pushes batches of 1000 messages of about 100 bytes (timestamps 1 µs apart) and
+sleeps briefly whenever a drain holds more than ``HIGH_WATER`` messages, so nothing is
+dropped; the clock runs from the first push until every drain reports everything flushed.
+Prints one JSON line and appends a row to perf/RESULTS.md.
+Usage: ``.venv/bin/python perf/drains.py [--quick] [--profile NAME]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import json
+import os
+import platform
+import pstats
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import trustme
+
+ROOT = Path(__file__).resolve().parent.parent
+# This script shares its name with the package it measures: import the package, not itself.
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "perf":
+    sys.path[0] = str(ROOT)
+
+from drains import Drain, DrainContext, DrainSettings, open_drain  # noqa: E402
+from logplex.codecs.records import Batch, Message  # noqa: E402
+
+T0_US = 1_795_000_000_000_000
+BATCH_MESSAGES = 1000
+HIGH_WATER = 20_000
+LINE_BYTES = 100
+
+
+def line(n: int) -> bytes:
+    head = b"%08d GET /api/v1/items/%d status=200 bytes=%d duration_ms=%d " % (
+        n,
+        n % 9973,
+        n % 65536,
+        n % 997,
+    )
+    return (head + b"x" * LINE_BYTES)[:LINE_BYTES]
+
+
+def make_batches(total: int) -> list[list[Message]]:
+    out: list[list[Message]] = []
+    for start in range(0, total, BATCH_MESSAGES):
+        out.append(
+            [
+                (T0_US + n, 190, b"app", b"web.%d" % (n % 8), line(n))
+                for n in range(start, min(total, start + BATCH_MESSAGES))
+            ]
+        )
+    return out
+
+
+def quiet_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "0"
+    env.pop("PYTHONUNBUFFERED")
+    return env
+
+
+class Receiver:
+    """A receiver subprocess that printed ``listening http=HOST:PORT`` (or a port)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=quiet_env(), cwd=ROOT
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline().decode().strip()
+        if not first:
+            raise SystemExit(f"receiver failed: {self.process.stderr.read().decode()}")  # type: ignore[union-attr]
+        self.port = int(first.rsplit(":", 1)[-1].rsplit("=", 1)[-1])
+
+    def stop(self) -> str:
+        self.process.terminate()
+        _, err = self.process.communicate(timeout=10)
+        return err.decode().strip()
+
+
+def tcp_discard(port_file: None = None) -> None:
+    """Child mode: accept TCP connections and read everything, as fast as possible."""
+    del port_file
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    sys.stdout.write(f"listening syslog=127.0.0.1:{listener.getsockname()[1]}\n")
+    sys.stdout.flush()
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    buffer = bytearray(1 << 20)
+    while True:
+        for key, _ in selector.select():
+            sock = key.fileobj
+            if sock is listener:
+                conn, _ = listener.accept()
+                conn.setblocking(False)
+                selector.register(conn, selectors.EVENT_READ)
+                continue
+            assert isinstance(sock, socket.socket)
+            try:
+                if not sock.recv_into(buffer):
+                    selector.unregister(sock)
+                    sock.close()
+            except BlockingIOError:
+                pass
+
+
+async def drive(drains: list[Drain], batches: list[list[Message]]) -> float:
+    """Push every batch to every drain; seconds from the first push until all flushed."""
+    async with trio.open_nursery() as nursery:
+        for drain in drains:
+            await nursery.start(drain.run)
+        started = time.perf_counter()
+        for messages in batches:
+            batch = Batch(messages)
+            for drain in drains:
+                drain.push_batch(batch)
+            while any(d.status().buffered > HIGH_WATER for d in drains):
+                await trio.sleep(0.0005)  # a real producer waits for input; never spin
+        for drain in drains:
+            await drain.wait_flushed()
+        elapsed = time.perf_counter() - started
+        nursery.cancel_scope.cancel()
+    for drain in drains:
+        status = drain.status()
+        if status.dropped or status.delivered != sum(len(b) for b in batches):
+            raise SystemExit(f"lost messages: {status}")
+    return elapsed
+
+
+def open_drains(url: str, count: int, ca_file: str | None) -> list[Drain]:
+    settings = DrainSettings(buffer_messages=HIGH_WATER + 2 * BATCH_MESSAGES, ca_file=ca_file)
+    return [
+        open_drain(
+            DrainContext(
+                channel="bench",
+                drain_id=n,
+                token=f"d.00000000-0000-4000-8000-{n:012d}",
+                url=url,
+                settings=settings,
+            )
+        )
+        for n in range(count)
+    ]
+
+
+def measure(url: str, drains: int, total: int, ca_file: str | None, profile: bool) -> float:
+    batches = make_batches(total)
+    targets = open_drains(url, drains, ca_file)
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    elapsed = trio.run(drive, targets, batches)
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    return total * drains / elapsed
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True
+        ).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_results(command: str, results: dict[str, Any]) -> None:
+    path = ROOT / "perf" / "RESULTS.md"
+    if not path.exists():
+        path.write_text(
+            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
+            "|---|---|---|---|---|\n"
+        )
+    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
+    with path.open("a") as file:
+        file.write(
+            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
+            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs, no RESULTS.md row")
+    parser.add_argument("--profile", help="cProfile one case to stderr: https_1, syslog_1, ...")
+    parser.add_argument("--tcp-discard", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tcp_discard:
+        tcp_discard()
+        return
+    total = 200_000 if args.quick else 1_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = trustme.CA()
+        cert = ca.issue_cert("localhost", "127.0.0.1")
+        ca_file, cert_file, key_file = (f"{tmp}/{n}.pem" for n in ("ca", "cert", "key"))
+        ca.cert_pem.write_to_path(ca_file)
+        cert.cert_chain_pems[0].write_to_path(cert_file)
+        cert.private_key_pem.write_to_path(key_file)
+        sink = Receiver(
+            [sys.executable, "-m", "drains.sink", "--listen", "127.0.0.1:0", "--blackhole"]
+            + ["--tls-cert", cert_file, "--tls-key", key_file]
+        )
+        discard = Receiver([sys.executable, __file__, "--tcp-discard"])
+        https_url = f"https://localhost:{sink.port}/drain"
+        syslog_url = f"syslog://127.0.0.1:{discard.port}"
+        cases = {
+            "https_1": (https_url, 1, total),
+            "syslog_1": (syslog_url, 1, total),
+            "https_10": (https_url, 10, total // 4),
+            "https_100": (https_url, 100, total // 20),
+        }
+        results: dict[str, Any] = {}
+        try:
+            for name, (url, drains, messages) in cases.items():
+                rate = measure(url, drains, messages, ca_file, args.profile == name)
+                results[f"{name}_msgs_per_s"] = round(rate)
+        finally:
+            results["sink"] = sink.stop()
+            discard.stop()
+    results["ratio_10_to_1"] = round(results["https_10_msgs_per_s"] / results["https_1_msgs_per_s"], 2)
+    results["targets_met"] = {
+        "https_1>=500k": results["https_1_msgs_per_s"] >= 500_000,
+        "syslog_1>=500k": results["syslog_1_msgs_per_s"] >= 500_000,
+        "https_10>=50%_of_1": results["ratio_10_to_1"] >= 0.5,
+    }
+    print(json.dumps(results))
+    if not args.quick:
+        append_results("perf/drains.py", results)
+
+
+if __name__ == "__main__":
+    main()
