@@ -158,20 +158,18 @@ _valid_fields: set[tuple[bytes, bytes, bytes, bytes]] = set()
 
 def _head_pri(head: bytes) -> int:
     if (
-        len(head) < 5
+        len(head) < 4
         or head[0] != 0x3C
         or not head.endswith(b">1")
         or not head[1:-2].isdigit()
-        or (head[1] == 0x30 and len(head) > 5)
+        or (head[1] == 0x30 and len(head) > 4)
         or int(head[1:-2]) > PRI_MAX
     ):
         raise ValueError(
             f"header {head[:12]!r} must be <PRI>1 with PRI 0..{PRI_MAX} (no leading zeros)"
         )
     pri = int(head[1:-2])
-    if len(_pri_by_head) >= _CACHE_LIMIT:
-        _pri_by_head.clear()
-    _pri_by_head[head] = pri
+    _pri_by_head[head] = pri  # at most 192 entries: only valid heads are stored
     return pri
 
 
@@ -246,9 +244,7 @@ def _body_frames(body: bytes, max_frame_bytes: int) -> list[bytes]:
         if decoder.buffered:
             frames.extend(decoder.frames())  # raises: garbage follows the good frames
     except OctetFramingError as exc:
-        raise Logplex1Error(
-            exc.message, frame_number=len(frames) + 1, offset=exc.offset
-        ) from None
+        raise Logplex1Error(exc.message, frame_number=len(frames) + 1, offset=exc.offset) from None
     if decoder.buffered:
         offset = len(body) - decoder.buffered
         raise Logplex1Error(

@@ -532,7 +532,7 @@ def decode_batch_messages(
         payload, max_bytes, max_records, decompressor
     )
     if len(set(kind_column)) == 1:
-        kind = kind_column[0]
+        kind = int(kind_column[0])
         pri_column: Any = repeat(PRI_BY_KIND[kind])
         source_column: Any = repeat(sources[kind - 1])
     else:
