@@ -51,7 +51,6 @@ from shims.tee import TeeWriter
 
 REAP_SWEEP_S = 1.0
 READ_AFTER_EXIT_S = 1.0
-TEE_FLUSH_S = 1.0
 GRACE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 # signalfd(2) via ctypes: the stdlib has no binding.
@@ -274,11 +273,13 @@ class Supervisor:
             assert self.app.wait_status is not None
             code = status_code(self.app.wait_status)
             self.notice(notices.process_exited(code))
-            with trio.move_on_after(max(self.options.flush_timeout_s, TEE_FLUSH_S)):
+            # Shipping and the tee finish side by side, within the same deadline.
+            async with trio.open_nursery() as flushing:
+                if self.shipper is not None:
+                    flushing.start_soon(self.shipper.flush, self.options.flush_timeout_s)
                 for tee in self.tees:
-                    await tee.wait_idle()
+                    flushing.start_soon(_wait_at_most, self.options.flush_timeout_s, tee.wait_idle)
             if self.shipper is not None:
-                await self.shipper.flush(self.options.flush_timeout_s)
                 undelivered = self.shipper.outbox.undelivered()
                 if undelivered:
                     print(f"logshim: {undelivered} lines not delivered", file=sys.stderr)
@@ -331,6 +332,11 @@ class Supervisor:
                         self._handle_signal(signo)
         finally:
             os.close(fd)
+
+
+async def _wait_at_most(timeout_s: float, wait: Callable[[], Awaitable[None]]) -> None:
+    with trio.move_on_after(timeout_s):
+        await wait()
 
 
 async def _guarded(what: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -1,6 +1,6 @@
 """Black box: orphaned grandchildren are reaped (DESIGN section 6), as PID 1 and as a subreaper.
 
-The app double-forks 50 orphans that live 0.5 s and then exit, and itself lives on for a
+The app double-forks 50 orphans, lets them all exit together 0.5 s later, and lives on for a
 while. The orphans must be re-parented to the shim and, once they exit, leave no zombie.
 """
 
@@ -22,7 +22,7 @@ async def check_orphans_reaped(shim: RunningShim, reaper_pid: int) -> None:
     with trio.fail_after(20):
         while len(children_of(reaper_pid)) < ORPHANS + 1:
             await trio.sleep(0.02)
-    # Phase 2: they exited after 0.5 s; only the app may remain, and no zombie.
+    # Phase 2: they exit after 0.5 s; only the app may remain, and no zombie.
     with trio.fail_after(5):
         while True:
             children = children_of(reaper_pid)
