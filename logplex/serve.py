@@ -401,22 +401,44 @@ async def serve(
     from logplex.api import ApiConfig, create_app
     from logplex.store import ConfigStore
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.auth_key is not None:
-        auth_key = settings.auth_key
-    else:
-        key_path = settings.data_dir / AUTH_KEY_FILE
-        auth_key, created = load_or_create_auth_key(key_path)
-        what = "generated into" if created else "read from"
-        sys.stdout.write(f"auth key {what} {key_path.resolve()}\n")
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.auth_key is not None:
+            auth_key = settings.auth_key
+        else:
+            key_path = settings.data_dir / AUTH_KEY_FILE
+            auth_key, created = load_or_create_auth_key(key_path)
+            what = "generated into" if created else "read from"
+            sys.stdout.write(f"auth key {what} {key_path.resolve()}\n")
+    except OSError as exc:
+        raise ServeConfigError(
+            f"cannot use --data-dir {settings.data_dir} ({exc.strerror or exc}); give a "
+            "directory this user can create and write"
+        ) from None
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(settings.tls_cert, settings.tls_key)
     drains = _drain_support(settings)
+    # Bind everything first: a busy port is a clear error before anything else starts.
+    shim_sockets = await _open_listeners("shim", settings.shim)
+    try:
+        syslog_sockets = await _open_listeners("syslog", settings.syslog)
+        http_fd, http_address = _bind_http(settings.http)
+    except BaseException:
+        for listener in shim_sockets:
+            listener.socket.close()
+        raise
 
     # One receiver for the whole run: signals are never lost or re-raised between phases.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        store = await ConfigStore.open(settings.data_dir / CONFIG_DB_FILE)
+        database = settings.data_dir / CONFIG_DB_FILE
+        try:
+            store = await ConfigStore.open(database)
+        except Exception as exc:
+            raise ServeConfigError(
+                f"cannot open the config database {database} ({exc}); check the file and "
+                "its directory, or start with an empty --data-dir"
+            ) from None
         router = Router(
             history_lines=settings.history,
             drain_factory=drains.factory,
@@ -429,9 +451,6 @@ async def serve(
             async with trio.open_nursery() as root:
                 await root.start(router.run)
                 root.start_soon(metrics.measure_event_loop_lag)
-                shim_sockets = await _open_listeners("shim", settings.shim)
-                syslog_sockets = await _open_listeners("syslog", settings.syslog)
-                http_fd, http_address = _bind_http(settings.http)
                 public_url = settings.public_url or f"http://{http_address}"
                 app = create_app(
                     store=store,

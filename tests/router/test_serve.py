@@ -273,3 +273,20 @@ def test_sigterm_flushes_drains_within_the_grace(tmp_path: Path, child_env: dict
     finally:
         router.stop()
     assert [frame.rsplit(b" - - ", 1)[-1] for frame in received.splitlines()] == lines
+
+
+@pytest.mark.parametrize("flag", ["--http", "--shim", "--syslog"])
+def test_busy_port_exits_2_naming_the_flag(
+    tmp_path: Path, child_env: dict[str, str], flag: str
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [LOGPLEX, "serve", "--data-dir", str(tmp_path), *ports0(), flag, f"127.0.0.1:{port}"],
+            capture_output=True,
+            env=child_env,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on {flag} 127.0.0.1:{port}" in result.stderr.decode()
