@@ -267,13 +267,15 @@ async def test_tls_router_verified_with_ca_file(start_router: StartRouter, tmp_p
 
 @pytest.mark.parametrize("with_router", [False, True])
 async def test_closed_shim_stdout_is_survived(start_router: StartRouter, with_router: bool) -> None:
+    # sh keeps the default SIGPIPE action: if the shim forwarded the SIGPIPE its own tee
+    # write raised, the app would die of it (141) instead of exiting 3.
     args = shim_args(await start_router()) if with_router else []
     pipe_read, pipe_write = os.pipe()
     os.close(pipe_read)  # nobody will ever read the shim's stdout
     try:
         with trio.fail_after(30):
             done = await trio.run_process(
-                [LOGSHIM, *args, "--", *app("write_lines.py", 20000, 10)],
+                [LOGSHIM, *args, "--", "sh", "-c", "seq 1 20000; echo done >&2; sleep 0.3; exit 3"],
                 stdin=subprocess.DEVNULL,
                 stdout=pipe_write,
                 capture_stderr=True,
@@ -281,4 +283,17 @@ async def test_closed_shim_stdout_is_survived(start_router: StartRouter, with_ro
             )
     finally:
         os.close(pipe_write)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 3, done.stderr
+    assert done.stderr == b"done\n"  # the stderr tee goes on when the stdout tee stopped
+
+
+async def test_a_grandchild_holding_the_pipes_delays_exit_by_one_second_at_most(
+    start_router: StartRouter,
+) -> None:
+    router = await start_router()
+    result = await run_shim(
+        shim_args(router, "--no-tee"), ["sh", "-c", "sleep 8 & echo started; exit 4"]
+    )
+    assert result.returncode == 4
+    assert result.elapsed_s < 6  # not 8: read until EOF or 1 s, then leave
+    assert router.only_stream().lines(KIND_STDOUT) == [b"started"]
