@@ -14,7 +14,9 @@ Three measurements, each printed as part of one JSON line and appended to perf/R
 
 The router runs in this process on one core (trio is single-threaded); clients run in their
 own processes. ``lines_per_router_cpu_s`` divides by the router process's CPU time, which
-stays meaningful when other work shares the machine (``load_average_1m`` is recorded). Usage: ``.venv/bin/python perf/router_ingest.py [--quick]``.
+stays meaningful when other work shares the machine (``load_average_1m`` is recorded).
+
+Usage: ``.venv/bin/python perf/router_ingest.py [--quick]``.
 """
 
 from __future__ import annotations
