@@ -1,21 +1,22 @@
 """A channel's history ring (DESIGN sections 3 and 7): the last N messages, oldest first.
 
 Writes are the hot path and reads are rare (a session start, ``GET /v3/channels/{ch}/logs``),
-so the ring stores messages in a compact columnar form rather than one tuple per line:
+so ``extend`` only appends a reference to the published batch list (O(1) per batch), and
+``compact`` — run by the router about once a second for channels written since — turns what
+survived into a compact columnar block:
 
-- Batches of ``COMPACT_MIN_LINES`` or more messages become one block straight away: the
-  timestamps in an ``array('q')``, PRIs in ``bytes`` (0..191 fit a byte), and each bytes column
-  either as one shared value (the common case for ``source`` and ``ps``: one publish call comes
-  from one writer) or as one joined buffer plus an ``array('I')`` of offsets. Every step is a
-  C-level loop (``zip(*batch)``, ``b"".join``, ``itertools.accumulate``); no per-line Python.
-- Smaller batches collect as tuples in a pending list until it reaches that size and is
-  compacted in turn, so a channel that receives one line at a time does not pay a block's
-  fixed overhead per line.
+- the timestamps in an ``array('q')``, PRIs in ``bytes`` (0..191 fit a byte), and each bytes
+  column either as one shared value (the common case for ``source`` and ``ps``: one publish
+  call comes from one writer) or as one joined buffer plus an ``array('I')`` of offsets. Every
+  step is a C-level loop (``zip(*batch)``, ``b"".join``, ``itertools.accumulate``).
+- blocks under ``COMPACT_MIN_LINES`` are merged again with newer lines at the next compaction,
+  so a channel that receives one line at a time does not pay a block's fixed cost per line.
 
 A 100-byte line then costs about 113 bytes (8 timestamp + 1 PRI + 4 offset + the message)
-instead of about 250 as a tuple with its own bytes object. Blocks are dropped whole from the
-left once every line in them has fallen out of the ring; ``_skip`` counts the lines of the
-first block that already have.
+instead of about 250 as a tuple with its own bytes object. On a busy channel most lines leave
+the ring before they are ever compacted, so the hot path pays nothing for the compact form.
+Segments are dropped whole from the left once every line in them has fallen out of the
+ring; ``_skip`` counts the lines of the first segment that already have.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class _Block:
         self.pss = _BytesColumn(ps_col)
         self.msgs = _BytesColumn(msg_col)
 
+    def __len__(self) -> int:
+        return self.count
+
     def messages(self, start: int) -> list[Message]:
         count = self.count
         return list(
@@ -86,21 +90,31 @@ class _Block:
 
 
 class HistoryRing:
-    """The last ``max_lines`` messages of one channel; ``extend`` is O(batch) in C."""
+    """The last ``max_lines`` messages of one channel; ``extend`` is O(1) per batch.
 
-    __slots__ = ("_block_lines", "_blocks", "_pending", "_skip", "max_lines")
+    Segments, oldest first, are compacted ``_Block``s or fresh batch lists (held by
+    reference: a published list is never changed afterwards). ``_skip`` counts the lines of
+    the first segment that have already left the ring.
+    """
+
+    __slots__ = ("_fresh_lines", "_lines", "_segments", "_skip", "max_lines")
 
     def __init__(self, max_lines: int) -> None:
         if max_lines < 0:
             raise ValueError(f"history length must be 0 or more lines, not {max_lines}")
         self.max_lines = max_lines
-        self._blocks: deque[_Block] = deque()
-        self._block_lines = 0  # lines in all blocks, the skipped ones of the first included
-        self._skip = 0  # lines of the first block that have left the ring
-        self._pending: list[Message] = []
+        self._segments: deque[_Block | list[Message]] = deque()
+        self._lines = 0  # lines in all segments, the skipped ones of the first included
+        self._skip = 0
+        self._fresh_lines = 0  # lines in fresh (not yet compacted) segments
 
     def __len__(self) -> int:
-        return self._block_lines - self._skip + len(self._pending)
+        return self._lines - self._skip
+
+    @property
+    def fresh_lines(self) -> int:
+        """Lines held as tuples, waiting for ``compact``."""
+        return self._fresh_lines
 
     def extend(self, messages: list[Message]) -> None:
         """Append a batch (oldest first); the oldest lines beyond ``max_lines`` fall out."""
@@ -109,53 +123,67 @@ class HistoryRing:
             return
         if len(messages) > max_lines:
             messages = messages[-max_lines:]
-        pending = self._pending
-        if len(messages) >= COMPACT_MIN_LINES:
-            if pending:
-                self._append_block(pending)
-                self._pending = []
-            self._append_block(messages)
-        else:
-            pending.extend(messages)
-            if len(pending) >= COMPACT_MIN_LINES:
-                self._append_block(pending)
-                self._pending = []
-        self._trim()
+        self._segments.append(messages)
+        self._lines += len(messages)
+        self._fresh_lines += len(messages)
+        if self._lines > max_lines:
+            self._trim()
 
     def messages(self, last: int | None = None) -> list[Message]:
         """A copy of the ring (or its ``last`` newest lines), oldest first, as tuples."""
         out: list[Message] = []
         skip = self._skip
-        for block in self._blocks:
-            out.extend(block.messages(skip))
+        for segment in self._segments:
+            if isinstance(segment, _Block):
+                out.extend(segment.messages(skip))
+            else:
+                out.extend(segment[skip:] if skip else segment)
             skip = 0
-        out.extend(self._pending)
         if last is not None:
             return out[-last:] if last > 0 else []
         return out
 
-    def clear(self) -> None:
-        self._blocks.clear()
-        self._block_lines = 0
-        self._skip = 0
-        self._pending = []
+    def compact(self) -> None:
+        """Turn fresh segments (and small blocks) into columnar blocks of 64+ lines."""
+        if not self._fresh_lines:
+            return
+        kept: deque[_Block | list[Message]] = deque()
+        run: list[Message] = []
+        new_skip = 0
+        for index, segment in enumerate(self._segments):
+            skip = self._skip if index == 0 else 0
+            if isinstance(segment, _Block) and segment.count >= COMPACT_MIN_LINES:
+                if run:
+                    kept.append(_Block(run))
+                    run = []
+                kept.append(segment)
+                if index == 0:
+                    new_skip = skip  # kept as it is, with its skip
+                continue
+            if isinstance(segment, _Block):
+                run.extend(segment.messages(skip))
+            else:
+                run.extend(segment[skip:] if skip else segment)
+            self._lines -= skip  # materialised without the skipped lines
+        if run:
+            kept.append(_Block(run))
+        self._segments = kept
+        self._skip = new_skip
+        self._fresh_lines = 0
 
-    def _append_block(self, messages: list[Message]) -> None:
-        self._blocks.append(_Block(messages))
-        self._block_lines += len(messages)
+    def clear(self) -> None:
+        self._segments.clear()
+        self._lines = 0
+        self._skip = 0
+        self._fresh_lines = 0
 
     def _trim(self) -> None:
-        blocks = self._blocks
-        held = self._block_lines + len(self._pending)
-        while blocks and held - blocks[0].count >= self.max_lines:
-            dropped = blocks.popleft().count
-            self._block_lines -= dropped
-            held -= dropped
-        excess = held - self.max_lines
-        if excess <= 0:
+        segments = self._segments
+        max_lines = self.max_lines
+        while segments and self._lines - len(segments[0]) >= max_lines:
+            first = segments.popleft()
+            self._lines -= len(first)
+            if not isinstance(first, _Block):
+                self._fresh_lines -= len(first)
             self._skip = 0
-        elif blocks:
-            self._skip = excess  # < blocks[0].count, by the loop above
-        else:
-            del self._pending[:excess]
-            self._skip = 0
+        self._skip = max(0, self._lines - max_lines)  # < the first segment's count

@@ -11,7 +11,8 @@ per channel by ``apply_channel``, which the API calls after each successful stor
 ``serve`` calls at start-up; lookups never touch SQLite. Drains are created through
 ``drain_factory`` and each runs as one task in the router's nursery under its own cancel
 scope, so removing a drain cancels its task and frees its buffer. ``flush_drains`` is the
-deadline-bounded shutdown flush.
+deadline-bounded shutdown flush. ``run`` also compacts, about once a second, the histories
+written since the last time (``HistoryRing.compact``), so the hot path only appends.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ __all__ = ["Drain", "DrainFactory", "Router", "TailSession", "message_filter"]
 log = logging.getLogger(__name__)
 
 DRAIN_RESTART_DELAYS_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
+HISTORY_COMPACT_INTERVAL_S: Final = 1.0
+HISTORY_COMPACT_CHANNELS_PER_STEP: Final = 20
 
 
 class DrainStatusLike(Protocol):
@@ -125,6 +128,7 @@ class Router:
         self._channels: dict[str, _Channel] = {}
         self._tokens: dict[str, TokenInfo] = {}
         self._nursery: trio.Nursery | None = None
+        self._uncompacted: set[HistoryRing] = set()  # histories written since the last sweep
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -141,6 +145,7 @@ class Router:
         if not messages:
             return
         state.history.extend(messages)
+        self._uncompacted.add(state.history)
         for tail in state.tails:
             tail.push(messages)
         if state.drain_list:
@@ -155,6 +160,7 @@ class Router:
         if state is None or not messages:
             return
         state.history.extend(messages)
+        self._uncompacted.add(state.history)
         for tail in state.tails:
             tail.push(messages)
 
@@ -296,9 +302,26 @@ class Router:
                         if handle.drain is not None and not handle.started:
                             self._start_drain(state.name, handle)
                 task_status.started()
-                await trio.sleep_forever()
+                await self._compact_histories_periodically()
         finally:
             self._nursery = None
+
+    async def _compact_histories_periodically(self) -> None:
+        while True:
+            await trio.sleep(HISTORY_COMPACT_INTERVAL_S)
+            await self.compact_histories()
+
+    async def compact_histories(self) -> None:
+        """Compact the histories written since the last call (see ``logplex.history``).
+
+        Yields to other tasks between channels, so a sweep after a burst over many
+        channels never holds the event loop for long.
+        """
+        rings, self._uncompacted = self._uncompacted, set()
+        for count, ring in enumerate(rings, 1):
+            ring.compact()
+            if count % HISTORY_COMPACT_CHANNELS_PER_STEP == 0:
+                await trio.lowlevel.checkpoint()
 
     def _start_drain(self, channel: str, handle: _DrainHandle) -> None:
         assert self._nursery is not None

@@ -211,3 +211,21 @@ async def test_session_sees_history_then_live_lines_with_filters() -> None:
     assert history == make_messages(3, ps=b"web.1")
     assert live == make_messages(1, start=11, ps=b"web.2")
     assert router.counts().sessions == 0
+
+
+async def test_histories_are_compacted_about_once_a_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = Router()
+    router.apply_channel(channel())
+    router.apply_channel(ChannelConfig("quiet", {}))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(router.run)
+        for start in range(0, 300, 3):
+            router.publish("app1", make_messages(3, start=start))
+        ring = router._channels["app1"].history
+        assert ring.fresh_lines == 300  # publish only appends references
+        await trio.sleep(1.5)
+        assert ring.fresh_lines == 0
+        assert router.history("app1") == make_messages(300)
+        nursery.cancel_scope.cancel()

@@ -10,14 +10,19 @@ from hypothesis import strategies as st
 from logplex.history import COMPACT_MIN_LINES, HistoryRing
 
 
-def fill(ring: HistoryRing, batch_sizes: list[int]) -> list[tuple[int, int, bytes, bytes, bytes]]:
+def fill(
+    ring: HistoryRing, batch_sizes: list[int], compact_every: int = 0
+) -> list[tuple[int, int, bytes, bytes, bytes]]:
     everything = []
     start = 0
-    for size in batch_sizes:
+    for index, size in enumerate(batch_sizes, 1):
         batch = make_messages(size, start=start, ps=b"web.%d" % (start % 3))
         everything.extend(batch)
         ring.extend(batch)
         start += size
+        if compact_every and index % compact_every == 0:
+            ring.compact()
+            assert ring.fresh_lines == 0
     return everything
 
 
@@ -33,22 +38,37 @@ def fill(ring: HistoryRing, batch_sizes: list[int]) -> list[tuple[int, int, byte
         (1, [5, 1, 70]),
     ],
 )
-def test_ring_keeps_the_newest_lines_in_order(max_lines: int, batch_sizes: list[int]) -> None:
+@pytest.mark.parametrize("compact_every", [0, 1, 3])
+def test_ring_keeps_the_newest_lines_in_order(
+    max_lines: int, batch_sizes: list[int], compact_every: int
+) -> None:
     ring = HistoryRing(max_lines)
-    everything = fill(ring, batch_sizes)
+    everything = fill(ring, batch_sizes, compact_every)
     assert ring.messages() == everything[-max_lines:]
     assert len(ring) == min(max_lines, len(everything))
+    ring.compact()
+    assert ring.messages() == everything[-max_lines:]
 
 
 @given(
     max_lines=st.integers(min_value=1, max_value=300),
-    batch_sizes=st.lists(st.integers(min_value=0, max_value=200), max_size=30),
+    steps=st.lists(
+        st.one_of(st.integers(min_value=0, max_value=200), st.just("compact")), max_size=40
+    ),
 )
-def test_ring_matches_a_plain_list_model(max_lines: int, batch_sizes: list[int]) -> None:
+def test_ring_matches_a_plain_list_model(max_lines: int, steps: list[int | str]) -> None:
     ring = HistoryRing(max_lines)
-    everything = fill(ring, batch_sizes)
-    assert ring.messages() == everything[-max_lines:]
-    assert len(ring) == len(everything[-max_lines:])
+    everything: list[tuple[int, int, bytes, bytes, bytes]] = []
+    for step in steps:
+        if step == "compact":
+            ring.compact()
+        else:
+            assert isinstance(step, int)
+            batch = make_messages(step, start=len(everything), ps=b"web.%d" % (step % 3))
+            everything.extend(batch)
+            ring.extend(batch)
+        assert ring.messages() == everything[-max_lines:]
+        assert len(ring) == len(everything[-max_lines:])
 
 
 def test_columns_with_differing_sources_and_ps_round_trip() -> None:
@@ -58,7 +78,16 @@ def test_columns_with_differing_sources_and_ps_round_trip() -> None:
         for n in range(200)
     ]
     ring.extend(batch)
+    ring.compact()
     assert ring.messages() == batch
+
+
+def test_compaction_makes_blocks_of_many_lines_from_line_by_line_writes() -> None:
+    ring = HistoryRing(1500)
+    everything = fill(ring, [1] * 1000, compact_every=10)
+    assert ring.messages() == everything
+    segments = list(ring._segments)
+    assert all(len(s) >= COMPACT_MIN_LINES for s in segments[:-1])
 
 
 def test_last_n_and_clear() -> None:
