@@ -189,12 +189,16 @@ def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, by
     structured data) saying what is wrong.
     """
     parts = frame.split(b" ", 7)
-    if len(parts) < 7:
+    if len(parts) == 8:
+        head, stamp, hostname, app_name, procid, msgid, structured, msg = parts
+    elif len(parts) == 7:
+        head, stamp, hostname, app_name, procid, msgid, structured = parts
+        msg = b""
+    else:
         raise ValueError(
             "a frame needs <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA, "
             f"found {len(parts)} of these 7 fields"
         )
-    head, stamp, hostname, app_name, procid, msgid, structured = parts[:7]
     pri = _pri_by_head.get(head)
     if pri is None:
         pri = _head_pri(head)
@@ -202,7 +206,6 @@ def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, by
     key = (hostname, app_name, procid, msgid)
     if key not in _valid_fields:
         _check_fields(key)
-    msg = parts[7] if len(parts) == 8 else b""
     if structured != b"-":
         if structured[:1] == b"[":
             start = len(frame) - len(msg) - len(structured) - (len(parts) == 8)
@@ -215,9 +218,9 @@ def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, by
             msg = structured + b" " + msg if len(parts) == 8 else structured
         else:
             raise ValueError(f"STRUCTURED-DATA must be '-' or '[', found {structured[:20]!r}")
-    if msg[-1:] == b"\n":
+    if msg.endswith(b"\n"):
         msg = msg[:-1]
-    if msg[:3] == BOM:
+    if msg.startswith(BOM):
         msg = msg[3:]
     return pri, ts_us, hostname, app_name, procid, msgid, msg
 

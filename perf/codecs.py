@@ -1,0 +1,221 @@
+"""Micro-benchmarks of the codec hot paths, one core, pure Python.
+
+    .venv/bin/python perf/codecs.py [--quick] [--profile NAME]
+
+Measures (each the best of several rounds, so a busy neighbour costs less):
+
+- ``octet``: RFC 6587 decoding of 200-byte frames fed in 64 KiB chunks, frames/s and MB/s
+  (target >= 1,000,000 frames/s);
+- ``https_body``: logplex-1 drain-body encoding of 500-message batches, messages/s
+  (target >= 1,000,000);
+- ``batch``: shim BATCH frames of 500 records, encode (msgpack + zstd level 1) and decode
+  (``decode_batch_messages``, the router's path) separately and together, records/s
+  (target >= 2,000,000 for decoding);
+- ``input_body``: logplex-1 input-layout bodies to router messages, lines/s;
+- ``format_ts``: ns per call.
+
+Prints one JSON line and appends a row to perf/RESULTS.md (date, machine, commit, command).
+The benchmark runs with PYTHONUNBUFFERED unset (it re-executes itself without it), so the
+environment of the caller does not change the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import gc
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import zstandard  # noqa: E402
+
+from logplex.codecs import logplex1, octet, shimproto  # noqa: E402
+from logplex.codecs.timestamps import format_ts  # noqa: E402
+
+TS_US = 1_795_811_973_123_456
+ROUTER_LINE = (
+    b"at=info method=GET path=/ host=example.herokuapp.com request_id=%06d "
+    b'fwd="1.2.3.4" dyno=web.1 connect=0ms service=3ms status=200 bytes=1234'
+)
+
+
+def best_rate(units: int, run: Callable[[], object], rounds: int) -> float:
+    """Units per second of the fastest of ``rounds`` runs."""
+    best_s = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        best_s = min(best_s, time.perf_counter() - started)
+    return units / best_s
+
+
+def bench_octet(rounds: int, megabytes: int) -> dict[str, Any]:
+    payload = b"<190>1 2026-11-27T20:39:33.123456+00:00 host app web.1 - " + b"x" * 139
+    frame = octet.encode_octet_frame(payload)
+    assert len(frame) == 200
+    stream = frame * (megabytes * 1_000_000 // 200)
+    chunks = [stream[i : i + 65536] for i in range(0, len(stream), 65536)]
+    frames_total = len(stream) // 200
+
+    def run() -> None:
+        decoder = octet.OctetFrameDecoder(10240, "resync")
+        count = 0
+        for chunk in chunks:
+            decoder.feed(chunk)
+            count += len(decoder.frames())
+        assert count == frames_total
+
+    rate = best_rate(frames_total, run, rounds)
+    return {"octet_frames_per_s": round(rate), "octet_mb_per_s": round(rate * 200 / 1e6, 1)}
+
+
+def router_messages(count: int) -> list[tuple[int, int, bytes, bytes, bytes]]:
+    return [(TS_US + i * 137, 190, b"app", b"web.1", ROUTER_LINE % i) for i in range(count)]
+
+
+def bench_https_body(rounds: int, batches: int) -> dict[str, Any]:
+    batch = router_messages(500)
+
+    def run() -> None:
+        for _ in range(batches):
+            logplex1.encode_https_body(batch)
+
+    return {"https_body_msgs_per_s": round(best_rate(500 * batches, run, rounds))}
+
+
+def bench_batch(rounds: int, batches: int) -> dict[str, Any]:
+    compressor = zstandard.ZstdCompressor(level=1)
+    records = [[TS_US + i * 137, 2 if i % 10 == 0 else 1, ROUTER_LINE % i] for i in range(500)]
+    payload = shimproto.encode_batch(1, records, compressor=compressor)[13:]
+    limits: dict[str, Any] = {"max_bytes": 1 << 20, "max_records": 10_000}
+    sources = (b"app", b"app", b"heroku")
+
+    def encode() -> None:
+        for seq in range(1, batches + 1):
+            shimproto.encode_batch(seq, records, compressor=compressor)
+
+    def decode() -> None:
+        for _ in range(batches):
+            shimproto.decode_batch_messages(payload, ps=b"web.1", sources=sources, **limits)
+
+    def both() -> None:
+        for seq in range(1, batches + 1):
+            frame = shimproto.encode_batch(seq, records, compressor=compressor)
+            shimproto.decode_batch_messages(frame[13:], ps=b"web.1", sources=sources, **limits)
+
+    units = 500 * batches
+    return {
+        "batch_encode_records_per_s": round(best_rate(units, encode, rounds)),
+        "batch_decode_records_per_s": round(best_rate(units, decode, rounds)),
+        "batch_encode_decode_records_per_s": round(best_rate(units, both, rounds)),
+        "batch_compressed_bytes": len(payload),
+    }
+
+
+def bench_input_body(rounds: int, bodies: int) -> dict[str, Any]:
+    token = b"t.9173ea1f-6f14-4976-9cf0-7cd0dafdcdbc"
+    frames = [
+        b"<190>1 %s host %s web.1 - - %s" % (format_ts(TS_US + i * 137), token, ROUTER_LINE % i)
+        for i in range(500)
+    ]
+    body = b"".join(octet.encode_octet_frame(frame) for frame in frames)
+
+    def run() -> None:
+        for _ in range(bodies):
+            logplex1.input_messages_from_body(body, source=b"app")
+
+    return {"input_body_lines_per_s": round(best_rate(500 * bodies, run, rounds))}
+
+
+def bench_format_ts(rounds: int) -> dict[str, Any]:
+    values = [TS_US + i * 137 for i in range(100_000)]
+
+    def run() -> None:
+        for value in values:
+            format_ts(value)
+
+    return {"format_ts_ns": round(1e9 / best_rate(len(values), run, rounds))}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def append_results(command: str, results: dict[str, Any]) -> None:
+    path = ROOT / "perf" / "RESULTS.md"
+    if not path.exists():
+        path.write_text(
+            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
+            "|---|---|---|---|---|\n"
+        )
+    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
+    with path.open("a") as file:
+        file.write(
+            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
+            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
+        )
+
+
+def main() -> None:
+    if os.environ.get("PYTHONUNBUFFERED"):
+        env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs, no RESULTS.md row")
+    parser.add_argument(
+        "--profile",
+        choices=["octet", "https_body", "batch", "input_body", "format_ts"],
+        help="cProfile one measurement to stderr instead of reporting",
+    )
+    args = parser.parse_args()
+    rounds = 2 if args.quick else 5
+    scale = 1 if args.quick else 4
+    benches: dict[str, Callable[[], dict[str, Any]]] = {
+        "octet": lambda: bench_octet(rounds, 5 * scale),
+        "https_body": lambda: bench_https_body(rounds, 100 * scale),
+        "batch": lambda: bench_batch(rounds, 100 * scale),
+        "input_body": lambda: bench_input_body(rounds, 20 * scale),
+        "format_ts": lambda: bench_format_ts(rounds),
+    }
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(benches[args.profile])
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+        return
+    results: dict[str, Any] = {"benchmark": "codecs", "python": platform.python_version()}
+    for bench in benches.values():
+        results.update(bench())
+        gc.collect()
+    results["targets_met"] = {
+        "octet_1M_frames_per_s": results["octet_frames_per_s"] >= 1_000_000,
+        "https_body_1M_msgs_per_s": results["https_body_msgs_per_s"] >= 1_000_000,
+        "batch_decode_2M_records_per_s": results["batch_decode_records_per_s"] >= 2_000_000,
+    }
+    print(json.dumps(results), flush=True)
+    if not args.quick:
+        append_results(" ".join([".venv/bin/python", "perf/codecs.py", *sys.argv[1:]]), results)
+
+
+if __name__ == "__main__":
+    main()
