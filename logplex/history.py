@@ -1,9 +1,10 @@
 """A channel's history ring (DESIGN sections 3 and 7): the last N messages, oldest first.
 
 Writes are the hot path and reads are rare (a session start, ``GET /v3/channels/{ch}/logs``),
-so ``extend`` only appends a reference to the published batch list (O(1) per batch), and
-``compact`` — run by the router about once a second for channels written since — turns what
-survived into a compact columnar block:
+so ``extend`` appends a reference to the published batch list, and older batches that are
+still in the ring when a newer one arrives — at least ``COMPACT_MIN_LINES`` of them — are
+compacted then; the router's sweep (``compact``, about once a second for channels written
+since) compacts the rest. The compact form is columnar:
 
 - the timestamps in an ``array('q')``, PRIs in ``bytes`` (0..191 fit a byte), and each bytes
   column either as one shared value (the common case for ``source`` and ``ps``: one publish
@@ -13,8 +14,9 @@ survived into a compact columnar block:
   so a channel that receives one line at a time does not pay a block's fixed cost per line.
 
 A 100-byte line then costs about 113 bytes (8 timestamp + 1 PRI + 4 offset + the message)
-instead of about 250 as a tuple with its own bytes object. On a busy channel most lines leave
-the ring before they are ever compacted, so the hot path pays nothing for the compact form.
+instead of about 250 as a tuple with its own bytes object. At most one batch per channel
+(plus what arrived since the last sweep in batches under 64 lines) is held as tuples. On a
+busy channel only the part of a batch that survives the next one is ever compacted.
 Segments are dropped whole from the left once every line in them has fallen out of the
 ring; ``_skip`` counts the lines of the first segment that already have.
 """
@@ -128,6 +130,10 @@ class HistoryRing:
         self._fresh_lines += len(messages)
         if self._lines > max_lines:
             self._trim()
+        if self._fresh_lines - len(messages) >= COMPACT_MIN_LINES:
+            # Older fresh batches survived this one: compact them now, while their tuples
+            # are still the newest allocations (freeing them then lets memory be reused).
+            self.compact(keep_newest=True)
 
     def messages(self, last: int | None = None) -> list[Message]:
         """A copy of the ring (or its ``last`` newest lines), oldest first, as tuples."""
@@ -143,14 +149,20 @@ class HistoryRing:
             return out[-last:] if last > 0 else []
         return out
 
-    def compact(self) -> None:
-        """Turn fresh segments (and small blocks) into columnar blocks of 64+ lines."""
+    def compact(self, *, keep_newest: bool = False) -> None:
+        """Turn fresh segments (and small blocks) into columnar blocks of 64+ lines.
+
+        ``keep_newest`` leaves the newest segment as it is (``extend`` uses it: the newest
+        batch may well leave the ring before it would be worth compacting).
+        """
         if not self._fresh_lines:
             return
+        segments = self._segments
+        newest = segments.pop() if keep_newest and len(segments) > 1 else None
         kept: deque[_Block | list[Message]] = deque()
         run: list[Message] = []
         new_skip = 0
-        for index, segment in enumerate(self._segments):
+        for index, segment in enumerate(segments):
             skip = self._skip if index == 0 else 0
             if isinstance(segment, _Block) and segment.count >= COMPACT_MIN_LINES:
                 if run:
@@ -167,9 +179,13 @@ class HistoryRing:
             self._lines -= skip  # materialised without the skipped lines
         if run:
             kept.append(_Block(run))
+        self._fresh_lines = 0
+        if newest is not None:
+            kept.append(newest)
+            if not isinstance(newest, _Block):
+                self._fresh_lines = len(newest)
         self._segments = kept
         self._skip = new_skip
-        self._fresh_lines = 0
 
     def clear(self) -> None:
         self._segments.clear()

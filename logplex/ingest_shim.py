@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL: Final = "shim"
 RECEIVE_BYTES: Final = 256 * 1024
+CLOSE_TIMEOUT_S: Final = 1.0  # a TLS close_notify to a peer that does not read
 SEND_BUFFER_BYTES: Final = 16 * 1024  # the kernel doubles it
 
 _MSG = itemgetter(4)
@@ -162,24 +163,24 @@ class ShimListener:
         _CONNECTIONS.inc()
         reason = "eof"
         try:
-            async with stream:
-                connection = _ShimConnection(self, stream)
-                try:
-                    await connection.run()
-                except ProtocolError as exc:
-                    reason = "error"
-                    label = "unknown_token" if isinstance(exc, Unauthorized) else exc.code
-                    metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=label).inc()
-                    log.info("shim connection refused: %s (%s)", exc.message, exc.code)
-                    await connection.send_error(exc.code, exc.message)
-                except ShimConnectionClosed as exc:
-                    reason = exc.reason
+            connection = _ShimConnection(self, stream)
+            try:
+                await connection.run()
+            except ProtocolError as exc:
+                reason = "error"
+                label = "unknown_token" if isinstance(exc, Unauthorized) else exc.code
+                metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason=label).inc()
+                log.info("shim connection refused: %s (%s)", exc.message, exc.code)
+                await connection.send_error(exc.code, exc.message)
+            except ShimConnectionClosed as exc:
+                reason = exc.reason
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             reason = "error"
         except Exception:
             reason = "error"
             log.exception("shim connection failed unexpectedly; closing it")
         finally:
+            await close_within(stream, CLOSE_TIMEOUT_S)
             _CONNECTIONS.dec()
             metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol=PROTOCOL, reason=reason).inc()
 
@@ -351,3 +352,16 @@ class Unauthorized(ProtocolError):
     """HELLO's token is unknown (or was revoked while connected): ERROR ``unauthorized``."""
 
     code: ClassVar[str] = "unauthorized"
+
+
+async def close_within(stream: trio.abc.Stream, timeout_s: float) -> None:
+    """Close gracefully (TLS close_notify) if the peer allows it in time, else forcefully.
+
+    Shielded: a connection cancelled at shutdown still releases its socket.
+    """
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(timeout_s):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.aclose()
+            return
+        await trio.aclose_forcefully(stream)

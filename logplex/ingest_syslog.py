@@ -17,6 +17,7 @@ task, so one client can never stall another.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL: Final = "syslog"
 RECEIVE_BYTES: Final = 256 * 1024
+CLOSE_TIMEOUT_S: Final = 1.0  # a TLS close_notify to a peer that does not read
 NIL_PS: Final = b"-"
 
 _MSG = itemgetter(4)
@@ -158,14 +160,14 @@ class SyslogListener:
         _CONNECTIONS.inc()
         reason = "eof"
         try:
-            async with stream:
-                reason = await self._read_frames(stream)
+            reason = await self._read_frames(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             reason = "error"
         except Exception:
             reason = "error"
             log.exception("syslog connection failed unexpectedly; closing it")
         finally:
+            await close_within(stream, CLOSE_TIMEOUT_S)
             _CONNECTIONS.dec()
             metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol=PROTOCOL, reason=reason).inc()
 
@@ -203,3 +205,16 @@ class SyslogListener:
             # Only a timeout gets here: every path inside the scope returns or continues.
             log.info("syslog connection idle for %.0f s: closed", self.settings.idle_timeout_s)
             return "idle"
+
+
+async def close_within(stream: trio.abc.Stream, timeout_s: float) -> None:
+    """Close gracefully (TLS close_notify) if the peer allows it in time, else forcefully.
+
+    Shielded: a connection cancelled at shutdown still releases its socket.
+    """
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(timeout_s):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.aclose()
+            return
+        await trio.aclose_forcefully(stream)

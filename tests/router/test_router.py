@@ -221,11 +221,11 @@ async def test_histories_are_compacted_about_once_a_second(
     router.apply_channel(ChannelConfig("quiet", {}))
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)
-        for start in range(0, 300, 3):
+        for start in range(0, 60, 3):
             router.publish("app1", make_messages(3, start=start))
         ring = router._channels["app1"].history
-        assert ring.fresh_lines == 300  # publish only appends references
+        assert ring.fresh_lines == 60  # small batches: publish only appended references
         await trio.sleep(1.5)
         assert ring.fresh_lines == 0
-        assert router.history("app1") == make_messages(300)
+        assert router.history("app1") == make_messages(60)
         nursery.cancel_scope.cancel()
