@@ -90,7 +90,17 @@ class PipeReader:
         if not data:
             self._at_eof()
             return False
-        ts_us = time.time_ns() // 1000
+        self._consume(time.time_ns() // 1000, data)
+        return True
+
+    def take_early(self, chunks: list[tuple[int, bytes]], *, eof: bool) -> None:
+        """Process what ``EarlyDrain`` read before trio was running, with its timestamps."""
+        for ts_us, data in chunks:
+            self._consume(ts_us, data)
+        if eof:
+            self._at_eof()
+
+    def _consume(self, ts_us: int, data: bytes) -> None:
         self._last_ts_us = ts_us
         self.bytes_read += len(data)
         if self.tee is not None:
@@ -103,7 +113,6 @@ class PipeReader:
                 self._partial_since_s = trio.current_time()
         else:
             self._partial_since_s = None
-        return True
 
     def drain_now(self) -> None:
         """After the read deadline: take what is already in the pipe, then flush and stop."""

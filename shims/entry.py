@@ -55,6 +55,11 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
         os.close(stdout_write)
         os.close(stderr_write)
     hand_terminal_to(pid)
+    # Keep the app's output flowing while the rest of the shim is imported.
+    from shims.early import EarlyDrain
+
+    early = EarlyDrain([stdout_read, stderr_read], max_bytes=options.buffer_bytes)
+    early.start()
 
     from shims.supervisor import supervise
 
@@ -64,6 +69,7 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
         stdout_fd=stdout_read,
         stderr_fd=stderr_read,
         handled_signals=handled_signals,
+        early=early,
     )
 
 

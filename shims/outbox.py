@@ -58,6 +58,13 @@ class SentBatch:
         self.cost_bytes = cost_bytes
         self.reported_losses = reported_losses  # messages counted by an L12/L13 inside it
 
+    def messages(self) -> int:
+        """The messages this batch stands for: its records, except that an L12/L13 record
+        stands for the losses it counts, not for itself."""
+        if self.reported_losses:
+            return self.records - 1 + self.reported_losses
+        return self.records
+
     def __repr__(self) -> str:
         return f"SentBatch(seq={self.seq}, records={self.records})"
 
@@ -287,7 +294,7 @@ class Outbox:
         if self.refusal_pending and self.unacked:
             refused = self.unacked.popleft()
             self.unacked_bytes -= refused.cost_bytes
-            lost = refused.records + refused.reported_losses
+            lost = refused.messages()
             self.lost_total += lost
             notice = self._delivery_notice(lost, self._refused_at_us or now_us)
             records: list[Record] = [(now_us, KIND_NOTICE, notice)]
@@ -306,5 +313,6 @@ class Outbox:
 
     def undelivered(self) -> int:
         """Messages the router does not hold and no delivered notice accounts for."""
-        in_flight = sum(batch.records + batch.reported_losses for batch in self.unacked)
+        # An L12/L13 record is not a message of its own: what it stands for is what it counts.
+        in_flight = sum(batch.messages() for batch in self.unacked)
         return self.pending_lines + in_flight + self.dropped_lines

@@ -46,6 +46,7 @@ import trio
 from logplex.codecs import notices
 from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
 from shims.capture import PipeReader
+from shims.early import EarlyDrain
 from shims.options import ShimOptions
 from shims.tee import TeeWriter
 
@@ -200,8 +201,10 @@ class Supervisor:
         stdout_fd: int,
         stderr_fd: int,
         forwarded_signals: frozenset[int],
+        early: EarlyDrain | None = None,
     ) -> None:
         self.options = options
+        self.early = early
         self.app = app
         self.reaper = Reaper(app)
         self.forwarded_signals = forwarded_signals
@@ -249,6 +252,10 @@ class Supervisor:
     async def run(self, signals: AsyncIterator[int] | None = None) -> int:
         """Supervise until the app has exited and its output is shipped; the exit code."""
         self.notice(notices.starting_process(self.options.command))
+        if self.early is not None:
+            self.early.stop()
+            for reader in self.readers:
+                reader.take_early(self.early.chunks[reader.fd], eof=reader.fd in self.early.eof)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.reaper.run)
@@ -354,9 +361,10 @@ def supervise(
     stdout_fd: int,
     stderr_fd: int,
     handled_signals: frozenset[int],
+    early: EarlyDrain | None = None,
 ) -> int:
     """Run the supervisor under trio; return the shim's exit code."""
-    return trio.run(_supervise, options, pid, stdout_fd, stderr_fd, handled_signals)
+    return trio.run(_supervise, options, pid, stdout_fd, stderr_fd, handled_signals, early)
 
 
 async def _supervise(
@@ -365,6 +373,7 @@ async def _supervise(
     stdout_fd: int,
     stderr_fd: int,
     handled_signals: frozenset[int],
+    early: EarlyDrain | None,
 ) -> int:
     received = handled_signals - {signal.SIGPIPE}
     forwarded = handled_signals - {signal.SIGCHLD}
@@ -375,6 +384,7 @@ async def _supervise(
         stdout_fd=stdout_fd,
         stderr_fd=stderr_fd,
         forwarded_signals=forwarded,
+        early=early,
     )
     with trio.open_signal_receiver(*received) as signals:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, received)

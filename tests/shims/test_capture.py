@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 import trio
 import trio.testing
 
 from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
 from shims.capture import PARTIAL_LINE_WAIT_S, PipeReader
+from shims.early import EarlyDrain
 from shims.tee import TeeWriter
 
 
@@ -106,3 +108,53 @@ async def test_tee_backlog_is_bounded() -> None:
     assert os.read(read_fd, 100) == b"1234567890"
     os.close(read_fd)
     os.close(write_fd)
+
+
+def test_early_drain_reads_until_stopped_and_records_eof() -> None:
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    early = EarlyDrain([out_read, err_read], max_bytes=1 << 20)
+    early.start()
+    os.write(out_write, b"first\n")
+    os.write(err_write, b"oops\n")
+    os.close(err_write)
+    deadline = time.monotonic() + 10
+    while (len(early.chunks[out_read]) < 1 or err_read not in early.eof) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    early.stop()
+    assert [data for _, data in early.chunks[out_read]] == [b"first\n"]
+    assert [data for _, data in early.chunks[err_read]] == [b"oops\n"]
+    assert early.eof == {err_read}
+    for fd in (out_read, out_write, err_read):
+        os.close(fd)
+
+
+def test_early_drain_stops_reading_at_its_bound() -> None:
+    read_fd, write_fd = os.pipe()
+    early = EarlyDrain([read_fd], max_bytes=10)
+    os.write(write_fd, b"0123456789")
+    early.start()
+    deadline = time.monotonic() + 10
+    while early.buffered_bytes < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.write(write_fd, b"left in the pipe")
+    time.sleep(0.05)
+    early.stop()
+    assert early.buffered_bytes == 10
+    assert os.read(read_fd, 100) == b"left in the pipe"
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+async def test_reader_takes_over_early_chunks_with_their_timestamps() -> None:
+    read_fd, write_fd = os.pipe()
+    sink = Sink()
+    reader = PipeReader(read_fd, KIND_STDOUT, sink=sink, tee=None, max_line_bytes=10000)
+    reader.take_early([(111, b"a\nb"), (222, b"c\n")], eof=False)
+    assert [(ts, lines) for ts, _, lines, _ in sink.pushed] == [(111, [b"a"]), (222, [b"bc"])]
+    os.write(write_fd, b"d\n")
+    os.close(write_fd)
+    await reader.run()
+    assert sink.lines() == [b"a", b"bc", b"d"]

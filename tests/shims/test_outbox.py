@@ -213,9 +213,9 @@ def test_refused_batch_is_replaced_by_l13_under_the_same_seq() -> None:
     outbox.note_refusal(now_us=30)
     resend = outbox.resume(acked=0, now_us=40)
     assert [b.seq for b in resend] == [1, 2]
-    assert encoded.by_seq[1] == [(40, KIND_NOTICE, notices.l13_local_delivery(26, 30))]
+    assert encoded.by_seq[1] == [(40, KIND_NOTICE, notices.l13_local_delivery(25, 30))]
     assert resend[1].frame == second.frame
-    assert outbox.lost_total == 26  # 20 lines + the L12 notice + the 5 it reported
+    assert outbox.lost_total == 25  # the 20 lines and the 5 its L12 reported
     assert not outbox.refusal_pending
 
 
@@ -230,7 +230,7 @@ def test_undelivered_counts_pending_in_flight_and_unreported_losses() -> None:
     assert outbox.undelivered() == 15
     batch = outbox.cut_batch(now_us=4)  # L12 + 10 lines
     assert batch is not None
-    assert outbox.undelivered() == 11 + 5
+    assert outbox.undelivered() == 10 + 5  # the L12 record stands for the 5 it counts
     outbox.ack(batch.seq)
     assert outbox.undelivered() == 0
     assert outbox.is_empty()
