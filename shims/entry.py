@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
     import os
 
+    from shims.console import warn
     from shims.options import parse_options
     from shims.spawn import (
         SpawnError,
@@ -49,7 +50,7 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
     try:
         pid = spawn_app(options.command, stdout_fd=stdout_write, stderr_fd=stderr_write)
     except SpawnError as exc:
-        print(exc.message, file=sys.stderr, flush=True)
+        warn(exc.message)
         return 0 if exc.exit_code in options.success_codes else exc.exit_code
     finally:
         os.close(stdout_write)

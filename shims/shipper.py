@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 import ssl
-import sys
 import time
 import uuid
 from typing import Any, Final, cast
@@ -42,6 +41,7 @@ from logplex.codecs.shimproto import (
     encode_hello,
     encode_pong,
 )
+from shims.console import warn
 from shims.options import RouterAddress, ShimOptions
 from shims.outbox import Outbox, Record
 
@@ -205,10 +205,7 @@ class Shipper:
     def _report(self, exc: BaseException) -> None:
         text = describe_failure(exc)
         if text != self.last_error:
-            print(
-                f"logshim: connection to router {self.router!r} failed: {text}; retrying",
-                file=sys.stderr,
-            )
+            warn(f"logshim: connection to router {self.router!r} failed: {text}; retrying")
         self.last_error = text
 
     async def _open_stream(self) -> trio.abc.Stream:

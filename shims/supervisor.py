@@ -38,7 +38,6 @@ import enum
 import os
 import signal
 import struct
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
@@ -46,6 +45,7 @@ import trio
 from logplex.codecs import notices
 from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
 from shims.capture import PipeReader
+from shims.console import warn
 from shims.early import EarlyDrain
 from shims.options import ShimOptions
 from shims.tee import TeeWriter
@@ -289,7 +289,7 @@ class Supervisor:
             if self.shipper is not None:
                 undelivered = self.shipper.outbox.undelivered()
                 if undelivered:
-                    print(f"logshim: {undelivered} lines not delivered", file=sys.stderr)
+                    warn(f"logshim: {undelivered} lines not delivered")
             nursery.cancel_scope.cancel()
         return final_exit_code(code, self.options.success_codes)
 
@@ -351,7 +351,7 @@ async def _guarded(what: str, run: Callable[[], Awaitable[None]]) -> None:
     try:
         await run()
     except Exception as exc:
-        print(f"logshim: {what} stopped after an internal error: {exc!r}", file=sys.stderr)
+        warn(f"logshim: {what} stopped after an internal error: {exc!r}")
 
 
 def supervise(

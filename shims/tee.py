@@ -18,16 +18,24 @@ DESIGN section 6: the tee must never hold up capture and must survive a broken p
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 
 import trio
 
 DEFAULT_MAX_BACKLOG_BYTES = 4 * 1024 * 1024
 MAX_WRITE_BYTES = 1024 * 1024
+TEE_THREAD_BLOCKED = frozenset({signal.SIGTTOU, signal.SIGPIPE})
 
 
 def write_all(fd: int, data: bytes) -> None:
-    """Blocking write of every byte of ``data`` (runs in a worker thread)."""
+    """Blocking write of every byte of ``data`` (runs in a worker thread).
+
+    SIGTTOU is blocked in the writing thread first: a terminal with ``tostop`` set would
+    otherwise answer a write from the shim (no longer its foreground group once the app has
+    the terminal) with a SIGTTOU that the shim would take for one to forward.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, TEE_THREAD_BLOCKED)
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -297,3 +297,26 @@ async def test_a_grandchild_holding_the_pipes_delays_exit_by_one_second_at_most(
     assert result.returncode == 4
     assert result.elapsed_s < 6  # not 8: read until EOF or 1 s, then leave
     assert router.only_stream().lines(KIND_STDOUT) == [b"started"]
+
+
+async def test_closed_stdout_and_stderr_with_the_router_down_keep_the_exit_code() -> None:
+    # Every message the shim has for its stderr (connection failures, the undelivered
+    # count) meets a broken pipe; none of that may change how the shim exits.
+    pipe_read, pipe_write = os.pipe()
+    os.close(pipe_read)
+    try:
+        with trio.fail_after(30):
+            done = await trio.run_process(
+                [
+                    *(LOGSHIM, "--url", f"tcp://127.0.0.1:{free_port()}", "--token", "t.test"),
+                    *("--flush-timeout", "0.5", "--"),
+                    *("sh", "-c", "seq 1 1000; seq 1 10 >&2; exit 6"),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=pipe_write,
+                stderr=pipe_write,
+                check=False,
+            )
+    finally:
+        os.close(pipe_write)
+    assert done.returncode == 6
