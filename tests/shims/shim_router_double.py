@@ -7,6 +7,7 @@ being held twice; a gap is a protocol violation (recorded, answered with ERROR b
 
 Knobs for the failure cases the shim must survive:
 - ``stall_after_ready``: after READY, never read again (the socket buffers fill up);
+- ``hold_acks``: acknowledge nothing until ``release_acks()`` (to watch the window);
 - ``refuse_seqs``: answer the first arrival of these seqs with ERROR bad_frame and close;
 - ``kill()``: stop listening and drop every connection at once (held batches survive, like a
   router whose acknowledged records were already passed on); ``serve`` again on the same port
@@ -64,7 +65,10 @@ class RouterDouble:
         refuse_seqs: frozenset[int] = frozenset(),
         send_ping: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        hold_acks: bool = False,
     ) -> None:
+        self.hold_acks = hold_acks
+        self._live: list[tuple[trio.abc.Stream, StreamLog]] = []
         self.ssl_context = ssl_context
         self.window = window
         self.max_batch_bytes = max_batch_bytes
@@ -128,6 +132,7 @@ class RouterDouble:
                         continue
                     if isinstance(event, Hello):
                         log = self.streams.setdefault(event.stream, StreamLog(event))
+                        self._live.append((stream, log))
                         await stream.send_all(
                             encode_ready(log.acked, self.window, self.max_batch_bytes)
                         )
@@ -166,6 +171,13 @@ class RouterDouble:
             await stream.send_all(encode_error("bad_frame", "seq gap"))
             self._changed()
             return False
-        await stream.send_all(encode_ack(log.acked))
+        if not self.hold_acks:
+            await stream.send_all(encode_ack(log.acked))
         self._changed()
         return True
+
+    async def release_acks(self) -> None:
+        """Stop holding ACKs back: acknowledge what each live connection delivered so far."""
+        self.hold_acks = False
+        for stream, log in self._live:
+            await stream.send_all(encode_ack(log.acked))

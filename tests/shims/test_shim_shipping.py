@@ -320,3 +320,14 @@ async def test_closed_stdout_and_stderr_with_the_router_down_keep_the_exit_code(
     finally:
         os.close(pipe_write)
     assert done.returncode == 6
+
+
+async def test_never_more_than_window_batches_unacknowledged(start_router: StartRouter) -> None:
+    router = await start_router(window=3, hold_acks=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_shim, shim_args(router, "--no-tee"), app("write_lines.py", 5000, 0))
+        await router.wait_for(lambda: router.streams and len(router.only_stream().batches) >= 3)
+        await trio.sleep(0.5)  # time for a fourth batch to arrive, if the window leaked
+        assert len(router.only_stream().batches) == 3
+        await router.release_acks()
+    assert router.only_stream().lines(KIND_STDOUT) == [b"out %d " % n for n in range(5000)]
