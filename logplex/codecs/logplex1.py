@@ -49,7 +49,13 @@ from logplex.codecs.rfc5424 import (
     check_pri,
     parse_structured_data,
 )
-from logplex.codecs.timestamps import format_ts, parse_ts
+from logplex.codecs.timestamps import (  # the format caches are shared within the package
+    _MICROS_UTC,
+    _millisecond_prefix,
+    _prefix_by_millisecond,
+    format_ts,
+    parse_ts,
+)
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -102,24 +108,45 @@ def https_frame(m: Message, host: bytes = b"host") -> bytes:
     )
 
 
+# b"N " for every frame length a 10000-byte line can produce: one list index per frame
+# instead of formatting an int.
+_LENGTH_PREFIXES: Final = [b"%d " % n for n in range(MAX_FRAME_BYTES + 1024)]
+
+
 def encode_https_body(messages: list[Message], host: bytes = b"host") -> tuple[bytes, int]:
-    """The logplex-1 body of ``messages`` and its message count (``Logplex-Msg-Count``)."""
+    """The logplex-1 body of ``messages`` and its message count (``Logplex-Msg-Count``).
+
+    This is ``b"".join(map(https_frame, messages))`` with everything per message inlined
+    (header cache, length prefix table, the timestamp caches of ``timestamps``): it runs
+    for every message of every HTTPS drain batch.
+    """
     headers = _https_headers
+    length_prefixes = _LENGTH_PREFIXES
+    longest = len(length_prefixes)
+    ts_prefixes = _prefix_by_millisecond
+    ts_tails = _MICROS_UTC
     pieces: list[bytes] = []
-    append = pieces.append
+    extend = pieces.extend
     for ts_us, pri, source, ps, msg in messages:
-        key = (host, pri, source, ps)
-        parts = headers.get(key)
+        parts = headers.get((host, pri, source, ps))
         if parts is None:
-            parts = _https_header(key)
+            parts = _https_header((host, pri, source, ps))
         head, middle, fixed = parts
-        append(str(fixed + len(msg)).encode())
-        append(b" ")
-        append(head)
-        append(format_ts(ts_us))
-        append(middle)
-        append(msg)
-        append(b"\n")
+        length = fixed + len(msg)
+        ts_prefix = ts_prefixes.get(ts_us // 1000)
+        if ts_prefix is None:
+            ts_prefix = _millisecond_prefix(ts_us // 1000)
+        extend(
+            (
+                length_prefixes[length] if length < longest else b"%d " % length,
+                head,
+                ts_prefix,
+                ts_tails[ts_us % 1000],
+                middle,
+                msg,
+                b"\n",
+            )
+        )
     return b"".join(pieces), len(messages)
 
 

@@ -121,7 +121,7 @@ class OctetFrameDecoder:
             space = data.find(b" ", position, position + digits + 1)
             if space > position:
                 if 0x31 <= data[position] <= 0x39 and data[position:space].isdigit():
-                    length = int(data[position:space])
+                    length = int(data[position:space], 10)
                     if length <= max_frame_bytes:
                         end = space + 1 + length
                         if end > size:

@@ -74,6 +74,16 @@ def test_long_partial_line_is_released_as_it_grows() -> None:
     assert splitter.feed(b"\r\n") == [b"ef"]
 
 
+def test_a_cr_alone_at_the_end_of_a_long_partial_line_is_held_back() -> None:
+    # Released eagerly, b"efgh" then b"\r" + b"\n" would add an empty line that the whole
+    # line b"abcdefgh\r\n" does not have.
+    splitter = LineSplitter(4)
+    assert splitter.feed(b"abcdefgh\r") == [b"abcd"]
+    assert splitter.pending == 5
+    assert splitter.feed(b"\n") == [b"efgh"]
+    assert splitter.flush() == []
+
+
 def test_long_partial_after_a_complete_line_is_released_too() -> None:
     splitter = LineSplitter(4)
     assert splitter.feed(b"a\nxxxxxx") == [b"a", b"xxxx"]
