@@ -14,10 +14,15 @@ keeps capturing and forwards the SIGCONT that resumes them). SIGTERM and SIGINT 
 the grace period: ``Stopping all processes with SIGTERM``, then after ``--grace`` seconds the
 R12 and SIGKILL notices and SIGKILL to the group.
 
-SIGPIPE is the exception to the receiver: a write of the shim's own (a closed stdout, a reset
-router socket) raises SIGPIPE at the writing thread, and a handler cannot tell that from a
-SIGPIPE someone sent. So SIGPIPE stays blocked in every thread, and a signalfd reads it with
-the sender's pid: ours → our own broken pipe, dropped; anyone else's → forwarded.
+Two kinds of signal are read from a signalfd instead, and stay blocked in every thread:
+- SIGPIPE: a write of the shim's own (a closed stdout, a reset router socket) raises SIGPIPE
+  at the writing thread, and a handler cannot tell that from a SIGPIPE someone sent. The
+  signalfd gives the sender's pid: ours → our own broken pipe, dropped; anyone else's →
+  forwarded.
+- SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS: sent with kill(), they are forwarded like
+  the others; raised by a real fault in the shim, a Python-level handler would return to the
+  faulting instruction forever, while a blocked fault signal makes the kernel kill the shim
+  at once (with a core), which is the honest outcome.
 
 Reaping. ``Reaper.reap()`` is the only ``waitpid`` caller of the process (trio's process API
 is never used: its own waitpid would race this one and misreport exit codes). It runs on
@@ -53,6 +58,10 @@ from shims.tee import TeeWriter
 REAP_SWEEP_S = 1.0
 READ_AFTER_EXIT_S = 1.0
 GRACE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+FAULT_SIGNALS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
+)
+SIGNALFD_SIGNALS = FAULT_SIGNALS | {signal.SIGPIPE}
 
 # signalfd(2) via ctypes: the stdlib has no binding.
 SFD_NONBLOCK = os.O_NONBLOCK
@@ -90,15 +99,16 @@ def final_exit_code(code: int, success_codes: frozenset[int]) -> int:
     return 0 if code in success_codes else code
 
 
-def open_sigpipe_fd() -> int:
-    """A non-blocking signalfd that reads SIGPIPE (which stays blocked in every thread)."""
+def open_signalfd(signals: frozenset[int]) -> int:
+    """A non-blocking signalfd that reads ``signals`` (which stay blocked in every thread)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     mask = (ctypes.c_ulong * 16)()  # sigset_t: 1024 bits
     bits = ctypes.sizeof(ctypes.c_ulong) * 8
-    index = int(signal.SIGPIPE) - 1
-    mask[index // bits] |= 1 << (index % bits)
+    for signum in signals:
+        index = int(signum) - 1
+        mask[index // bits] |= 1 << (index % bits)
     fd = int(libc.signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC))
     if fd < 0:
         errno = ctypes.get_errno()
@@ -262,7 +272,7 @@ class Supervisor:
             nursery.start_soon(self._watch_app_pidfd)
             if signals is not None:
                 nursery.start_soon(self._receive_signals, signals)
-            nursery.start_soon(self._watch_sigpipe)
+            nursery.start_soon(self._watch_signalfd)
             for tee in self.tees:
                 nursery.start_soon(_guarded, "the tee", tee.run)
             if self.shipper is not None:
@@ -326,17 +336,19 @@ class Supervisor:
         self.notice(notices.stopping_sigkill())
         self.app.kill_group()
 
-    async def _watch_sigpipe(self) -> None:
-        if signal.SIGPIPE not in self.forwarded_signals:
+    async def _watch_signalfd(self) -> None:
+        signals = SIGNALFD_SIGNALS & self.forwarded_signals
+        if not signals:
             return
-        fd = open_sigpipe_fd()
+        fd = open_signalfd(signals)
         own_pid = os.getpid()
         try:
             while True:
                 await trio.lowlevel.wait_readable(fd)
                 for signo, sender_pid in read_signalfd(fd):
-                    if sender_pid != own_pid:
-                        self._handle_signal(signo)
+                    if signo == signal.SIGPIPE and sender_pid == own_pid:
+                        continue  # our own write hit a broken pipe
+                    self._handle_signal(signo)
         finally:
             os.close(fd)
 
@@ -375,7 +387,7 @@ async def _supervise(
     handled_signals: frozenset[int],
     early: EarlyDrain | None,
 ) -> int:
-    received = handled_signals - {signal.SIGPIPE}
+    received = handled_signals - SIGNALFD_SIGNALS
     forwarded = handled_signals - {signal.SIGCHLD}
     app = App(pid, single_child=options.single_child)
     supervisor = Supervisor(
