@@ -114,14 +114,21 @@ class OctetFrameDecoder:
         append = frames.append
         digits = self._digits
         max_frame_bytes = self._max_frame_bytes
-        # While resyncing, _buffer[0] is one byte of context (already counted as skipped)
-        # that lets the look-behind see whether a digit run continues an earlier one.
-        position = self._resync(data, 1, 1) if self._resyncing else 0
-        while position < size and not self._resyncing:
-            space = data.find(b" ", position, position + digits + 1)
+        position = 0
+        if self._resyncing:
+            # _buffer[0] is one byte of context (already counted as skipped) that lets the
+            # look-behind see whether a digit run continues an earlier one.
+            position = self._resync(data, 1, 1)
+            if self._resyncing:
+                size = position  # still nothing plausible: skip the loop
+        find = data.find
+        window = digits + 1
+        while position < size:
+            space = find(b" ", position, position + window)
             if space > position:
-                if 0x31 <= data[position] <= 0x39 and data[position:space].isdigit():
-                    length = int(data[position:space], 10)
+                count = data[position:space]
+                if count.isdigit() and data[position] != 0x30:
+                    length = int(count, 10)  # base 10 given: twice as fast on bytes
                     if length <= max_frame_bytes:
                         end = space + 1 + length
                         if end > size:
@@ -143,6 +150,8 @@ class OctetFrameDecoder:
                     break  # hand out the good frames first; the next call raises
                 self._raise_garbage(data, position)
             position = self._resync(data, position + 1, position)
+            if self._resyncing:
+                break
         if position:
             del buffer[:position]
             self._consumed += position

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, Final
 
 import msgpack
@@ -528,18 +527,22 @@ def decode_batch_messages(
     comes from ``records.PRI_BY_KIND``. Data containing LF (a shim that did not split
     lines) becomes one message per line, so no message holds a raw LF.
     """
-    _, ts_column, kind_column, data_column, joined = _validated_columns(
+    records, _, kind_column, _, joined = _validated_columns(
         payload, max_bytes, max_records, decompressor
     )
+    # Validation is done; building the tuples with a comprehension is cheaper than
+    # zipping columns through map() lookups.
     if len(set(kind_column)) == 1:
         kind = int(kind_column[0])
-        pri_column: Any = repeat(PRI_BY_KIND[kind])
-        source_column: Any = repeat(sources[kind - 1])
+        pri, source = PRI_BY_KIND[kind], sources[kind - 1]
+        messages = [(ts_us, pri, source, ps, data) for ts_us, _, data in records]
     else:
+        pri_by_kind = PRI_BY_KIND
         source_by_kind = dict(zip((1, 2, 3), sources, strict=True))
-        pri_column = map(PRI_BY_KIND.__getitem__, kind_column)
-        source_column = map(source_by_kind.__getitem__, kind_column)
-    messages = list(zip(ts_column, pri_column, source_column, repeat(ps), data_column))
+        messages = [
+            (ts_us, pri_by_kind[kind], source_by_kind[kind], ps, data)
+            for ts_us, kind, data in records
+        ]
     if b"\n" in joined:
         return split_embedded_lines(messages)
     return messages
