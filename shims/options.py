@@ -170,6 +170,10 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> ShimOption
     if router is not None and not token:
         parser.error("--url needs a channel token: pass --token t.<uuid> or set LOGPLEX_TOKEN")
 
+    ca_file = args.ca_file or env("LOGPLEX_CA_FILE")
+    if ca_file and not os.path.isfile(ca_file):
+        parser.error(f"--ca-file {ca_file!r} is not a readable file; give a PEM CA bundle")
+
     grace_s = args.grace
     if grace_s is None:
         grace_env = env("LOGSHIM_GRACE")
@@ -188,7 +192,7 @@ def parse_options(argv: Sequence[str], environ: Mapping[str, str]) -> ShimOption
         command=command,
         router=router,
         token=token,
-        ca_file=args.ca_file or env("LOGPLEX_CA_FILE"),
+        ca_file=ca_file,
         ps=args.ps or env("LOGPLEX_PS") or env("DYNO") or os.uname().nodename,
         platform_token=args.platform_token or env("LOGPLEX_PLATFORM_TOKEN"),
         tee=not args.no_tee and environ.get("LOGSHIM_TEE", "1") != "0",

@@ -232,10 +232,14 @@ class Supervisor:
         if options.router is not None:
             from shims.shipper import Shipper
 
-            self.shipper = Shipper(options)
-            sink = self.shipper
-            if options.block:
-                wait_for_room = self.shipper.wait_for_room
+            try:
+                self.shipper = Shipper(options)
+            except Exception as exc:  # the app runs already: supervise it without shipping
+                warn(f"logshim: cannot ship to {options.router!r} ({exc}); supervising only")
+            else:
+                sink = self.shipper
+                if options.block:
+                    wait_for_room = self.shipper.wait_for_room
         self.readers = [
             PipeReader(
                 stdout_fd,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -116,11 +117,13 @@ def test_options_defaults() -> None:
     assert options.success_codes == frozenset()
 
 
-def test_options_from_the_environment() -> None:
+def test_options_from_the_environment(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("")
     environ = {
         "LOGPLEX_URL": "tls://router:6001",
         "LOGPLEX_TOKEN": "t.env",
-        "LOGPLEX_CA_FILE": "/ca.pem",
+        "LOGPLEX_CA_FILE": str(ca_file),
         "DYNO": "web.2",
         "LOGPLEX_PLATFORM_TOKEN": "t.platform",
         "LOGSHIM_TEE": "0",
@@ -129,7 +132,7 @@ def test_options_from_the_environment() -> None:
     options = parse_options(["app"], environ)
     assert options.router is not None
     assert (options.router.host, options.router.tls) == ("router", True)
-    assert (options.token, options.ca_file, options.ps) == ("t.env", "/ca.pem", "web.2")
+    assert (options.token, options.ca_file, options.ps) == ("t.env", str(ca_file), "web.2")
     assert options.platform_token == "t.platform"
     assert not options.tee
     assert options.grace_s == 7.5
@@ -163,6 +166,7 @@ def test_options_flags() -> None:
         ["--max-line-bytes", "3", "app"],
         ["--max-line-bytes", "10001", "app"],
         ["-e", "-1", "app"],
+        ["--ca-file", "/no/such/ca.pem", "app"],
     ],
 )
 def test_option_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

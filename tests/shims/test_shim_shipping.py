@@ -265,6 +265,18 @@ async def test_tls_router_verified_with_ca_file(start_router: StartRouter, tmp_p
     assert b"logshim: 3 lines not delivered" in untrusted.stderr
 
 
+async def test_an_unusable_ca_file_still_runs_the_app(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not a certificate\n")
+    result = await run_shim(
+        ["--url", "tls://localhost:1", "--token", "t.test", "--ca-file", str(ca_file)],
+        ["sh", "-c", "echo still here; exit 9"],
+    )
+    assert result.returncode == 9
+    assert result.stdout == b"still here\n"
+    assert b"supervising only" in result.stderr
+
+
 @pytest.mark.parametrize("with_router", [False, True])
 async def test_closed_shim_stdout_is_survived(start_router: StartRouter, with_router: bool) -> None:
     # sh keeps the default SIGPIPE action: if the shim forwarded the SIGPIPE its own tee
