@@ -112,7 +112,10 @@ class SessionStream(Response):
         self._session_id = session_id
         self._history = history
         self._tail = tail
+        # The write in progress: its number and start time; the watchdog waits on the event.
+        self._sends_started = 0
         self._send_started_s: float | None = None
+        self._send_began = trio.Event()
         self.stalled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -131,9 +134,12 @@ class SessionStream(Response):
             self._state.sessions.end_fetch(self._session_id, trio.current_time())
 
     async def _send_chunk(self, send: Send, chunk: bytes) -> bool:
+        self._sends_started += 1
         self._send_started_s = trio.current_time()
+        self._send_began.set()
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
         self._send_started_s = None
+        self._send_began = trio.Event()
         return not self.stalled
 
     async def _stream(self, send: Send) -> bool:
@@ -162,12 +168,12 @@ class SessionStream(Response):
 
     async def _watch_stalled_reader(self) -> None:
         while True:
-            started = self._send_started_s
-            if started is None:
-                await trio.sleep(IDLE_READER_TIMEOUT_S / 4)
-                continue
-            await trio.sleep_until(started + IDLE_READER_TIMEOUT_S)
-            if self._send_started_s == started:
+            await self._send_began.wait()
+            started_s, number = self._send_started_s, self._sends_started
+            if started_s is None:
+                continue  # that write is over; the writer has armed a fresh event
+            await trio.sleep_until(started_s + IDLE_READER_TIMEOUT_S)
+            if self._send_started_s is not None and self._sends_started == number:
                 # The same write has been blocked for the whole timeout: the client is not
                 # reading. Stop feeding it; the response ends when the write returns.
                 self.stalled = True

@@ -195,23 +195,25 @@ async def test_a_tail_client_that_reads_nothing_is_cut_off(
         url = await new_session(api, channel_id="c", num=0, tail=True)
         path = url.removeprefix(api.base_url)
         host, port = api.base_url.removeprefix("http://").split(":")
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        await sock.connect((host, int(port)))
-        await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        with trio.fail_after(5):
-            while api.router.counts().sessions == 0:
-                await trio.sleep(0.01)
-        big = b"x" * 9000
-        # Far more than the socket buffers hold: the server's writes block on this client.
-        with trio.fail_after(20):
-            burst = 0
-            while api.router.counts().sessions:
-                api.router.publish("c", [msg(i, text=big) for i in range(burst, burst + 500)])
-                burst += 500
-                await trio.sleep(0.1)
-        assert burst > 500  # it was subscribed for a while, then cut off
-        sock.close()
+        # Closed before the server stops, whatever happens: a write stuck on it would
+        # otherwise hold the server's shutdown.
+        with trio.socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect((host, int(port)))
+            await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            with trio.fail_after(5):
+                while api.router.counts().sessions == 0:
+                    await trio.sleep(0.01)
+            big = b"x" * 9000
+            # Far more than the socket buffers hold: the server's writes block on this client.
+            with trio.fail_after(20):
+                burst = 0
+                while api.router.counts().sessions:
+                    messages = [msg(i, text=big) for i in range(burst, burst + 500)]
+                    api.router.publish("c", messages)
+                    burst += 500
+                    await trio.sleep(0.1)
+            assert burst > 500  # it was subscribed for a while, then cut off
 
 
 async def test_a_full_session_table_is_503(tmp_path: Path) -> None:
