@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from logplex.codecs.records import Message
 from logplex.model import ChannelConfig, TokenInfo
+from logplex.router import pending_drain_status
 from logplex.sessions import SessionRegistry
 from logplex.store import (
     ChannelNotFound,
@@ -326,17 +327,6 @@ async def delete_drain(request: Request) -> Response:
     return Response(status_code=204)
 
 
-def pending_status() -> dict[str, object]:
-    return {
-        "state": "pending",
-        "delivered": 0,
-        "dropped": 0,
-        "buffered": 0,
-        "last_error": None,
-        "last_success_at": None,
-    }
-
-
 async def list_drains(request: Request) -> Response:
     require_admin(request)
     state = api_state(request)
@@ -344,7 +334,7 @@ async def list_drains(request: Request) -> Response:
     statuses = state.router.drain_statuses(config.name)
     return JSONResponse(
         [
-            {**drain.to_json(), "status": statuses.get(drain.id) or pending_status()}
+            {**drain.to_json(), "status": statuses.get(drain.id) or pending_drain_status()}
             for drain in config.drains
         ]
     )
