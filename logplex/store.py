@@ -37,9 +37,11 @@ T = TypeVar("T")
 CHANNEL_NAME_MAX_CHARS = 128
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
 # Token names become the SOURCE (RFC 5424 APP-NAME) of every message written with the token:
-# printable US-ASCII (33..126), 1 to 48 characters (RFC 5424 section 6.2.5).
+# printable US-ASCII (33..126), 1 to 48 characters (RFC 5424 section 6.2.5). Square brackets
+# are refused too, so a tail line ``TS SOURCE[PS]: MSG`` (DESIGN 5.3) splits unambiguously
+# at its first '['.
 TOKEN_NAME_MAX_CHARS = 48
-_TOKEN_NAME = re.compile(r"[!-~]+\Z")
+_TOKEN_NAME = re.compile(r"[!-Z\\^-~]+\Z")
 DRAIN_URL_MAX_CHARS = 2048
 
 
@@ -81,7 +83,8 @@ def check_token_name(name: str) -> None:
     if not name or len(name) > TOKEN_NAME_MAX_CHARS or not _TOKEN_NAME.match(name):
         raise InvalidName(
             f"invalid token name {name!r}: a token name becomes the syslog APP-NAME, so it "
-            f"must be 1 to {TOKEN_NAME_MAX_CHARS} printable ASCII characters without spaces"
+            f"must be 1 to {TOKEN_NAME_MAX_CHARS} printable ASCII characters without spaces "
+            "(and without [ or ], which would make tail lines ambiguous)"
         )
 
 

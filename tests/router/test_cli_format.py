@@ -7,10 +7,14 @@ import io
 import json
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from logplex.cli import CliError, drains_table, redact_url, resolve_api_url, resolve_auth_key
 from logplex.cli_tail import Colourer, LinePrinter, TailLine, line_as_json, split_tail_line
+from logplex.codecs.notices import tail_line
+from logplex.codecs.timestamps import format_ts
 
 LINE = b"2026-11-27T20:39:33.123456+00:00 app[web.1]: hello ]: world"
 
@@ -134,3 +138,26 @@ def test_api_url_and_key_resolution_order(tmp_path: Path) -> None:
     assert resolve_auth_key(namespace(auth_key="flag"), {"LOGPLEX_AUTH_KEY": "e"}) == "flag"
     with pytest.raises(CliError, match=r"no API key.*auth-key does not exist"):
         resolve_auth_key(namespace(data_dir=str(tmp_path / "none")), {})
+
+
+TOKEN_NAME_CHARS = "".join(chr(c) for c in range(33, 127) if chr(c) not in "[]")
+PROCID_CHARS = "".join(chr(c) for c in range(33, 127))
+
+
+@hypothesis.given(
+    ts_us=st.integers(min_value=0, max_value=253402300799999999),
+    source=st.text(TOKEN_NAME_CHARS, min_size=1, max_size=48),
+    ps=st.text(PROCID_CHARS, min_size=1, max_size=128),
+    msg=st.binary(max_size=200).filter(lambda b: b"\n" not in b),
+)
+def test_every_tail_line_the_router_writes_splits_back(
+    ts_us: int, source: str, ps: str, msg: bytes
+) -> None:
+    # Token names (the source) have no brackets or spaces and PROCID no spaces (store and
+    # RFC 5424 rules), so the first '[' and the first ']: ' are always the separators.
+    message = (ts_us, 190, source.encode(), ps.encode(), msg)
+    line = tail_line(message)
+    assert line.endswith(b"\n")
+    assert split_tail_line(line[:-1]) == TailLine(
+        format_ts(ts_us), source.encode(), ps.encode(), msg
+    )

@@ -190,7 +190,9 @@ def test_channel_name_rules(name: str, valid: bool) -> None:
         ("app", True),
         ("heroku", True),
         ("a" * 48, True),
-        ("!~[]", True),
+        ("!~\\^_`{|}", True),
+        ("a[1]", False),  # brackets would make tail lines ambiguous
+        ("a]", False),
         ("a" * 49, False),
         ("", False),
         ("with space", False),
