@@ -121,6 +121,7 @@ class SessionStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            finished = False  # stays False when the client went away mid-stream
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_disconnect, receive, nursery.cancel_scope)
                 nursery.start_soon(self._watch_stalled_reader)
