@@ -31,6 +31,7 @@ class EarlyDrain:
         self.buffered_bytes = 0
         self.chunks: dict[int, list[tuple[int, bytes]]] = {fd: [] for fd in fds}
         self.eof: set[int] = set()
+        self.stopped = False
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="logshim-early-drain", daemon=True)
 
@@ -41,6 +42,9 @@ class EarlyDrain:
 
     def stop(self) -> None:
         """End the thread; afterwards ``chunks`` and ``eof`` are the shim's to use."""
+        if self.stopped:
+            return
+        self.stopped = True
         os.write(self._wake_write, b"x")
         self._thread.join()
         os.close(self._wake_read)

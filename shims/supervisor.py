@@ -379,8 +379,36 @@ def supervise(
     handled_signals: frozenset[int],
     early: EarlyDrain | None = None,
 ) -> int:
-    """Run the supervisor under trio; return the shim's exit code."""
-    return trio.run(_supervise, options, pid, stdout_fd, stderr_fd, handled_signals, early)
+    """Run the supervisor under trio; return the shim's exit code.
+
+    An internal error must not orphan the app: after one, ``shims.fallback`` supervises it
+    to the end without trio (signals, reaping, tee; no shipping).
+    """
+    running: list[Supervisor] = []
+    try:
+        return trio.run(
+            _supervise, options, pid, stdout_fd, stderr_fd, handled_signals, early, running
+        )
+    except Exception as exc:
+        warn(f"logshim: internal error ({exc!r}); supervising without shipping from now on")
+        from shims.fallback import supervise_plainly
+
+        pipes = {stdout_fd: 1, stderr_fd: 2}
+        wait_status = None
+        if running:
+            wait_status = running[0].app.wait_status
+            readers = zip(running[0].readers, (1, 2), strict=True)
+            pipes = {reader.fd: fd for reader, fd in readers if not reader.eof}
+        if early is not None and not early.stopped:
+            early.stop()  # its chunks are lost to shipping; the pipes' rest is teed below
+        return supervise_plainly(
+            pid,
+            pipes=pipes,
+            handled_signals=handled_signals,
+            wait_status=wait_status,
+            tee=options.tee,
+            success_codes=options.success_codes,
+        )
 
 
 async def _supervise(
@@ -390,6 +418,7 @@ async def _supervise(
     stderr_fd: int,
     handled_signals: frozenset[int],
     early: EarlyDrain | None,
+    running: list[Supervisor],
 ) -> int:
     received = handled_signals - SIGNALFD_SIGNALS
     forwarded = handled_signals - {signal.SIGCHLD}
@@ -402,6 +431,7 @@ async def _supervise(
         forwarded_signals=forwarded,
         early=early,
     )
+    running.append(supervisor)
     with trio.open_signal_receiver(*received) as signals:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, received)
         try:
