@@ -337,7 +337,9 @@ async def test_closed_stdout_and_stderr_with_the_router_down_keep_the_exit_code(
 async def test_never_more_than_window_batches_unacknowledged(start_router: StartRouter) -> None:
     router = await start_router(window=3, hold_acks=True)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_shim, shim_args(router, "--no-tee"), app("write_lines.py", 5000, 0))
+        # A long flush timeout: the app is done long before the ACKs are released.
+        args = shim_args(router, "--no-tee", "--flush-timeout", "60")
+        nursery.start_soon(run_shim, args, app("write_lines.py", 5000, 0))
         await router.wait_for(lambda: router.streams and len(router.only_stream().batches) >= 3)
         await trio.sleep(0.5)  # time for a fourth batch to arrive, if the window leaked
         assert len(router.only_stream().batches) == 3
