@@ -431,6 +431,8 @@ def _first_bad_record(records: tuple[Any, ...]) -> str:
             return f"{where}: kind must be 1 (stdout), 2 (stderr) or 3 (notice), got {kind!r}"
         if type(data) is not bytes:
             return f"{where}: data must be msgpack bin, got {type(data).__name__}"
+    # Unreachable: these per-record checks accept exactly what the column checks accept
+    # (msgpack yields no other tuple-like, bytes-like or numeric types here).
     raise AssertionError("validation failed but every record is valid")  # pragma: no cover
 
 
