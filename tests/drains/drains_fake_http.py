@@ -52,7 +52,11 @@ class FakeHttpReceiver:
         *,
         ssl_context: ssl.SSLContext | None = None,
         read_byte_delay_s: float = 0.0,
+        hang_up_after_response: bool = False,
+        response_body: bytes = b"",
     ) -> None:
+        self.hang_up_after_response = hang_up_after_response
+        self.response_body = response_body
         self.respond = respond or always(204)
         self.requests: list[Recorded] = []
         self.ssl_context = ssl_context
@@ -110,12 +114,15 @@ class FakeHttpReceiver:
                     raw.socket.close()
                     return
                 request.headers["x-test-outcome"] = str(reply.status)
-                headers = [*reply.headers, ("Content-Length", "0")]
+                body = self.response_body if reply.status != 204 else b""
+                headers = [*reply.headers, ("Content-Length", str(len(body)))]
                 data = conn.send(h11.Response(status_code=reply.status, headers=headers))
+                if body:
+                    data += conn.send(h11.Data(data=body))
                 data += conn.send(h11.EndOfMessage())
                 await conn_stream.send_all(data)
-                if conn.our_state is h11.MUST_CLOSE:
-                    return
+                if conn.our_state is h11.MUST_CLOSE or self.hang_up_after_response:
+                    return  # silently: the client believes the connection is kept alive
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
             return

@@ -314,3 +314,38 @@ async def test_error_text_never_shows_credentials(io_clock: trio.abc.Clock) -> N
     assert "503" in error
     assert "s3cret" not in error
     assert "t0ps3cret" not in error
+
+
+async def test_keep_alive_closed_while_idle_is_reopened_without_a_failure(
+    io_clock: trio.abc.Clock,
+) -> None:
+    receiver = FakeHttpReceiver(hang_up_after_response=True)
+    async with running(receiver) as drain:
+        for n in range(3):
+            drain.push_batch(Batch(app_messages(2, start=2 * n)))
+            await drain.wait_flushed()
+            await trio.sleep(0.1)  # the receiver's hang-up has arrived
+    assert receiver.connections == 3
+    assert drain.status().last_error is None
+    assert assert_accounted(receiver, 6) == (6, 0)
+
+
+async def test_keep_alive_reused_across_batches(io_clock: trio.abc.Clock) -> None:
+    receiver = FakeHttpReceiver()
+    async with running(receiver) as drain:
+        for n in range(5):
+            drain.push_batch(Batch(app_messages(2, start=2 * n)))
+            await drain.wait_flushed()
+    assert receiver.connections == 1
+    assert len(receiver.requests) == 5
+
+
+async def test_huge_error_body_is_not_read_whole(io_clock: trio.abc.Clock) -> None:
+    receiver = FakeHttpReceiver(
+        lambda r, i: Reply(500 if i == 0 else 204), response_body=b"e" * (1 << 20)
+    )
+    async with running(receiver) as drain:
+        drain.push_batch(Batch(app_messages(3)))
+        await drain.wait_flushed()
+    assert receiver.connections == 2  # the connection with the unread body was dropped
+    assert assert_accounted(receiver, 3) == (3, 0)
