@@ -102,7 +102,8 @@ def run_receiver() -> None:
             replies = []
             while (event := decoder.next_event()) is not None:
                 if isinstance(event, shimproto.Hello):
-                    replies.append(shimproto.encode_ready(acked, 16, 65536))
+                    # The window and batch size logplex serve advertises by default.
+                    replies.append(shimproto.encode_ready(acked, 32, 1024 * 1024))
                 elif isinstance(event, shimproto.BatchFrame) and event.seq == acked + 1:
                     payloads.append(event.payload)
                     acked = event.seq
@@ -112,7 +113,9 @@ def run_receiver() -> None:
 
     def count_records() -> None:
         for payload in payloads:
-            records = shimproto.decode_batch_records(payload, max_bytes=65536, max_records=100_000)
+            records = shimproto.decode_batch_records(
+                payload, max_bytes=1024 * 1024, max_records=100_000
+            )
             counts["batches"] += 1
             for _ts, kind, text in records:
                 if kind == 1:

@@ -56,10 +56,11 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
         os.close(stdout_write)
         os.close(stderr_write)
     hand_terminal_to(pid)
-    # Keep the app's output flowing while the rest of the shim is imported.
+    # Keep the app's output flowing while the rest of the shim is imported. Half the buffer:
+    # the other half is headroom for what arrives before the router connection is up.
     from shims.early import EarlyDrain
 
-    early = EarlyDrain([stdout_read, stderr_read], max_bytes=options.buffer_bytes)
+    early = EarlyDrain([stdout_read, stderr_read], max_bytes=options.buffer_bytes // 2)
     early.start()
 
     from shims.supervisor import supervise
