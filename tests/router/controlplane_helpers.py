@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -60,6 +61,24 @@ class ApiHarness:
         return body
 
 
+class ServerErrors(logging.Handler):
+    """Collects what hypercorn logs at ERROR and above (exceptions escaping the app)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+        self.logger = logging.getLogger(f"tests.controlplane.hypercorn.{id(self)}")
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(self.format(record))
+
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        super().close()
+
+
 @asynccontextmanager
 async def running_api(
     tmp_path: Path,
@@ -81,7 +100,8 @@ async def running_api(
     hyper = HypercornConfig()
     hyper.bind = ["127.0.0.1:0"]
     hyper.accesslog = None
-    hyper.errorlog = None
+    server_errors = ServerErrors()
+    hyper.errorlog = server_errors.logger
     hyper.graceful_timeout = 0.1
     try:
         async with trio.open_nursery() as nursery:
@@ -96,6 +116,9 @@ async def running_api(
             nursery.cancel_scope.cancel()
     finally:
         await store.aclose()
+        server_errors.close()
+    # Any exception the app raised (hypercorn logs it and answers 500) fails the test.
+    assert server_errors.records == [], server_errors.records
 
 
 class StreamingGet:
