@@ -276,7 +276,7 @@ class _ShimConnection:
                 await self._send(shimproto.encode_ping())
                 continue
             pinged = False
-            self.decoder.feed(data)  # type: ignore[arg-type]  # bytes-like is accepted
+            self.decoder.feed(data if isinstance(data, bytes) else bytes(data))
             await self._process_frames()
 
     async def _process_frames(self) -> None:
@@ -297,7 +297,8 @@ class _ShimConnection:
                         "only BATCH, PING and PONG once connected"
                     )
         finally:
-            # What was decoded before an error is still published and acknowledged.
+            # What was decoded before an error is still published; it is recorded as held,
+            # so READY on the shim's next connection acknowledges it.
             if published:
                 self.router.publish(self.channel, published)
                 _MESSAGES.inc(len(published))

@@ -342,3 +342,21 @@ async def test_tls_listener_serves_shims_and_refuses_plain_tcp() -> None:
         assert msgs(router)[-1] == b"over tls"
         await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_batches_before_an_error_in_the_same_read_are_kept_and_acked_on_reconnect() -> None:
+    router = make_router()
+    async with serving(router) as (port, _):
+        client = await ShimTestClient.connect(port)
+        await client.hello(TOKEN, stream_id="mixed")
+        await client.send(
+            client.batch(1, [b"kept 1"]) + client.batch(2, [b"kept 2"]) + b"\0\0\0\x02\x63!"
+        )
+        error = await client.expect_error_then_close()
+        assert error.code == "bad_frame"
+        assert msgs(router) == [b"kept 1", b"kept 2"]
+        again = await ShimTestClient.connect(port)
+        ready = await again.hello(TOKEN, stream_id="mixed")
+        assert isinstance(ready, shimproto.Ready)
+        assert ready.acked == 2
+        await again.aclose()
