@@ -137,7 +137,11 @@ class Router:
         return self._tokens.get(token)
 
     def publish(self, channel: str, messages: list[Message]) -> None:
-        """Hand one batch to the channel's history, tails and drains; never awaits."""
+        """Hand one batch to the channel's history, tails and drains; never awaits.
+
+        The list is kept by reference (history, drains, tails): the caller hands it over
+        and must not change it afterwards.
+        """
         state = self._channels.get(channel)
         if state is None:
             metrics.PUBLISH_UNKNOWN_CHANNEL_MESSAGES.inc(len(messages))
