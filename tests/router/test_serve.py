@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -14,8 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
+from logplex.codecs import shimproto
 from logplex.codecs.octet import encode_octet_frame
+from logplex.serve import ServeConfigError, server_tls_context
 
 pytestmark = pytest.mark.slow
 
@@ -290,3 +294,60 @@ def test_busy_port_exits_2_naming_the_flag(
         )
     assert result.returncode == 2
     assert f"cannot listen on {flag} 127.0.0.1:{port}" in result.stderr.decode()
+
+
+def test_tls_flags_make_shim_and_syslog_speak_tls(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    router = RouterProcess(
+        [
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--auth-key",
+            "k",
+            *ports0(),
+            "--tls-cert",
+            str(cert_file),
+            "--tls-key",
+            str(key_file),
+        ],
+        child_env,
+        tmp_path,
+    )
+    try:
+        token = create_channel(router, "k")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with (
+            socket.create_connection(router.host_port("syslog")) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(
+                encode_octet_frame(
+                    b"<190>1 2026-11-27T20:39:33.123456+00:00 host %s web.1 - - over tls"
+                    % token.encode()
+                )
+            )
+        assert wait_for_logs(router, "k", 1)[-1].endswith("over tls")
+        with (
+            socket.create_connection(router.host_port("shim")) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(shimproto.encode_hello(token, "web.1", "tls-stream", "test"))
+            decoder = shimproto.ShimFrameDecoder(1 << 20)
+            tls.settimeout(10)
+            while (event := decoder.next_event()) is None:
+                decoder.feed(tls.recv(65536))
+            assert isinstance(event, shimproto.Ready)
+    finally:
+        assert router.stop() == 0
+
+
+def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ServeConfigError, match="cannot load --tls-cert"):
+        server_tls_context(tmp_path / "missing.pem", tmp_path / "missing.key")
