@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
+
+pytestmark = pytest.mark.slow  # real subprocesses, seconds each
 
 LOGPLEX = str(Path(sys.executable).with_name("logplex"))
 TS = "2026-11-27T20:39:33.123456Z"  # log-shuttle writes RFC 3339 in UTC with a Z

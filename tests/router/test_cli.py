@@ -12,8 +12,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import trio
 from controlplane_helpers import AUTH_KEY, ApiHarness, running_api
+
+pytestmark = pytest.mark.slow  # real subprocesses, seconds each
 
 LOGPLEX = str(Path(sys.executable).with_name("logplex"))
 T0_US = int(datetime(2026, 11, 27, 20, 39, 33, tzinfo=UTC).timestamp()) * 1_000_000 + 123456

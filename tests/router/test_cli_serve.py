@@ -15,8 +15,11 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from controlplane_helpers import LOGPLEX, LOGSHIM, ServeProcess, logplex_serve
+
+pytestmark = pytest.mark.slow  # real subprocesses, seconds each
 
 TS_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"
 
