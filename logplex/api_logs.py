@@ -33,6 +33,8 @@ from logplex.metrics import INGEST_BYTES, INGEST_ERRORS, INGEST_MESSAGES
 
 MAX_LOGS_BODY_BYTES = 8 * 1024 * 1024
 LOGPLEX1 = "application/logplex-1"
+# Logplex also takes the x- spelling older shippers send.
+ACCEPTED_CONTENT_TYPES = (LOGPLEX1, "application/x-logplex-1")
 DEFAULT_LOGS_NUM = 100
 PROTOCOL = "http"
 
@@ -79,7 +81,7 @@ async def post_logs(request: Request) -> Response:
             AUTH_CHALLENGE,
         )
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != LOGPLEX1:
+    if content_type not in ACCEPTED_CONTENT_TYPES:
         raise _refuse(
             415, "unsupported_media_type", f"Content-Type must be {LOGPLEX1}, not {content_type!r}"
         )

@@ -66,6 +66,18 @@ async def test_post_logs_lands_in_history_under_the_tokens_source(tmp_path: Path
         assert sample("logplex_ingest_messages_total", "http") == before + 4
 
 
+async def test_the_older_x_logplex_1_media_type_is_accepted(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        token = await channel_with_token(api)
+        response = await api.client.post(
+            "/logs",
+            content=frame(token, "old shipper"),
+            headers={"Content-Type": "application/x-logplex-1", **basic("token", token)},
+        )
+        assert response.status_code == 204
+        assert [m[4] for m in api.router.history("c")] == [b"old shipper"]
+
+
 async def test_gzip_body_is_accepted(tmp_path: Path) -> None:
     async with running_api(tmp_path) as api:
         token = await channel_with_token(api)
