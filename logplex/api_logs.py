@@ -69,6 +69,12 @@ def _refuse(
     return ApiError(status, message, headers=headers)
 
 
+def count_matches(declared: str, count: int) -> bool:
+    """Whether a ``Logplex-Msg-Count`` header value states ``count`` (decimal, as Logplex)."""
+    value = declared.strip()
+    return value.isascii() and value.isdigit() and int(value) == count
+
+
 async def post_logs(request: Request) -> Response:
     state = api_state(request)
     token = basic_token(request.headers.get("authorization"))
@@ -107,7 +113,7 @@ async def post_logs(request: Request) -> Response:
     except ProtocolError as error:  # Logplex1Error names the frame; framing errors the byte
         raise _refuse(400, "malformed", f"request refused, nothing was accepted: {error}") from None
     declared = request.headers.get("logplex-msg-count")
-    if declared is not None and declared.strip() != str(len(frames)):
+    if declared is not None and not count_matches(declared, len(frames)):
         raise _refuse(
             400,
             "count_mismatch",

@@ -18,6 +18,8 @@ import trio
 from controlplane_helpers import ADMIN, AUTH_KEY, ApiHarness, basic, running_api
 from prometheus_client import REGISTRY
 
+from logplex.api_logs import count_matches
+
 T0_US = int(datetime(2026, 11, 27, 20, 39, 33, tzinfo=UTC).timestamp()) * 1_000_000 + 123456
 TS = "2026-11-27T20:39:33.123456+00:00"
 LOGPLEX1 = {"Content-Type": "application/logplex-1"}
@@ -233,6 +235,23 @@ async def raw_post(
         nursery.cancel_scope.cancel()
     await stream.aclose()
     return status, body
+
+
+@pytest.mark.parametrize(
+    ("declared", "count", "matches"),
+    [
+        ("2", 2, True),
+        (" 2 ", 2, True),
+        ("02", 2, True),
+        ("3", 2, False),
+        ("", 0, False),
+        ("-0", 0, False),
+        ("two", 2, False),
+        ("²", 2, False),
+    ],
+)
+def test_count_header_rule(declared: str, count: int, matches: bool) -> None:
+    assert count_matches(declared, count) is matches
 
 
 async def test_body_over_8_mib_is_413(tmp_path: Path) -> None:
