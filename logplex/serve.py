@@ -13,8 +13,9 @@ shim and syslog listeners (TLS on the last two with ``--tls-cert/--tls-key``) ->
 
 Shutdown on SIGTERM or SIGINT (one signal receiver for the whole run): stop accepting and
 close ingest connections (shims resend what was not acknowledged to the next router), stop
-the HTTP server, flush drain buffers for at most ``--shutdown-grace`` seconds, exit 0. A
-second signal cuts the flush short.
+the HTTP server, flush drain buffers for at most ``--shutdown-grace`` seconds, exit 0.
+Another signal cuts the flush short, except a repeat of the first one within 2 s (a
+platform and a supervisor both delivering the same SIGTERM).
 """
 
 from __future__ import annotations
@@ -471,14 +472,23 @@ async def serve(
                 app.state.ready = True
                 task_status.started()
 
+                first_signal = signal.SIGTERM
                 async for signum in signals:
-                    log.info("%s: stopping", signal.Signals(signum).name)
+                    first_signal = signal.Signals(signum)
+                    log.info("%s: stopping", first_signal.name)
                     break
+                stopping_since = trio.current_time()
                 app.state.ready = False
                 ingest.cancel()
                 http_stop.set()
                 with trio.CancelScope() as flush_scope:
-                    root.start_soon(_cut_short_on_second_signal, signals, flush_scope)
+                    root.start_soon(
+                        _cut_short_on_another_signal,
+                        signals,
+                        first_signal,
+                        stopping_since,
+                        flush_scope,
+                    )
                     await router.flush_drains(settings.shutdown_grace)
                 root.cancel_scope.cancel()
         finally:
@@ -487,9 +497,31 @@ async def serve(
                 await store.aclose()
 
 
-async def _cut_short_on_second_signal(signals: Any, flush_scope: trio.CancelScope) -> None:
-    async for _ in signals:
-        log.warning("second signal: not waiting for drains to flush")
+DUPLICATE_SIGNAL_WINDOW_S: Final = 2.0
+
+
+def is_duplicate_signal(
+    first: signal.Signals, first_at_s: float, again: signal.Signals, again_at_s: float
+) -> bool:
+    """A repeat of the first signal soon after it is the same request delivered twice.
+
+    A platform that signals every process of a container plus a supervisor that forwards
+    its own SIGTERM deliver two SIGTERMs at once; that must not cut the drain flush short.
+    A different signal (Ctrl-C after SIGTERM) or the same one later is an operator asking
+    to stop now.
+    """
+    return again == first and again_at_s - first_at_s < DUPLICATE_SIGNAL_WINDOW_S
+
+
+async def _cut_short_on_another_signal(
+    signals: Any, first: signal.Signals, first_at_s: float, flush_scope: trio.CancelScope
+) -> None:
+    async for signum in signals:
+        again = signal.Signals(signum)
+        if is_duplicate_signal(first, first_at_s, again, trio.current_time()):
+            log.info("%s again right away: taken as the same request", again.name)
+            continue
+        log.warning("%s during shutdown: not waiting for drains to flush", again.name)
         flush_scope.cancel()
         return
 

@@ -261,6 +261,7 @@ def test_sigterm_flushes_drains_within_the_grace(tmp_path: Path, child_env: dict
         send_syslog(router, token, lines)
         assert len(wait_for_logs(router, "k", 50)) == 50
         router.proc.send_signal(signal.SIGTERM)
+        router.proc.send_signal(signal.SIGTERM)  # platform + supervisor: the same request twice
         time.sleep(0.5)
         assert router.proc.poll() is None  # still flushing: the drain holds 50 messages
         with socket.create_server(("127.0.0.1", sink_port)) as server:
@@ -351,3 +352,32 @@ def test_tls_flags_make_shim_and_syslog_speak_tls(
 def test_unreadable_tls_files_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ServeConfigError, match="cannot load --tls-cert"):
         server_tls_context(tmp_path / "missing.pem", tmp_path / "missing.key")
+
+
+def test_sigint_after_sigterm_stops_waiting_for_drains(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    router = RouterProcess(
+        ["--data-dir", str(tmp_path / "d"), "--auth-key", "k", "--shutdown-grace", "60", *ports0()],
+        child_env,
+        tmp_path,
+    )
+    try:
+        token = create_channel(router, "k")
+        response = httpx.post(
+            f"{router.api}/v3/channels/app1/drains",
+            json={"url": f"syslog://127.0.0.1:{free_port()}"},  # never answers
+            headers={"Authorization": "Bearer k"},
+        )
+        assert response.status_code == 201, response.text
+        send_syslog(router, token, [b"stuck"])
+        assert len(wait_for_logs(router, "k", 1)) == 1
+        router.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert router.proc.poll() is None  # waiting for the drain, up to 60 s
+        began = time.monotonic()
+        router.proc.send_signal(signal.SIGINT)
+        assert router.proc.wait(15) == 0
+        assert time.monotonic() - began < 10
+    finally:
+        router.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from logplex.serve import (
     ServeConfigError,
     add_arguments,
     env_name,
+    is_duplicate_signal,
     load_or_create_auth_key,
     load_toml,
     parse_host_port,
@@ -201,3 +203,20 @@ def test_auth_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     assert load_or_create_auth_key(path) == (key, False)
     assert load_or_create_auth_key(tmp_path / "other")[0] != key  # random per data dir
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "seconds_later", "duplicate"),
+    [
+        (signal.SIGTERM, signal.SIGTERM, 0.01, True),  # platform + supervisor
+        (signal.SIGTERM, signal.SIGTERM, 1.9, True),
+        (signal.SIGTERM, signal.SIGTERM, 2.0, False),  # the operator insists
+        (signal.SIGTERM, signal.SIGINT, 0.01, False),  # Ctrl-C: stop now
+        (signal.SIGINT, signal.SIGINT, 5.0, False),
+        (signal.SIGINT, signal.SIGTERM, 0.5, False),
+    ],
+)
+def test_signal_during_shutdown(
+    first: signal.Signals, again: signal.Signals, seconds_later: float, duplicate: bool
+) -> None:
+    assert is_duplicate_signal(first, 100.0, again, 100.0 + seconds_later) is duplicate
