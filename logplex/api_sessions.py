@@ -18,6 +18,8 @@ non-reading client is left to the transport; nothing more is queued or formatted
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -63,9 +65,13 @@ def history_lines(
     return history[-num:]
 
 
-def encode_chunks(messages: list[Message], max_chunk_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
-    """Tail lines (5.3) of ``messages``, joined into chunks of about ``max_chunk_bytes``."""
-    chunks: list[bytes] = []
+def encode_chunks(
+    messages: list[Message], max_chunk_bytes: int = MAX_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """Tail lines (5.3) of ``messages``, joined into chunks of about ``max_chunk_bytes``.
+
+    A generator, so a fetch of a long history holds one chunk at a time, not all of them.
+    """
     pending: list[bytes] = []
     size = 0
     for message in messages:
@@ -73,11 +79,10 @@ def encode_chunks(messages: list[Message], max_chunk_bytes: int = MAX_CHUNK_BYTE
         pending.append(line)
         size += len(line)
         if size >= max_chunk_bytes:
-            chunks.append(b"".join(pending))
+            yield b"".join(pending)
             pending, size = [], 0
     if pending:
-        chunks.append(b"".join(pending))
-    return chunks
+        yield b"".join(pending)
 
 
 async def stream_session(request: Request) -> Response:

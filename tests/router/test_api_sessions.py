@@ -226,3 +226,12 @@ async def test_a_full_session_table_is_503(tmp_path: Path) -> None:
         assert response.status_code == 503
         assert "streaming" in response.json()["error"]
         await body.aclose()
+
+
+def test_encode_chunks_cuts_at_the_size_and_keeps_every_line_whole() -> None:
+    messages = [msg(i, text=b"x" * 40) for i in range(10)]
+    chunks = list(api_sessions.encode_chunks(messages, max_chunk_bytes=200))
+    one = len(line(0, text="x" * 40))  # 86 bytes: 3 of them pass 200
+    assert [len(c) for c in chunks] == [3 * one, 3 * one, 3 * one, one]
+    assert b"".join(chunks) == b"".join(line(i, text="x" * 40) for i in range(10))
+    assert list(api_sessions.encode_chunks([])) == []
