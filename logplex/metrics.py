@@ -1,4 +1,9 @@
-"""Every Prometheus metric of the router, in one place.
+"""The router's Prometheus metrics (the drains package keeps its own in ``drains._metrics``).
+
+Ingest (per protocol), fan-out (publish batch sizes, messages for vanished channels), ingest
+connections, the in-memory index sizes (gauges computed at scrape time by
+``RouterIndexCollector``, so the hot path pays nothing) and event-loop lag (a task that
+measures how late a periodic sleep wakes up). docs/operations.md lists them all.
 
 Label values are bounded sets (protocol, reason, drain kind, outcome, state); never a token,
 URL, channel name or message text.
