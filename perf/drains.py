@@ -14,6 +14,9 @@ on one core (trio is single-threaded), receivers in their own processes:
 The producer pushes batches of 1000 messages of about 100 bytes (timestamps 1 µs apart) and
 sleeps briefly whenever a drain holds more than ``HIGH_WATER`` messages, so nothing is
 dropped; the clock runs from the first push until every drain reports everything flushed.
+Besides the wall-clock rate, each case reports the drain process's CPU time per delivered
+message (``*_cpu_us_per_msg``): on a machine shared with other work the wall rate mostly
+measures scheduling, while 2 µs of CPU per message is what 500,000/s on one core needs.
 Prints one JSON line and appends a row to perf/RESULTS.md.
 Usage: ``.venv/bin/python perf/drains.py [--quick] [--profile NAME]``.
 """
@@ -142,7 +145,7 @@ async def drive(drains: list[Drain], batches: list[list[Message]]) -> float:
             for drain in drains:
                 drain.push_batch(batch)
             while any(d.status().buffered > HIGH_WATER for d in drains):
-                await trio.sleep(0.0005)  # a real producer waits for input; never spin
+                await trio.sleep(0.002)  # a real producer waits for input; never spin
         for drain in drains:
             await drain.wait_flushed()
         elapsed = time.perf_counter() - started
@@ -170,17 +173,23 @@ def open_drains(url: str, count: int, ca_file: str | None) -> list[Drain]:
     ]
 
 
-def measure(url: str, drains: int, total: int, ca_file: str | None, profile: bool) -> float:
+def measure(
+    url: str, drains: int, total: int, ca_file: str | None, profile: bool
+) -> tuple[float, float]:
+    """(delivered messages per second of wall time, drain-process CPU µs per delivered message)."""
     batches = make_batches(total)
     targets = open_drains(url, drains, ca_file)
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
+    cpu_started = time.process_time()
     elapsed = trio.run(drive, targets, batches)
+    cpu_s = time.process_time() - cpu_started
     if profiler:
         profiler.disable()
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-    return total * drains / elapsed
+    delivered = total * drains
+    return delivered / elapsed, cpu_s / delivered * 1e6
 
 
 def commit() -> str:
@@ -225,8 +234,10 @@ def main() -> None:
         cert.cert_chain_pems[0].write_to_path(cert_file)
         cert.private_key_pem.write_to_path(key_file)
         sink = Receiver(
-            [sys.executable, "-m", "drains.sink", "--listen", "127.0.0.1:0", "--blackhole"]
-            + ["--tls-cert", cert_file, "--tls-key", key_file]
+            [
+                *(sys.executable, "-m", "drains.sink", "--listen", "127.0.0.1:0", "--blackhole"),
+                *("--tls-cert", cert_file, "--tls-key", key_file),
+            ]
         )
         discard = Receiver([sys.executable, __file__, "--tcp-discard"])
         https_url = f"https://localhost:{sink.port}/drain"
@@ -240,16 +251,22 @@ def main() -> None:
         results: dict[str, Any] = {}
         try:
             for name, (url, drains, messages) in cases.items():
-                rate = measure(url, drains, messages, ca_file, args.profile == name)
+                rate, cpu_us = measure(url, drains, messages, ca_file, args.profile == name)
                 results[f"{name}_msgs_per_s"] = round(rate)
+                results[f"{name}_cpu_us_per_msg"] = round(cpu_us, 2)
         finally:
             results["sink"] = sink.stop()
             discard.stop()
-    results["ratio_10_to_1"] = round(results["https_10_msgs_per_s"] / results["https_1_msgs_per_s"], 2)
+    results["ratio_10_to_1"] = round(
+        results["https_10_msgs_per_s"] / results["https_1_msgs_per_s"], 2
+    )
     results["targets_met"] = {
         "https_1>=500k": results["https_1_msgs_per_s"] >= 500_000,
         "syslog_1>=500k": results["syslog_1_msgs_per_s"] >= 500_000,
         "https_10>=50%_of_1": results["ratio_10_to_1"] >= 0.5,
+        "https_1<=2us_cpu": results["https_1_cpu_us_per_msg"] <= 2.0,
+        "syslog_1<=2us_cpu": results["syslog_1_cpu_us_per_msg"] <= 2.0,
+        "https_10>=50%_of_1_cpu": results["cpu_ratio_10_to_1"] >= 0.5,
     }
     print(json.dumps(results))
     if not args.quick:

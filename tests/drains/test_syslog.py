@@ -343,3 +343,28 @@ async def test_udp_one_datagram_per_message_cut_to_2048(io_clock: trio.abc.Clock
         b"<190>1 2026-11-27T20:39:33.123456+00:00 " + TOKEN.encode() + b" app web.1 - - xxx"
     )
     assert drain.status().delivered == 4
+
+
+async def test_udp_refusal_of_an_earlier_datagram_does_not_lose_the_next(
+    io_clock: trio.abc.Clock,
+) -> None:
+    probe = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+    await probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens: the kernel answers with ICMP port unreachable
+    async with trio.open_nursery() as nursery:
+        ctx = DrainContext(
+            channel="c", drain_id=3, token=TOKEN, url=f"syslog+udp://127.0.0.1:{port}"
+        )
+        drain = open_drain(ctx)
+        await nursery.start(drain.run)
+        for n in range(20):
+            drain.push_batch(Batch(app_messages(5, start=5 * n)))
+            await trio.sleep(0.01)
+        await drain.wait_flushed()
+        nursery.cancel_scope.cancel()
+    status = drain.status()
+    # ECONNREFUSED reports an ICMP for an earlier datagram; the datagram being sent is sent
+    # again and the kernel takes it: fire-and-forget, nothing counted as lost by us.
+    assert "refused" in (status.last_error or "").lower()
+    assert (status.delivered, status.dropped) == (100, 0)
