@@ -185,10 +185,16 @@ def drains_table(drains: list[dict[str, object]]) -> str:
 
 
 def cmd_channels_create(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
-    tokens = args.token if args.token else ["app"]
-    response = api.request(
-        "PUT", f"/v3/channels/{args.name}", json_body={"tokens": tokens}, expect=(200, 201)
-    )
+    """With ``--token``: the channel gets exactly those tokens (the API's PUT). Without: a
+    new channel gets an ``app`` token and an existing one is left as it is, so re-running
+    the command never revokes tokens that writers hold."""
+    path = f"/v3/channels/{args.name}"
+    if args.token:
+        tokens = args.token
+    else:
+        existing = api.request("GET", path, expect=(200, 404))
+        tokens = list(existing.json()["tokens"]) if existing.status_code == 200 else ["app"]
+    response = api.request("PUT", path, json_body={"tokens": tokens}, expect=(200, 201))
     if args.json:
         print_json(response.json(), out)
     else:
@@ -314,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--token",
         action="append",
         metavar="NAME",
-        help="token to create (repeatable; the full set; default: app)",
+        help="token names, repeatable; the channel's full set (default: app for a new "
+        "channel, the existing tokens kept for an existing one)",
     )
     leaf(channel_commands, "show", cmd_channels_show, "show a channel").add_argument(
         "name", metavar="NAME"

@@ -242,3 +242,25 @@ async def test_serve_and_sink_are_handed_to_their_modules(tmp_path: Path) -> Non
     result = await run_cli(["--help"], env)
     for command in (b"serve", b"sink", b"channels", b"tokens", b"drains", b"tail"):
         assert command in result.stdout
+
+
+async def test_channels_create_again_never_revokes_tokens_unless_told(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        env = cli_env(api, tmp_path, LOGPLEX_AUTH_KEY=AUTH_KEY)
+        first = json.loads(
+            (
+                await run_cli(
+                    ["channels", "create", "c", "--token", "app", "--token", "heroku", "--json"],
+                    env,
+                )
+            ).stdout
+        )
+        again = json.loads((await run_cli(["channels", "create", "c", "--json"], env)).stdout)
+        assert again["tokens"] == first["tokens"]
+        fresh = json.loads((await run_cli(["channels", "create", "new", "--json"], env)).stdout)
+        assert list(fresh["tokens"]) == ["app"]
+        narrowed = json.loads(
+            (await run_cli(["channels", "create", "c", "--token", "app", "--json"], env)).stdout
+        )
+        assert narrowed["tokens"] == {"app": first["tokens"]["app"]}
+        assert api.router.lookup_token(first["tokens"]["heroku"]) is None
