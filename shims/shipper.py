@@ -23,6 +23,7 @@ import random
 import ssl
 import time
 import uuid
+from collections import deque
 from typing import Any, Final, cast
 
 import trio
@@ -43,7 +44,7 @@ from logplex.codecs.shimproto import (
 )
 from shims.console import warn
 from shims.options import RouterAddress, ShimOptions
-from shims.outbox import Outbox, Record
+from shims.outbox import Outbox, Record, SentBatch
 
 ZSTD_LEVEL: Final = 1
 CONNECT_TIMEOUT_S: Final = 10.0
@@ -230,15 +231,13 @@ class Shipper:
             self.last_error = None
             self.window = ready.window
             self.max_batch_bytes = ready.max_batch_bytes
-            resend = self.outbox.resume(ready.acked, time.time_ns() // 1000)
+            resend = deque(self.outbox.resume(ready.acked, time.time_ns() // 1000))
             self._made_progress()
             self.batches_resent += len(resend)
             send_lock = trio.StrictFIFOLock()
-            for start in range(0, len(resend), 16):
-                await stream.send_all(b"".join(b.frame for b in resend[start : start + 16]))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop, stream, decoder, send_lock)
-                await self._send_loop(stream, send_lock)
+                await self._send_loop(stream, send_lock, resend)
 
     async def _receive_ready(self, stream: trio.abc.Stream, decoder: ShimFrameDecoder) -> Ready:
         while True:
@@ -280,15 +279,27 @@ class Shipper:
                 else:
                     raise ConnectionLost(f"unexpected {type(event).__name__} frame from the router")
 
-    async def _send_loop(self, stream: trio.abc.Stream, send_lock: trio.StrictFIFOLock) -> None:
+    async def _send_loop(
+        self, stream: trio.abc.Stream, send_lock: trio.StrictFIFOLock, resend: deque[SentBatch]
+    ) -> None:
+        """Send what the window allows: first the resends (oldest first), then new batches."""
         outbox = self.outbox
         while True:
             wake = self._wake = trio.Event()
             now_s = trio.current_time()
             frames: list[bytes] = []
             size = 0
+            # Resends count against the window once they are on the wire, like new batches.
             while (
-                len(outbox.unacked) < self.window
+                resend
+                and len(outbox.unacked) - len(resend) < self.window
+                and size < MAX_WRITE_BYTES
+            ):
+                frames.append(resend.popleft().frame)
+                size += len(frames[-1])
+            while (
+                not resend
+                and len(outbox.unacked) < self.window
                 and size < MAX_WRITE_BYTES
                 and outbox.batch_due(now_s, flushing=self.flushing)
             ):
@@ -298,12 +309,12 @@ class Shipper:
                 frames.append(batch.frame)
                 size += len(batch.frame)
             if frames:
-                self.batches_sent += len(frames)
+                self.batches_sent += len(frames)  # resends included
                 async with send_lock:
                     await stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
                 continue
             deadline = outbox.batch_deadline_s()
-            if deadline is None or len(outbox.unacked) >= self.window:
+            if deadline is None or resend or len(outbox.unacked) >= self.window:
                 deadline = trio.current_time() + 3600.0
             with trio.move_on_at(deadline):
                 await wake.wait()

@@ -46,6 +46,7 @@ class StreamLog:
     acked: int = 0
     batches: dict[int, list[list[Any]]] = field(default_factory=dict)
     resends_seen: int = 0
+    ack_sent: int = 0  # the highest ACK actually sent
     violations: list[str] = field(default_factory=list)
 
     def records(self) -> list[list[Any]]:
@@ -69,6 +70,7 @@ class RouterDouble:
     ) -> None:
         self.hold_acks = hold_acks
         self._live: list[tuple[trio.abc.Stream, StreamLog]] = []
+        self._send_locks: dict[int, trio.Lock] = {}
         self.ssl_context = ssl_context
         self.window = window
         self.max_batch_bytes = max_batch_bytes
@@ -103,9 +105,17 @@ class RouterDouble:
             task_status.started(self.port)
             await trio.serve_listeners(self._handle, listeners)
 
-    def kill(self) -> None:
+    def kill(self, *, forget_unacked: bool = False) -> None:
+        """Drop every connection; ``forget_unacked``: also lose batches not yet ACKed, like
+        a router that died before it could hold them."""
         assert self._scope is not None
         self._scope.cancel()
+        self._live.clear()
+        if forget_unacked:
+            for log in self.streams.values():
+                for seq in [seq for seq in log.batches if seq > log.ack_sent]:
+                    del log.batches[seq]
+                log.acked = log.ack_sent
 
     def _changed(self) -> None:
         self.changed.set()
@@ -133,11 +143,11 @@ class RouterDouble:
                     if isinstance(event, Hello):
                         log = self.streams.setdefault(event.stream, StreamLog(event))
                         self._live.append((stream, log))
-                        await stream.send_all(
-                            encode_ready(log.acked, self.window, self.max_batch_bytes)
+                        await self._send(
+                            stream, encode_ready(log.acked, self.window, self.max_batch_bytes)
                         )
                         if self.send_ping:
-                            await stream.send_all(encode_ping())
+                            await self._send(stream, encode_ping())
                         self._changed()
                         if self.stall_after_ready:
                             await trio.sleep_forever()
@@ -156,7 +166,7 @@ class RouterDouble:
     async def _batch(self, stream: trio.abc.Stream, log: StreamLog, event: BatchFrame) -> bool:
         if event.seq in self.refuse_seqs:
             self.refuse_seqs.discard(event.seq)
-            await stream.send_all(encode_error("bad_frame", "refused by the test double"))
+            await self._send(stream, encode_error("bad_frame", "refused by the test double"))
             self._changed()
             return False
         if event.seq <= log.acked:
@@ -168,16 +178,23 @@ class RouterDouble:
             log.acked = event.seq
         else:
             log.violations.append(f"gap: got seq {event.seq} after {log.acked}")
-            await stream.send_all(encode_error("bad_frame", "seq gap"))
+            await self._send(stream, encode_error("bad_frame", "seq gap"))
             self._changed()
             return False
         if not self.hold_acks:
-            await stream.send_all(encode_ack(log.acked))
+            await self._send(stream, encode_ack(log.acked))
+            log.ack_sent = log.acked
         self._changed()
         return True
+
+    async def _send(self, stream: trio.abc.Stream, data: bytes) -> None:
+        lock = self._send_locks.setdefault(id(stream), trio.Lock())
+        async with lock:
+            await stream.send_all(data)
 
     async def release_acks(self) -> None:
         """Stop holding ACKs back: acknowledge what each live connection delivered so far."""
         self.hold_acks = False
         for stream, log in self._live:
-            await stream.send_all(encode_ack(log.acked))
+            await self._send(stream, encode_ack(log.acked))
+            log.ack_sent = log.acked

@@ -345,3 +345,25 @@ async def test_never_more_than_window_batches_unacknowledged(start_router: Start
         assert len(router.only_stream().batches) == 3
         await router.release_acks()
     assert router.only_stream().lines(KIND_STDOUT) == [b"out %d " % n for n in range(5000)]
+
+
+async def test_resends_after_a_reconnect_respect_the_new_window(
+    start_router: StartRouter, nursery: trio.Nursery
+) -> None:
+    router = await start_router(window=6, hold_acks=True)
+    async with trio.open_nursery() as shims:
+        args = shim_args(router, "--no-tee", "--flush-timeout", "60")
+        shims.start_soon(run_shim, args, app("write_lines.py", 5000, 0))
+        await router.wait_for(lambda: router.streams and len(router.only_stream().batches) >= 6)
+        # The router dies before acknowledging anything, and comes back with a smaller window.
+        router.kill(forget_unacked=True)
+        assert router.only_stream().batches == {}
+        router.window = 2
+        await nursery.start(router.serve, router.port)
+        await router.wait_for(lambda: len(router.only_stream().batches) >= 2)
+        await trio.sleep(0.5)  # time for a third resend to arrive, if the window leaked
+        assert sorted(router.only_stream().batches) == [1, 2]
+        await router.release_acks()
+    log = router.only_stream()
+    assert log.violations == []
+    assert log.lines(KIND_STDOUT) == [b"out %d " % n for n in range(5000)]
