@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -14,6 +16,8 @@ import trio.testing
 import trustme
 import zstandard
 from dataplane_helpers import ShimTestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logplex import metrics
 from logplex.codecs import shimproto
@@ -360,3 +364,36 @@ async def test_batches_before_an_error_in_the_same_read_are_kept_and_acked_on_re
         assert isinstance(ready, shimproto.Ready)
         assert ready.acked == 2
         await again.aclose()
+
+
+@settings(max_examples=60, deadline=None)
+@given(garbage=st.binary(max_size=2000), split=st.integers(min_value=1, max_value=64))
+def test_any_bytes_after_hello_end_the_connection_cleanly(garbage: bytes, split: int) -> None:
+    """Whatever follows HELLO, the connection task ends without raising (ERROR or close)."""
+
+    async def scenario() -> None:
+        router = make_router()
+        listener = ShimListener(router)
+        client_end, server_end = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listener.handle_connection, server_end)
+            client = ShimTestClient(client_end)
+            await client.hello(TOKEN)
+            with contextlib.suppress(trio.BrokenResourceError):  # the router may close first
+                for start in range(0, len(garbage), split):
+                    await client.send(garbage[start : start + split])
+                await client_end.send_eof()
+            with trio.fail_after(120):  # virtual: HELLO/PING timers at most
+                while await client_end.receive_some(65536):
+                    pass
+
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    logger = logging.getLogger("logplex.ingest_shim")
+    logger.addHandler(handler)
+    try:
+        trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.removeHandler(handler)
+    assert not errors, errors[0].getMessage()  # no "failed unexpectedly": only protocol errors

@@ -11,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from logplex import metrics
 from logplex.codecs.octet import encode_octet_frame
@@ -204,3 +206,14 @@ async def test_tls_syslog_listener() -> None:
                     pass
         assert [m[4] for m in router.history("a")] == [b"secret line"]
         nursery.cancel_scope.cancel()
+
+
+@given(frames=st.lists(st.binary(max_size=300), max_size=20))
+def test_frames_to_batches_never_raises_and_accounts_for_every_frame(
+    frames: list[bytes],
+) -> None:
+    valid = frame(TOKEN_A, b"valid")
+    outcome = frames_to_batches([*frames, valid], TOKENS.get, NOW_US)
+    published = sum(len(messages) for _, messages in outcome.batches)
+    assert outcome.batches[-1][1][-1][4] == b"valid"
+    assert published + outcome.unknown_tokens + outcome.malformed >= len(frames) + 1
