@@ -68,10 +68,16 @@ class ReadOutcome:
     malformed: int = 0
 
 
-def _parse_frame_leniently(frame: bytes) -> tuple[int, int | None, bytes | None, bytes, bytes]:
-    """(pri, ts_us or None, token, ps, msg) by the lenient RFC 5424 parser; ProtocolError."""
+def _parse_frame_leniently(
+    frame: bytes, now_us: int
+) -> tuple[int, int, bytes | None, bytes, bytes]:
+    """(pri, ts_us, token, ps, msg) by the lenient RFC 5424 parser; raises ProtocolError.
+
+    A NIL or unreadable TIMESTAMP becomes ``now_us``, the receive time.
+    """
     parsed = parse_lenient(frame)
-    return parsed.pri, parsed.timestamp_us, parsed.app_name, parsed.procid or NIL_PS, parsed.msg
+    ts_us = parsed.timestamp_us if parsed.timestamp_us is not None else now_us
+    return parsed.pri, ts_us, parsed.app_name, parsed.procid or NIL_PS, parsed.msg
 
 
 def frames_to_batches(
@@ -86,9 +92,8 @@ def frames_to_batches(
     current: list[Message] = []
     append = current.append
     last_token: bytes | None = None
-    info: TokenInfo | None = None
+    source: bytes | None = None  # None while the current token is unknown
     has_lf = False
-    ts_us: int | None
     for frame in frames:
         # Logplex's input layout is the fast path; what it refuses gets a second chance with
         # the lenient RFC 5424 parser (NIL timestamp, odd spacing), so a sender's quirks cost
@@ -97,23 +102,24 @@ def frames_to_batches(
             pri, ts_us, _, token, ps, _, msg = parse_input_frame(frame)
         except Logplex1Error:
             try:
-                pri, ts_us, token, ps, msg = _parse_frame_leniently(frame)
+                pri, ts_us, token, ps, msg = _parse_frame_leniently(frame, now_us)
             except ProtocolError:
                 outcome.malformed += 1
                 continue
         if token != last_token:  # consecutive frames nearly always carry the same token
             last_token = token
             info = lookup_token(token.decode("ascii", "replace")) if token else None
+            source = info.source if info is not None else None
             if info is not None and info.channel != channel:
                 if current:
                     batches.append((channel, current))
                 channel = info.channel
                 current = []
                 append = current.append
-        if info is None:
+        if source is None:
             outcome.unknown_tokens += 1
             continue
-        append((ts_us if ts_us is not None else now_us, pri, info.source, ps or NIL_PS, msg))
+        append((ts_us, pri, source, ps or NIL_PS, msg))
         if b"\n" in msg:
             has_lf = True
     if current:
