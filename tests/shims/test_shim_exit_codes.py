@@ -37,11 +37,13 @@ async def run_all(commands: list[tuple[list[str], list[str]]]) -> list[int]:
     return codes
 
 
+@pytest.mark.slow
 async def test_exit_codes_pass_through() -> None:
     codes = await run_all([([], ["sh", "-c", f"exit {code}"]) for code in EXIT_CODES])
     assert codes == EXIT_CODES
 
 
+@pytest.mark.slow
 async def test_death_by_signal_is_128_plus_n() -> None:
     commands: list[tuple[list[str], list[str]]] = [
         ([], ["sh", "-c", f"kill -{sig.name[3:]} $$"]) for sig in DEATH_SIGNALS
@@ -71,6 +73,7 @@ async def test_not_executable_is_126(tmp_path: Path) -> None:
     assert result.returncode == 126
 
 
+@pytest.mark.slow
 async def test_e_maps_listed_codes_to_zero() -> None:
     codes = await run_all(
         [

@@ -166,6 +166,7 @@ async def test_router_restart_mid_stream_loses_and_duplicates_nothing(
     assert UNDELIVERED.search(result.stderr) is None
 
 
+@pytest.mark.slow
 async def test_refused_batch_becomes_l13(start_router: StartRouter) -> None:
     router = await start_router(refuse_seqs=frozenset({2}))
     result = await run_shim(shim_args(router, "--no-tee"), app("write_lines.py", 3000, 0))
@@ -244,6 +245,7 @@ async def test_ping_is_answered_with_pong(start_router: StartRouter) -> None:
     assert router.pongs == 1
 
 
+@pytest.mark.slow
 async def test_tls_router_verified_with_ca_file(start_router: StartRouter, tmp_path: Path) -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -299,6 +301,7 @@ async def test_closed_shim_stdout_is_survived(start_router: StartRouter, with_ro
     assert done.stderr == b"done\n"  # the stderr tee goes on when the stdout tee stopped
 
 
+@pytest.mark.slow
 async def test_a_grandchild_holding_the_pipes_delays_exit_by_one_second_at_most(
     start_router: StartRouter,
 ) -> None:
@@ -347,6 +350,7 @@ async def test_never_more_than_window_batches_unacknowledged(start_router: Start
     assert router.only_stream().lines(KIND_STDOUT) == [b"out %d " % n for n in range(5000)]
 
 
+@pytest.mark.slow
 async def test_resends_after_a_reconnect_respect_the_new_window(
     start_router: StartRouter, nursery: trio.Nursery
 ) -> None:
