@@ -12,12 +12,14 @@ line exactly once, neither lost nor repeated at the seam.
 
 A tail whose client reads nothing for ``IDLE_READER_TIMEOUT_S`` (60 s) is disconnected: its
 router subscription is closed at once and the response ends without its final chunk.
-hypercorn shields its socket writes from cancellation, so the write that is stuck behind a
-non-reading client is left to the transport; nothing more is queued or formatted for it.
+hypercorn shields its socket writes from cancellation, so the write stuck behind a
+non-reading client is failed by the kernel instead: ``drop_connections_that_stop_reading``
+sets ``TCP_USER_TIMEOUT`` on the HTTP listener, for whoever binds it (``logplex.serve``).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import trio
@@ -33,6 +35,19 @@ from logplex.sessions import RegistryFull, SessionRequestError, parse_session_re
 
 IDLE_READER_TIMEOUT_S = 60.0
 MAX_CHUNK_BYTES = 64 * 1024
+
+
+def drop_connections_that_stop_reading(
+    listener: socket.socket, timeout_s: float = IDLE_READER_TIMEOUT_S
+) -> None:
+    """Have the kernel drop a connection whose peer acknowledges none of our data for
+    ``timeout_s`` (``TCP_USER_TIMEOUT``; Linux honours it through zero-window probing, so a
+    peer that stops reading counts). Set on the listening socket, every accepted connection
+    inherits it. This is what finally closes a tail whose client stopped reading: the app
+    cannot interrupt hypercorn's shielded write, but the kernel can fail it.
+    """
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout_s * 1000))
 
 
 async def create_session(request: Request) -> Response:

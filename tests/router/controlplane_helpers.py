@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from hypercorn.trio import serve
 
 from drains import parse_drain_url
 from logplex.api import ApiConfig, ApiState, create_app
+from logplex.api_sessions import IDLE_READER_TIMEOUT_S, drop_connections_that_stop_reading
 from logplex.router import Router
 from logplex.store import ConfigStore
 
@@ -87,6 +89,7 @@ async def running_api(
     max_drains_per_channel: int = 6,
     validate_drain_url: Callable[[str], None] | None = parse_drain_url,
     ready: bool = True,
+    unread_output_timeout_s: float = IDLE_READER_TIMEOUT_S,
 ) -> AsyncIterator[ApiHarness]:
     store = await ConfigStore.open(tmp_path / "config.sqlite3")
     router = router if router is not None else Router()
@@ -97,8 +100,11 @@ async def running_api(
         validate_drain_url=validate_drain_url,
     )
     app = create_app(store=store, router=router, config=config)
+    # Bound here, like serve does, so the listener carries the stalled-reader timeout.
+    listener = socket.create_server(("127.0.0.1", 0))
+    drop_connections_that_stop_reading(listener, unread_output_timeout_s)
     hyper = HypercornConfig()
-    hyper.bind = ["127.0.0.1:0"]
+    hyper.bind = [f"fd://{listener.detach()}"]
     hyper.accesslog = None
     server_errors = ServerErrors()
     hyper.errorlog = server_errors.logger
