@@ -38,6 +38,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +244,7 @@ def total_ms(argv: list[str]) -> float:
 def bench_startup(runs: int) -> dict[str, Any]:
     date = [shutil.which("date") or "/bin/date", "+%s%N"]
     tini = shutil.which("tini") or "/usr/bin/tini"
-    cases = {
+    cases: dict[str, Callable[[], float]] = {
         "date_direct_ms": lambda: first_instruction_ms(date),
         "logshim_ms": lambda: first_instruction_ms([LOGSHIM, "--", *date]),
         "tini_ms": lambda: first_instruction_ms([tini, "-s", "--", *date]),
