@@ -170,6 +170,7 @@ async def test_malformed_frame_rejects_the_whole_request_naming_the_frame(tmp_pa
             headers={**LOGPLEX1, **basic("token", token)},
         )
         assert response.status_code == 400
+        assert "frame 1" in response.json()["error"]
         assert "10240" in response.json()["error"]
 
 
