@@ -20,7 +20,9 @@ only that protocol, which a spool can implement with the same loss reporting.
 
 from __future__ import annotations
 
+import bisect
 import collections
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,7 +95,8 @@ class DrainBuffer:
         self._make_notice = make_notice
         self._notice_delay_s = notice_delay_s
         self._wall_clock_s = wall_clock_s
-        # Entries are [frames, start, bytes_remaining]; frames[start:] are still queued.
+        # Entries are [frames, offsets, start]: frames[start:] are still queued; offsets[i] is
+        # the byte count of frames[: i + 1] (shared by every drain of the batch's memo key).
         self._entries: collections.deque[list[object]] = collections.deque()
         self._queued_messages = 0
         self._queued_bytes = 0
@@ -124,8 +127,8 @@ class DrainBuffer:
 
     # -- producer side (synchronous, called from the router's publish) ----------------
 
-    def frames_of(self, batch: Batch) -> tuple[list[bytes], int, int]:
-        """The batch's frames, their total size and how many messages could not be formatted.
+    def frames_of(self, batch: Batch) -> tuple[list[bytes], list[int], int]:
+        """The batch's frames, their cumulative sizes, and how many messages failed to format.
 
         Formatted once per batch and memo key. A message the encoder refuses (a header field
         no receiver could parse) is left out and counted into the next L10, so one bad
@@ -143,21 +146,21 @@ class DrainBuffer:
                         frames.extend(self._encode([message]))
                     except ValueError:
                         unformattable += 1
-            memo = (frames, sum(map(len, frames)), unformattable)
+            memo = (frames, list(itertools.accumulate(map(len, frames))), unformattable)
             batch.encoded[self._memo_key] = memo
         return memo  # type: ignore[return-value]
 
     def push_batch(self, batch: Batch) -> None:
         if not batch.messages:
             return
-        frames, byte_count, unformattable = self.frames_of(batch)
+        frames, offsets, unformattable = self.frames_of(batch)
         if unformattable:
             self._record_loss(unformattable, self._now_us())
         if not frames:
             return
-        self._entries.append([frames, 0, byte_count])
+        self._entries.append([frames, offsets, 0])
         self._queued_messages += len(frames)
-        self._queued_bytes += byte_count
+        self._queued_bytes += offsets[-1]
         if self._queued_messages > self._max_messages or self._queued_bytes > self._max_bytes:
             self._drop_oldest()
         self._wakeup.set()
@@ -169,9 +172,11 @@ class DrainBuffer:
         ):
             entry = self._entries[0]
             frames: list[bytes] = entry[0]  # type: ignore[assignment]
-            start: int = entry[1]  # type: ignore[assignment]
-            remaining_bytes: int = entry[2]  # type: ignore[assignment]
+            offsets: list[int] = entry[1]  # type: ignore[assignment]
+            start: int = entry[2]  # type: ignore[assignment]
+            base = offsets[start - 1] if start else 0
             left = len(frames) - start
+            remaining_bytes = offsets[-1] - base
             excess_messages = self._queued_messages - self._max_messages
             excess_bytes = self._queued_bytes - self._max_bytes
             if excess_messages >= left or excess_bytes >= remaining_bytes:
@@ -179,16 +184,14 @@ class DrainBuffer:
                 self._queued_bytes -= remaining_bytes
                 cut = left
             else:
-                # Part of this entry goes: enough messages for the message cap, then enough
-                # more for the byte cap (it ends inside the entry: excess < remaining).
-                cut = max(excess_messages, 0)
-                cut_bytes = sum(map(len, frames[start : start + cut]))
-                while cut_bytes < excess_bytes:
-                    cut_bytes += len(frames[start + cut])
-                    cut += 1
-                entry[1] = start + cut
-                entry[2] = remaining_bytes - cut_bytes
-                self._queued_bytes -= cut_bytes
+                # Part of this entry goes: enough messages for the message cap, and enough
+                # bytes for the byte cap (both end inside the entry: excess < remaining).
+                end = start + max(excess_messages, 0)
+                if excess_bytes > 0:
+                    end = max(end, bisect.bisect_left(offsets, base + excess_bytes, start) + 1)
+                cut = end - start
+                entry[2] = end
+                self._queued_bytes -= offsets[end - 1] - base
             self._queued_messages -= cut
             dropped += cut
         self._record_loss(dropped, int(self._wall_clock_s() * 1_000_000))
@@ -246,33 +249,30 @@ class DrainBuffer:
         while entries and room > 0:
             entry = entries[0]
             frames: list[bytes] = entry[0]  # type: ignore[assignment]
-            start: int = entry[1]  # type: ignore[assignment]
-            remaining_bytes: int = entry[2]  # type: ignore[assignment]
+            offsets: list[int] = entry[1]  # type: ignore[assignment]
+            start: int = entry[2]  # type: ignore[assignment]
+            base = offsets[start - 1] if start else 0
             left = len(frames) - start
+            remaining_bytes = offsets[-1] - base
             if left <= room and byte_count + remaining_bytes <= max_bytes:
                 out.extend(frames if start == 0 else frames[start:])
                 byte_count += remaining_bytes
                 room -= left
                 entries.popleft()
                 continue
-            # Cut inside this entry: frame by frame up to the caps (at least one frame).
-            end = start
+            # Cut inside this entry at the caps (bisect on the cumulative sizes), taking at
+            # least one frame so an oversized frame cannot block the drain.
             limit = start + min(left, room)
-            cut_bytes = 0
-            while end < limit:
-                size = len(frames[end])
-                if byte_count + cut_bytes + size > max_bytes and (out or end > start):
-                    break
-                cut_bytes += size
-                end += 1
+            end = bisect.bisect_right(offsets, base + max_bytes - byte_count, start, limit)
+            if end == start and not out:
+                end = start + 1
             out.extend(frames[start:end])
-            byte_count += cut_bytes
+            byte_count += (offsets[end - 1] - base) if end > start else 0
             room -= end - start
             if end - start == left:
                 entries.popleft()
             else:
-                entry[1] = end
-                entry[2] = remaining_bytes - cut_bytes
+                entry[2] = end
             break
         taken.message_count = len(out) - (1 if taken.notice_count else 0)
         self._queued_messages -= taken.message_count

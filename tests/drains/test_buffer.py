@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 
@@ -193,3 +195,59 @@ async def test_unformattable_message_is_left_out_and_counted() -> None:
     buffer.push_batch(bad)  # must not raise into the router's publish
     assert buffer.dropped_total == 1
     assert texts(buffer.take(10, 1000)) == [b"L10 1 since %d" % (WALL_S * 1_000_000), b"a"]
+
+
+# -- property: the buffer behaves like the obvious list model ----------------------------
+
+Op = tuple[str, int, int]
+
+
+@hypothesis.given(
+    max_messages=st.integers(1, 30),
+    max_bytes=st.integers(5, 300),
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("push"), st.integers(1, 12), st.integers(0, 20)),
+            st.tuples(st.just("take"), st.integers(1, 15), st.integers(1, 120)),
+        ),
+        max_size=40,
+    ),
+)
+async def test_matches_a_list_model(max_messages: int, max_bytes: int, ops: list[Op]) -> None:
+    buffer = make_buffer(max_messages=max_messages, max_bytes=max_bytes)
+    model: list[bytes] = []
+    lost = 0
+    counter = 0
+    for kind, a, b in ops:
+        if kind == "push":
+            numbers = list(range(counter, counter + a))
+            counter += a
+            frames = [b"m%d" % n + b"." * ((n * 7 + b) % 9) for n in numbers]
+            buffer.push_batch(Batch([(0, 190, b"app", b"web.1", f) for f in frames]))
+            model.extend(f + b"\n" for f in frames)
+            while len(model) > max_messages or sum(map(len, model)) > max_bytes:
+                model.pop(0)
+                lost += 1
+        elif model:
+            taken = buffer.take(a, b)
+            assert taken is not None
+            expected: list[bytes] = []
+            size = 0
+            if lost:
+                notice_frame = b"L10 %d since %d\n" % (lost, WALL_S * 1_000_000)
+                expected.append(notice_frame)
+                size = len(notice_frame)
+                lost = 0
+            count = 0
+            while model and count < a:
+                if size + len(model[0]) > b and expected:
+                    break
+                size += len(model[0])
+                expected.append(model.pop(0))
+                count += 1
+            assert taken.frames == expected
+            assert taken.byte_count == size
+            assert taken.message_count == count
+        assert buffer.queued_messages == len(model)
+        assert buffer.queued_bytes == sum(map(len, model))
+        assert buffer.lost_pending == lost
