@@ -24,6 +24,17 @@ from logplex.codecs.records import Batch, Message
 MAX_ERROR_CHARS = 500
 
 
+def client_tls_context(url: DrainURL, ca_file: str | None) -> ssl.SSLContext:
+    """System CAs plus ``ca_file``, host name checked; verification off only for ``#insecure``."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    if url.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind ``exc``, if that is what it is."""
     seen: BaseException | None = exc

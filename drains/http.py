@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import random
-import ssl
 import time
 import urllib.parse
 import uuid
@@ -30,7 +29,7 @@ from typing import Final
 
 import trio
 
-from drains._base import DrainCore, describe_exception
+from drains._base import DrainCore, client_tls_context, describe_exception
 from drains._buffer import Taken
 from drains._http11 import Http11Client, HttpTransportError
 from drains._interface import DrainContext
@@ -52,17 +51,6 @@ MEMO_KEY: Final = "drains.https"
 def encode_https_frames(messages: list[Message]) -> list[bytes]:
     """The DESIGN 5.2 frame of each message (``LEN SP <PRI>1 TS host SOURCE PS - MSG LF``)."""
     return [https_frame(message) for message in messages]
-
-
-def tls_context(url: DrainURL, ca_file: str | None) -> ssl.SSLContext:
-    """System CAs plus ``ca_file``; verification off only for ``#insecure``."""
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    if url.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 def basic_auth_header(username: str, password: str) -> str:
@@ -94,7 +82,7 @@ class HttpDrain(DrainCore):
         self._random = random.Random()
         tls = None
         if self.url.scheme == "https":
-            tls = tls_context(self.url, ctx.settings.ca_file)
+            tls = client_tls_context(self.url, ctx.settings.ca_file)
         self._client = Http11Client(
             self.url.host,
             self.url.port,

@@ -32,7 +32,12 @@ from typing import Final
 
 import trio
 
-from drains._base import DrainCore, certificate_error, describe_exception
+from drains._base import (
+    DrainCore,
+    certificate_error,
+    client_tls_context,
+    describe_exception,
+)
 from drains._buffer import Taken
 from drains._interface import DrainContext
 from drains._notices import l14_message
@@ -144,16 +149,6 @@ class _Connection:
     failure: str | None = None
 
 
-def _tls_context(url: DrainURL, ca_file: str | None) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    if url.insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class SyslogDrain(DrainCore):
     """A ``syslog://`` (TCP) or ``syslog+tls://`` drain."""
 
@@ -169,7 +164,7 @@ class SyslogDrain(DrainCore):
         self._certificate_failure_reported = False
         self._tls: ssl.SSLContext | None = None
         if self.url.scheme == "syslog+tls":
-            self._tls = _tls_context(self.url, ctx.settings.ca_file)
+            self._tls = client_tls_context(self.url, ctx.settings.ca_file)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -330,6 +325,3 @@ class SyslogDrain(DrainCore):
         conn.writes.clear()
         self._resend.extendleft(reversed(pending))
         self.signal_progress()
-
-    def buffered_messages(self) -> int:
-        return self.queue.queued_messages + self.in_flight_messages
