@@ -200,7 +200,7 @@ def main() -> None:
         help="cProfile one measurement to stderr instead of reporting",
     )
     args = parser.parse_args()
-    rounds = 2 if args.quick else 5
+    rounds = 2 if args.quick else 7
     scale = 1 if args.quick else 4
     benches: dict[str, Callable[[], dict[str, Any]]] = {
         "octet": lambda: bench_octet(rounds, 5 * scale),

@@ -37,7 +37,7 @@ PRI_STDERR: Final = 187  # local7.err
 PRI_SHIM_NOTICE: Final = 189  # local7.notice
 PRI_ROUTER_NOTICE: Final = 172  # local5.warning
 
-PRI_BY_KIND: Final = {
+PRI_BY_KIND: Final[dict[int, int]] = {
     KIND_STDOUT: PRI_STDOUT,
     KIND_STDERR: PRI_STDERR,
     KIND_NOTICE: PRI_SHIM_NOTICE,
