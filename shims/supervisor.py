@@ -19,6 +19,9 @@ Two kinds of signal are read from a signalfd instead, and stay blocked in every 
   at the writing thread, and a handler cannot tell that from a SIGPIPE someone sent. The
   signalfd gives the sender's pid: ours → our own broken pipe, dropped; anyone else's →
   forwarded.
+- SIGTTOU: the shim writes to its terminal (the tee) after handing the terminal to the app;
+  with ``tostop`` set the kernel would answer with SIGTTOU, unless SIGTTOU is blocked, in
+  which case it lets the write through. Blocked, it is only ever one someone sent.
 - SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS: sent with kill(), they are forwarded like
   the others; raised by a real fault in the shim, a Python-level handler would return to the
   faulting instruction forever, while a blocked fault signal makes the kernel kill the shim
@@ -61,7 +64,7 @@ GRACE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 FAULT_SIGNALS = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
 )
-SIGNALFD_SIGNALS = FAULT_SIGNALS | {signal.SIGPIPE}
+SIGNALFD_SIGNALS = FAULT_SIGNALS | {signal.SIGPIPE, signal.SIGTTOU}
 
 # signalfd(2) via ctypes: the stdlib has no binding.
 SFD_NONBLOCK = os.O_NONBLOCK

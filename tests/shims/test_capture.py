@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import trio
 import trio.testing
@@ -158,3 +159,37 @@ async def test_reader_takes_over_early_chunks_with_their_timestamps() -> None:
     os.close(write_fd)
     await reader.run()
     assert sink.lines() == [b"a", b"bc", b"d"]
+
+
+def test_tee_writes_files_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "tee.out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    tee = TeeWriter(fd)
+    assert tee.direct
+    tee.write(b"straight ")
+    tee.write(b"to the file\n")
+    assert path.read_bytes() == b"straight to the file\n"
+    assert tee.backlog_bytes == 0
+    os.close(fd)
+
+
+async def test_tee_to_a_stalled_pipe_never_blocks_and_drops_beyond_its_bound() -> None:
+    read_fd, write_fd = os.pipe()
+    tee = TeeWriter(write_fd, max_backlog_bytes=256 * 1024)
+    assert not tee.direct
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tee.run)
+        for _ in range(100):  # 400 KiB into a 64 KiB pipe nobody reads
+            tee.write(b"x" * 4096)
+        await trio.sleep(0.2)  # the tee writes what the pipe takes, then waits
+        assert tee.dropped_bytes > 0
+        assert not tee.stopped
+        drained = b""
+        while len(drained) < 100 * 4096 - tee.dropped_bytes:
+            drained += os.read(read_fd, 1 << 20)
+            await trio.sleep(0.01)
+        await tee.wait_idle()
+        nursery.cancel_scope.cancel()
+    assert drained == b"x" * (100 * 4096 - tee.dropped_bytes)
+    os.close(read_fd)
+    os.close(write_fd)
