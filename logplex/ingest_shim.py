@@ -33,8 +33,9 @@ import trio
 
 from logplex import metrics
 from logplex.codecs import shimproto
-from logplex.codecs.errors import ProtocolError
+from logplex.codecs.errors import EncodeError, ProtocolError
 from logplex.codecs.records import Message
+from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field
 from logplex.router import Router
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ PROTOCOL: Final = "shim"
 RECEIVE_BYTES: Final = 256 * 1024
 CLOSE_TIMEOUT_S: Final = 1.0  # a TLS close_notify to a peer that does not read
 SEND_BUFFER_BYTES: Final = 16 * 1024  # the kernel doubles it
+MAX_STREAM_ID_CHARS: Final = 64
+MAX_TOKEN_CHARS: Final = 64
 
 _MSG = itemgetter(4)
 _MESSAGES = metrics.INGEST_MESSAGES.labels(protocol=PROTOCOL)
@@ -194,6 +197,26 @@ def _limit_send_buffer(stream: trio.abc.Stream) -> None:
             transport.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
 
+def check_hello_fields(hello: shimproto.Hello) -> None:
+    """Refuse HELLO fields the router cannot carry or must not remember at any size.
+
+    ``ps`` becomes the syslog PROCID of every line (RFC 5424: 1..128 printable US-ASCII, no
+    spaces), so a bad one would break every drain frame; ``stream`` is kept in the bounded
+    stream memory, so it is bounded too (a uuid4 is 36 characters).
+    """
+    try:
+        check_header_field("PROCID", hello.ps.encode("utf-8", "surrogateescape"), PROCID_MAX)
+    except EncodeError as exc:
+        raise ProtocolError(f"HELLO ps {hello.ps[:40]!r} is not usable as a ps: {exc}") from None
+    if not 1 <= len(hello.stream) <= MAX_STREAM_ID_CHARS:
+        raise ProtocolError(
+            f"HELLO stream id must be 1..{MAX_STREAM_ID_CHARS} characters (a uuid4), "
+            f"got {len(hello.stream)}"
+        )
+    if len(hello.token) > MAX_TOKEN_CHARS:
+        raise Unauthorized("unknown token: check the token given to the shim (--token)")
+
+
 class _ShimConnection:
     """The state of one shim connection between HELLO and close."""
 
@@ -242,6 +265,7 @@ class _ShimConnection:
         raise ShimConnectionClosed("hello_timeout")
 
     def _accept_hello(self, hello: shimproto.Hello) -> None:
+        check_hello_fields(hello)
         info = self.router.lookup_token(hello.token)
         if info is None:
             raise Unauthorized("unknown token: check the token given to the shim (--token)")

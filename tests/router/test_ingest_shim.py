@@ -220,8 +220,24 @@ async def test_bad_input_gets_error_and_close_and_spares_others(
         ),
         (struct.pack(">IB", 0, 1), "bad_frame"),
         (b"\x00\x00\x00\x03\x01\x81\xa1", "bad_frame"),  # truncated msgpack map
+        (shimproto.encode_hello(TOKEN, "web 1", "s", "a"), "bad_frame"),  # not a PROCID
+        (shimproto.encode_hello(TOKEN, "", "s", "a"), "bad_frame"),
+        (shimproto.encode_hello(TOKEN, "w" * 129, "s", "a"), "bad_frame"),
+        (shimproto.encode_hello(TOKEN, "web.1", "s" * 65, "a"), "bad_frame"),  # stream id
+        (shimproto.encode_hello(TOKEN, "web.1", "", "a"), "bad_frame"),
+        (shimproto.encode_hello("t." + "x" * 100_000, "web.1", "s", "a"), "unauthorized"),
     ],
-    ids=["wrong token", "zero length", "bad msgpack"],
+    ids=[
+        "wrong token",
+        "zero length",
+        "bad msgpack",
+        "ps with a space",
+        "empty ps",
+        "ps over 128",
+        "stream id over 64",
+        "empty stream id",
+        "huge token",
+    ],
 )
 async def test_bad_hello_is_refused(hello: bytes, code: str) -> None:
     router = make_router()
