@@ -28,12 +28,12 @@ from typing import Final
 import trio
 
 from logplex import metrics
-from logplex.codecs.errors import Logplex1Error, ProtocolError
+from logplex.codecs.errors import EncodeError, Logplex1Error, ProtocolError
 from logplex.codecs.lines import split_embedded_lines
 from logplex.codecs.logplex1 import parse_input_frame
 from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import parse_lenient
+from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field, parse_lenient
 from logplex.model import TokenInfo
 from logplex.router import Router
 
@@ -77,7 +77,12 @@ def _parse_frame_leniently(
     """
     parsed = parse_lenient(frame)
     ts_us = parsed.timestamp_us if parsed.timestamp_us is not None else now_us
-    return parsed.pri, ts_us, parsed.app_name, parsed.procid or NIL_PS, parsed.msg
+    ps = parsed.procid or NIL_PS
+    try:  # drains put the ps in PROCID: it must stay a valid one
+        check_header_field("PROCID", ps, PROCID_MAX)
+    except EncodeError:
+        ps = NIL_PS
+    return parsed.pri, ts_us, parsed.app_name, ps, parsed.msg
 
 
 def frames_to_batches(

@@ -66,6 +66,13 @@ def test_frames_to_batches(
     assert outcome.malformed == malformed
 
 
+def test_lenient_path_never_yields_an_unusable_ps() -> None:
+    # Two spaces after the timestamp: not the input layout, so the lenient parser reads it.
+    odd = b"<190>1 %s  host %s w\x01b - - text" % (TS, TOKEN_A.encode())
+    outcome = frames_to_batches([odd], TOKENS.get, NOW_US)
+    assert outcome.batches == [("a", [(TS_US, 190, b"app", b"-", b"text")])]
+
+
 def test_nil_timestamp_and_procid() -> None:
     outcome = frames_to_batches([frame(TOKEN_A, b"x", ts=b"-", ps=b"-")], TOKENS.get, NOW_US)
     assert outcome.batches == [("a", [(NOW_US, 190, b"app", b"-", b"x")])]
