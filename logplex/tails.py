@@ -86,6 +86,8 @@ class TailSession:
             if not self._dropped:
                 self._dropped_since_us = time.time_ns() // 1000
             self._dropped += lost
+            if len(messages) > self.capacity:
+                messages = messages[-self.capacity :]
         self._buffer.extend(messages)
         self._wakeup.set()
 
