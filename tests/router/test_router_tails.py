@@ -130,3 +130,14 @@ async def test_close_wakes_a_waiting_reader_and_calls_back_once() -> None:
             pass
     session.close()
     assert closed == [session]
+
+
+async def test_one_batch_larger_than_the_buffer() -> None:
+    session = TailSession(capacity=1024)
+    session.push(make_messages(10))
+    session.push(make_messages(5000, start=10))
+    got = await session.receive()
+    match = L11.match(got[0][4])
+    assert match is not None
+    assert int(match.group(1)) == 5010 - 1024
+    assert got[1:] == make_messages(1024, start=5010 - 1024)
