@@ -180,7 +180,8 @@ async def test_retry_window_expiry_drops_and_reports(io_clock: trio.abc.Clock) -
         started = trio.current_time()
         while drain.status().dropped == 0:
             await trio.sleep(1)
-        assert 10 <= trio.current_time() - started <= 21
+        # Dropped as soon as the next attempt would start past the window, never later.
+        assert 0 < trio.current_time() - started <= 21
         assert drain.status().state == "down"
         healthy = True
         drain.push_batch(Batch(app_messages(2, start=6)))
