@@ -18,7 +18,8 @@ The router runs in this process on one core (trio is single-threaded); clients r
 own processes. ``lines_per_router_cpu_s`` divides by the router process's CPU time, which
 stays meaningful when other work shares the machine (``load_average_1m`` is recorded).
 
-Usage: ``.venv/bin/python perf/router_ingest.py [--quick]``.
+Usage: ``.venv/bin/python perf/router_ingest.py [--quick]``; ``--profile-syslog`` prints
+where the syslog read path spends its time.
 """
 
 from __future__ import annotations
@@ -307,6 +308,36 @@ def run_rss(batch: int) -> dict[str, Any]:
     return measured
 
 
+def profile_syslog(lines: int) -> None:
+    """Where a syslog read's time goes: framing, parsing, grouping, publishing (cProfile)."""
+    import cProfile
+    import pstats
+
+    from logplex.codecs.octet import OctetFrameDecoder
+    from logplex.ingest_syslog import frames_to_batches
+
+    router, _ = make_router()
+    data = b"".join(
+        encode_octet_frame(
+            b"<190>1 2026-11-27T20:39:33.%06d+00:00 host %s web.%d - - %s"
+            % (n % 1_000_000, TOKEN.encode(), n % 8, line(n))
+        )
+        for n in range(lines)
+    )
+
+    def run() -> None:
+        decoder = OctetFrameDecoder(10240, policy="resync")
+        for start in range(0, len(data), 256 * 1024):
+            decoder.feed(data[start : start + 256 * 1024])
+            outcome = frames_to_batches(decoder.frames(), router.lookup_token, 0)
+            for channel, messages in outcome.batches:
+                router.publish(channel, messages)
+
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
 def commit() -> str:
     result = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -335,7 +366,13 @@ def main() -> None:
     parser.add_argument("--shim-client", nargs=2, type=int, metavar=("PORT", "BATCHES"))
     parser.add_argument("--syslog-client", nargs=2, type=int, metavar=("PORT", "LINES"))
     parser.add_argument("--rss-child", type=int, metavar="BATCH")
+    parser.add_argument(
+        "--profile-syslog", action="store_true", help="profile the syslog read path in-process"
+    )
     args = parser.parse_args()
+    if args.profile_syslog:
+        profile_syslog(200_000)
+        return
     if args.shim_client:
         shim_client(*args.shim_client)
         return
