@@ -147,6 +147,7 @@ class _Connection:
     acked_pos: int = 0
     writes: collections.deque[_Write] = field(default_factory=collections.deque)
     failure: str | None = None
+    peer_closed: bool = False  # an orderly EOF from the receiver
 
 
 class SyslogDrain(DrainCore):
@@ -233,9 +234,12 @@ class SyslogDrain(DrainCore):
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     conn.failure = describe_exception(exc)
                 nursery.cancel_scope.cancel()
-            if conn.failure is not None:
+            self._release_acknowledged(conn)
+            if conn.failure is not None and not (conn.peer_closed and not conn.writes):
                 where = self.url.redacted()
                 self.record_failure(f"connection to {where} failed: {conn.failure}")
+            # A receiver closing an idle connection (everything acknowledged) is no failure:
+            # the next batch simply opens a new one.
         finally:
             # Also on cancellation: count what was acknowledged, keep the rest for later.
             self._requeue_unacknowledged(conn)
@@ -246,6 +250,7 @@ class SyslogDrain(DrainCore):
         try:
             while await conn.stream.receive_some(4096):
                 pass
+            conn.peer_closed = True
             conn.failure = conn.failure or "peer closed the connection"
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             conn.failure = conn.failure or describe_exception(exc)

@@ -368,3 +368,23 @@ async def test_udp_refusal_of_an_earlier_datagram_does_not_lose_the_next(
     # again and the kernel takes it: fire-and-forget, nothing counted as lost by us.
     assert "refused" in (status.last_error or "").lower()
     assert (status.delivered, status.dropped) == (100, 0)
+
+
+async def test_receiver_closing_an_idle_connection_is_not_a_failure(
+    io_clock: trio.abc.Clock,
+) -> None:
+    receiver = SyslogReceiver()
+    first = Batch(app_messages(10))
+    async with running(receiver) as drain:
+        receiver.close_after_bytes = sum(len(f) for f in drain.queue.frames_of(first)[0])  # type: ignore[attr-defined]
+        drain.push_batch(first)
+        await drain.wait_flushed()
+        await receiver.wait_for_frames(10)
+        await trio.sleep(0.5)  # the receiver's FIN has arrived and been handled
+        assert drain.status().last_error is None
+        assert drain.status().state == "up"
+        drain.push_batch(Batch(app_messages(5, start=10)))
+        await drain.wait_flushed()
+        await receiver.wait_for_frames(15)
+    assert len(receiver.connections) == 2
+    assert accounted(receiver.frames(), 15) == (15, 0)
