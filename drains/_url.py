@@ -25,6 +25,7 @@ DrainKind = Literal["http", "syslog", "syslog+tls", "syslog+udp"]
 ACCEPTED_SCHEMES: Final = "https://, http://, syslog://, syslog+tls:// or syslog+udp://"
 MAX_URL_CHARS: Final = 2048
 INSECURE_FRAGMENT: Final = "insecure"
+_URL_SAFE: Final = "/%:@!$&'()*+,;=-._~?"  # RFC 3986 pchar and query characters kept as they are
 
 _DEFAULT_PORTS: Final[dict[str, int]] = {
     "https": 443,
@@ -137,6 +138,11 @@ def parse_drain_url(url: str) -> DrainURL:
             )
         insecure = True
 
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise InvalidDrainURL(f"drain URL host {host!r} is not a valid host name") from None
     netloc_host = _host_for_netloc(host)
     if scheme in ("https", "http"):
         username = password = None
@@ -144,8 +150,9 @@ def parse_drain_url(url: str) -> DrainURL:
             username = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "")
         netloc = netloc_host if explicit_port is None else f"{netloc_host}:{explicit_port}"
-        path = parts.path or "/"
-        query = f"?{parts.query}" if parts.query else ""
+        # Non-ASCII characters go on the wire percent-encoded (UTF-8), as browsers send them.
+        path = urllib.parse.quote(parts.path or "/", safe=_URL_SAFE)
+        query = f"?{urllib.parse.quote(parts.query, safe=_URL_SAFE)}" if parts.query else ""
         return DrainURL(
             scheme=scheme,
             kind="http",

@@ -94,3 +94,10 @@ def test_drain_url_is_a_frozen_record() -> None:
     assert isinstance(parsed, DrainURL)
     with pytest.raises(AttributeError):
         parsed.host = "other"  # type: ignore[misc]
+
+
+def test_non_ascii_path_and_host_are_encoded_for_the_wire() -> None:
+    parsed = parse_drain_url("https://b\u00fccher.example/\u00e9t\u00e9?q=\u00e0&x=%20")
+    assert parsed.host == "xn--bcher-kva.example"
+    assert parsed.target == "https://xn--bcher-kva.example/%C3%A9t%C3%A9?q=%C3%A0&x=%20"
+    assert parsed.target.isascii()
