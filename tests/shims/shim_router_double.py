@@ -7,6 +7,7 @@ being held twice; a gap is a protocol violation (recorded, answered with ERROR b
 
 Knobs for the failure cases the shim must survive:
 - ``stall_after_ready``: after READY, never read again (the socket buffers fill up);
+- ``refuse_hello``: answer every HELLO with ERROR of this code (``unauthorized``...);
 - ``hold_acks``: acknowledge nothing until ``release_acks()`` (to watch the window);
 - ``refuse_seqs``: answer the first arrival of these seqs with ERROR bad_frame and close;
 - ``kill()``: stop listening and drop every connection at once (held batches survive, like a
@@ -67,7 +68,9 @@ class RouterDouble:
         send_ping: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         hold_acks: bool = False,
+        refuse_hello: str | None = None,
     ) -> None:
+        self.refuse_hello = refuse_hello
         self.hold_acks = hold_acks
         self._live: list[tuple[trio.abc.Stream, StreamLog]] = []
         self._send_locks: dict[int, trio.Lock] = {}
@@ -80,6 +83,7 @@ class RouterDouble:
         self.streams: dict[str, StreamLog] = {}
         self.connections = 0
         self.pongs = 0
+        self.refusals = 0
         self.port = 0
         self._scope: trio.CancelScope | None = None
         self.changed = trio.Event()
@@ -140,6 +144,11 @@ class RouterDouble:
                             return
                         decoder.feed(bytes(data))
                         continue
+                    if isinstance(event, Hello) and self.refuse_hello:
+                        await self._send(stream, encode_error(self.refuse_hello, "test double"))
+                        self.refusals += 1
+                        self._changed()
+                        return
                     if isinstance(event, Hello):
                         log = self.streams.setdefault(event.stream, StreamLog(event))
                         self._live.append((stream, log))

@@ -371,3 +371,17 @@ async def test_resends_after_a_reconnect_respect_the_new_window(
     log = router.only_stream()
     assert log.violations == []
     assert log.lines(KIND_STDOUT) == [b"out %d " % n for n in range(5000)]
+
+
+async def test_a_refused_token_is_reported_once_and_the_app_runs_on(
+    start_router: StartRouter,
+) -> None:
+    router = await start_router(refuse_hello="unauthorized")
+    result = await run_shim(
+        shim_args(router, "--flush-timeout", "1.5"), ["sh", "-c", "echo hi; sleep 1; exit 3"]
+    )
+    assert result.returncode == 3
+    assert result.stdout == b"hi\n"
+    assert router.refusals >= 2  # it keeps trying, with backoff
+    assert result.stderr.count(b"router refused the stream: unauthorized") == 1
+    assert b"logshim: 3 lines not delivered" in result.stderr

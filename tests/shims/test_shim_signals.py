@@ -211,3 +211,14 @@ async def test_sigterm_within_grace_needs_no_sigkill(
         b"Stopping all processes with SIGTERM",
         b"Process exited with status 130",
     ]
+
+
+async def test_an_app_that_left_its_group_still_gets_signals(tmp_path: Path) -> None:
+    record = tmp_path / "signals"
+    shim = await start_shim(
+        [], app("record_signals.py", record, int(signal.SIGUSR1), "--leave-group"), tmp_path
+    )
+    await wait_for_file_line(record, "ready")
+    shim.send(signal.SIGUSR1)
+    assert await shim.wait() == 0
+    assert received(record) == [signal.SIGUSR1]

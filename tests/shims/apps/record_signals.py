@@ -4,6 +4,7 @@ Writes ``ready <pid>`` first, once every handler is installed. Runs until it rec
 signal number given as argv[2] (default: never), then exits 0 after recording it. With
 ``--spawn-child`` it first starts a copy of itself (without the flag) writing to argv[1] +
 ".child", in the same process group, so group forwarding can be checked on a grandchild.
+With ``--leave-group`` it first moves to its parent's process group.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ def main() -> None:
     path = sys.argv[1]
     stop_on = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None
     child = None
+    if "--leave-group" in sys.argv:
+        # A group leader cannot setsid(); join the parent's group instead, which leaves the
+        # group the shim created for us empty.
+        os.setpgid(0, os.getpgid(os.getppid()))
     if "--spawn-child" in sys.argv:
         child = subprocess.Popen([sys.executable, __file__, path + ".child", "-"])
     out = open(path, "a", buffering=1)  # noqa: SIM115
