@@ -8,6 +8,9 @@ hands the list of lines to the sink in one synchronous call. No await per line.
 
 - A partial line (no LF yet) is flushed once it has waited ``PARTIAL_LINE_WAIT_S`` (1 s), and
   at EOF.
+- After a small read (under 256 KiB) the reader pauses 5 ms, so an app that flushes every
+  few KiB is read in a few large chunks instead of thousands of small ones.
+- What ``shims.early.EarlyDrain`` read during start-up is taken over by ``take_early``.
 - The read end stays open until EOF, so the app never gets EPIPE or SIGPIPE because of us;
   after the app exits, the supervisor lets the readers run until EOF or 1 s (a grandchild may
   hold the write end) and then calls ``drain_now()`` for whatever is already in the pipe.

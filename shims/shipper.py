@@ -7,9 +7,11 @@ DESIGN section 4 (frames, READY/ACK/PING, resend after reconnect), section 6 (``
 One connection at a time, over TCP or TLS (``tls://``; system CAs or ``--ca-file``):
 
 - HELLO (same stream uuid for the whole run) → READY. Everything above READY's ``acked`` is
-  resent, byte-identical, then new batches follow while fewer than ``window`` are unacked.
+  resent, byte-identical and within the new window, then new batches follow while fewer than
+  ``window`` are unacked.
 - A sender task cuts batches from the outbox when one is due (500 lines, 64 KiB, 20 ms after
-  its first line, or at exit) and coalesces the frames it has into one write. A receiver task
+  its first line, or at exit), at most ``BATCHES_PER_TURN`` per turn so the pipe readers are
+  never kept waiting, and coalesces the frames of a turn into one write. A receiver task
   applies cumulative ACKs, answers PING with PONG and turns ERROR into a reconnect (after
   ``bad_frame``/``too_large`` the refused batch becomes an L13 notice, see ``Outbox``).
 - Any failure closes the connection; the next attempt waits a capped exponential backoff with
