@@ -249,7 +249,8 @@ async def _run(args: argparse.Namespace, output: BinaryIO | None) -> None:
     sink = Sink(output, blackhole=args.blackhole)
     async with trio.open_nursery() as nursery:
         bound_host, bound_port = await nursery.start(serve_sink, sink, host, port, ssl_context)
-        sys.stdout.write(f"listening http={bound_host}:{bound_port}\n")
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        sys.stdout.write(f"listening http={shown_host}:{bound_port}\n")
         sys.stdout.flush()
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
