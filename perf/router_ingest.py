@@ -250,6 +250,22 @@ async def bench_syslog(lines: int) -> dict[str, Any]:
     }
 
 
+def calibration_ns_per_iteration() -> float:
+    """CPU ns per iteration of a trivial Python loop: how fast this machine is right now.
+
+    On a shared machine the same code runs several times slower when the cores are busy
+    (or stolen); this number lets rows taken at different times be compared.
+    """
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.process_time() - started)
+    return round(best * 1000, 1)  # seconds per 1e6 iterations -> ns per iteration
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -385,6 +401,7 @@ def main() -> None:
     shim_batches = 500 if args.quick else 5000
     syslog_lines = 500_000 if args.quick else 3_000_000
     results: dict[str, Any] = {
+        "calibration_loop_ns_per_iteration": calibration_ns_per_iteration(),
         "shim": trio.run(bench_shim, shim_batches),
         "syslog": trio.run(bench_syslog, syslog_lines),
         "rss": run_rss(100),
