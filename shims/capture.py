@@ -8,7 +8,7 @@ hands the list of lines to the sink in one synchronous call. No await per line.
 
 - A partial line (no LF yet) is flushed once it has waited ``PARTIAL_LINE_WAIT_S`` (1 s), and
   at EOF.
-- After a small read (under 256 KiB) the reader pauses 5 ms, so an app that flushes every
+- After a small read (under 64 KiB) the reader pauses 5 ms, so an app that flushes every
   few KiB is read in a few large chunks instead of thousands of small ones.
 - What ``shims.early.EarlyDrain`` read during start-up is taken over by ``take_early``.
 - The read end stays open until EOF, so the app never gets EPIPE or SIGPIPE because of us;
@@ -31,11 +31,11 @@ from logplex.codecs.lines import LineSplitter
 from shims.tee import TeeWriter
 
 READ_BYTES = 1024 * 1024
-# Per read the shim pays a fixed cost (a loop turn, a timestamp, a tee hand-off): an app that
-# flushes every 8 KiB would cost a read per 80 lines. After a read under 256 KiB the reader
-# waits 5 ms, so it takes a few ms of output at once; a pipe of 1 MiB fills in 5 ms only
-# above 200 MB/s, and then the reads are large and nobody waits.
-COALESCE_BELOW_BYTES = 256 * 1024
+# Per read the shim pays a fixed cost (a loop turn, a timestamp, a tee write): an app that
+# flushes every 8 KiB would cost a read per 80 lines. After a read under 64 KiB (output is
+# trickling in) the reader waits 5 ms, so it takes a few ms of output at once; a fast app
+# fills the pipe between reads, its reads are large and nobody waits.
+COALESCE_BELOW_BYTES = 64 * 1024
 COALESCE_WAIT_S = 0.005
 PARTIAL_LINE_WAIT_S = 1.0
 MAX_DRAIN_READS = 64
