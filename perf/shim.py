@@ -3,7 +3,8 @@
 Three measurements, printed as one JSON line and appended as a row to perf/RESULTS.md:
 
 - ``fast``: an app writes 1,000,000 lines of 100 bytes as fast as it can (buffered stdio,
-  8 KiB writes). Once to /dev/null with no shim, once under ``logshim`` (default options:
+  8 KiB writes). Once to /dev/null with no shim (and, for reference, into a pipe emptied by
+  ``cat``: what any pipe-based capture costs the app), once under ``logshim`` (default options:
   tee on, to /dev/null) shipping to a receiver process. Reported: the app's own wall time
   under the shim divided by its wall time alone (target <= 1.5), lines shipped, lines
   reported dropped (L12 counts received + the shim's ``N lines not delivered``) and whether
@@ -206,12 +207,28 @@ def alone(lines: int, tmp: Path) -> float:
     return wall_s
 
 
+def into_cat(lines: int, tmp: Path) -> float:
+    """The same app writing into a pipe that ``cat`` empties to /dev/null: the kernel's floor
+    for any pipe-based capture, for reference."""
+    report = tmp / "app-cat.json"
+    with open(os.devnull, "wb") as devnull:
+        cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=devnull)
+        subprocess.run(app_command(lines, 0, report), env=child_env(), stdout=cat.stdin, check=True)
+        assert cat.stdin is not None
+        cat.stdin.close()
+        cat.wait()
+    wall_s: float = json.loads(report.read_text())["wall_s"]
+    return wall_s
+
+
 def bench_fast(lines: int, tmp: Path) -> dict[str, Any]:
     baseline_s = min(alone(lines, tmp) for _ in range(3))
+    cat_s = min(into_cat(lines, tmp) for _ in range(3))
     shim = under_shim(lines, 0, tmp)
     return {
         "lines": lines,
         "app_alone_s": round(baseline_s, 3),
+        "app_into_cat_s": round(cat_s, 3),
         **shim,
         "wall_ratio": round(shim["app_wall_s"] / baseline_s, 3),
     }
