@@ -5,8 +5,13 @@ a quiet machine and several hundred on a busy one. A 1 MiB pipe holds about 10 m
 app's output: without this, such an app would block on its first writes until the shim is
 ready. ``EarlyDrain`` reads both pipes from a plain thread during that window, keeps the
 chunks in memory (each with the time it was read, which becomes its lines' timestamp) and
-hands them to the pipe readers when the supervisor takes over. Past ``max_bytes`` it stops
-reading, and the app blocks as it would have.
+hands them to the pipe readers when the supervisor takes over.
+
+Past ``max_bytes``: when lines are shipped and the app must not block (no ``--block``), the
+oldest complete lines are dropped and counted exactly as the readers would count them (the
+codec's ``LineSplitter``), and the count goes into the first L12; a drop always ends at an
+LF, so what is kept starts on a line boundary. Otherwise (tee only, or ``--block``) it stops
+reading and the app blocks, as it would have without this thread.
 
 The thread starts while every handled signal is still blocked, so it inherits a full mask
 and never runs a signal handler. This module imports neither trio nor anything heavy.
@@ -19,16 +24,29 @@ import select
 import threading
 import time
 
+from logplex.codecs.lines import LineSplitter
+
 READ_BYTES = 1024 * 1024
 
 
 class EarlyDrain:
     """A thread that reads the app's pipes until ``stop()``."""
 
-    def __init__(self, fds: list[int], *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        fds: list[int],
+        *,
+        max_bytes: int,
+        drop_when_full: bool = False,
+        max_line_bytes: int = 10000,
+    ) -> None:
         self.fds = fds
         self.max_bytes = max_bytes
+        self.drop_when_full = drop_when_full
+        self.max_line_bytes = max_line_bytes
         self.buffered_bytes = 0
+        self.dropped_lines = 0
+        self.dropped_since_us = 0
         self.chunks: dict[int, list[tuple[int, bytes]]] = {fd: [] for fd in fds}
         self.eof: set[int] = set()
         self.stopped = False
@@ -71,7 +89,44 @@ class EarlyDrain:
                     continue
                 self.chunks[fd].append((time.time_ns() // 1000, data))
                 self.buffered_bytes += len(data)
+                while self.buffered_bytes > self.max_bytes and self.drop_when_full:
+                    if not self._drop_oldest_lines():
+                        break
                 if self.buffered_bytes >= self.max_bytes:
                     for full_fd in open_fds:
                         poller.unregister(full_fd)
                     open_fds.clear()
+
+    def _drop_oldest_lines(self) -> bool:
+        """Drop the fewest oldest complete lines that bring ``buffered_bytes`` back under
+        ``max_bytes``, from the stream whose output is oldest; False if no stream holds a
+        complete line."""
+        excess = self.buffered_bytes - self.max_bytes
+        for fd in sorted(self.fds, key=self._front_ts):
+            queue = self.chunks[fd]
+            skipped = 0  # bytes of chunks without LF: the start of a line that ends later
+            for index, (ts_us, data) in enumerate(queue):
+                cut = data.find(b"\n", max(0, excess - skipped - 1))
+                if cut < 0:
+                    cut = data.rfind(b"\n")
+                if cut < 0:
+                    skipped += len(data)
+                    continue
+                dropped = b"".join(chunk for _, chunk in queue[:index]) + data[: cut + 1]
+                rest = data[cut + 1 :]
+                oldest_us = queue[0][0]
+                del queue[:index]
+                if rest:
+                    queue[0] = (ts_us, rest)
+                else:
+                    del queue[0]
+                self.buffered_bytes -= len(dropped)
+                if not self.dropped_lines:
+                    self.dropped_since_us = oldest_us
+                self.dropped_lines += len(LineSplitter(self.max_line_bytes).feed(dropped))
+                return True
+        return False
+
+    def _front_ts(self, fd: int) -> int:
+        queue = self.chunks[fd]
+        return queue[0][0] if queue else 2**63

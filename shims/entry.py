@@ -60,7 +60,12 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
     # the other half is headroom for what arrives before the router connection is up.
     from shims.early import EarlyDrain
 
-    early = EarlyDrain([stdout_read, stderr_read], max_bytes=options.buffer_bytes // 2)
+    early = EarlyDrain(
+        [stdout_read, stderr_read],
+        max_bytes=options.buffer_bytes // 2,
+        drop_when_full=options.router is not None and not options.block,
+        max_line_bytes=options.max_line_bytes,
+    )
     early.start()
 
     from shims.supervisor import supervise

@@ -168,6 +168,13 @@ class Outbox:
         """A shim notice (kind 3): buffered like a line, in order with the app's output."""
         self.push_lines(ts_us, KIND_NOTICE, [text], now_s)
 
+    def note_dropped(self, count: int, since_us: int) -> None:
+        """Count lines dropped before they reached the outbox (during start-up)."""
+        if not self.dropped_lines:
+            self.dropped_since_us = since_us
+        self.dropped_lines += count
+        self.dropped_total += count
+
     def _drop_oldest(self, excess_bytes: int, now_us: int) -> None:
         dropped = 0
         while excess_bytes > 0 and self._chunks:

@@ -271,6 +271,10 @@ class Supervisor:
         self.notice(notices.starting_process(self.options.command))
         if self.early is not None:
             self.early.stop()
+            if self.shipper is not None and self.early.dropped_lines:
+                self.shipper.outbox.note_dropped(
+                    self.early.dropped_lines, self.early.dropped_since_us
+                )
             for reader in self.readers:
                 reader.take_early(self.early.chunks[reader.fd], eof=reader.fd in self.early.eof)
         async with trio.open_nursery() as nursery:

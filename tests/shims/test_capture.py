@@ -193,3 +193,26 @@ async def test_tee_to_a_stalled_pipe_never_blocks_and_drops_beyond_its_bound() -
     assert drained == b"x" * (100 * 4096 - tee.dropped_bytes)
     os.close(read_fd)
     os.close(write_fd)
+
+
+def test_early_drain_drops_the_fewest_oldest_lines_and_counts_them_exactly() -> None:
+    read_fd, write_fd = os.pipe()
+    early = EarlyDrain([read_fd], max_bytes=100, drop_when_full=True, max_line_bytes=10)
+    early.start()
+    # 3 lines of 30 bytes (each cut into 10 + 10 + 10 by the line rules) and a partial line.
+    os.write(write_fd, (b"a" * 29 + b"\n") * 3 + b"partial")
+    deadline = time.monotonic() + 10
+    while early.buffered_bytes < 97 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first_read_us = early.chunks[read_fd][0][0]
+    # 15 more bytes: 12 over the bound, so the first whole line (30 bytes) goes.
+    os.write(write_fd, b" end\n" + b"b" * 9 + b"\n")
+    while not early.dropped_lines and time.monotonic() < deadline:
+        time.sleep(0.01)
+    early.stop()
+    kept = b"".join(data for _, data in early.chunks[read_fd])
+    assert kept == (b"a" * 29 + b"\n") * 2 + b"partial end\n" + b"b" * 9 + b"\n"
+    assert early.dropped_lines == 3  # one line, three messages
+    assert early.dropped_since_us == first_read_us
+    os.close(read_fd)
+    os.close(write_fd)
