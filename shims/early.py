@@ -8,10 +8,13 @@ chunks in memory (each with the time it was read, which becomes its lines' times
 hands them to the pipe readers when the supervisor takes over.
 
 Past ``max_bytes``: when lines are shipped and the app must not block (no ``--block``), the
-oldest complete lines are dropped and counted exactly as the readers would count them (the
-codec's ``LineSplitter``), and the count goes into the first L12; a drop always ends at an
-LF, so what is kept starts on a line boundary. Otherwise (tee only, or ``--block``) it stops
-reading and the app blocks, as it would have without this thread.
+oldest complete lines are dropped and counted, and the count goes into the first L12; a drop
+always ends at an LF, so what is kept starts on a line boundary. Lines are counted by their
+LFs (a C-level ``count``): splitting them here, as the readers do, held the GIL long enough to
+slow the very imports this thread is waiting for. So a line over ``--max-line-bytes`` dropped
+here counts once, where the readers would have cut it into several messages.
+Otherwise (tee only, or ``--block``) it stops reading and the app blocks, as it would have
+without this thread.
 
 The thread starts while every handled signal is still blocked, so it inherits a full mask
 and never runs a signal handler. This module imports neither trio nor anything heavy.
@@ -23,8 +26,6 @@ import os
 import select
 import threading
 import time
-
-from logplex.codecs.lines import LineSplitter
 
 READ_BYTES = 1024 * 1024
 
@@ -38,12 +39,10 @@ class EarlyDrain:
         *,
         max_bytes: int,
         drop_when_full: bool = False,
-        max_line_bytes: int = 10000,
     ) -> None:
         self.fds = fds
         self.max_bytes = max_bytes
         self.drop_when_full = drop_when_full
-        self.max_line_bytes = max_line_bytes
         self.buffered_bytes = 0
         self.dropped_lines = 0
         self.dropped_since_us = 0
@@ -112,7 +111,8 @@ class EarlyDrain:
                 if cut < 0:
                     skipped += len(data)
                     continue
-                dropped = b"".join(chunk for _, chunk in queue[:index]) + data[: cut + 1]
+                # The chunks before this one hold no LF (they start the line that ends here).
+                lines = data.count(b"\n", 0, cut + 1)
                 rest = data[cut + 1 :]
                 oldest_us = queue[0][0]
                 del queue[:index]
@@ -120,10 +120,10 @@ class EarlyDrain:
                     queue[0] = (ts_us, rest)
                 else:
                     del queue[0]
-                self.buffered_bytes -= len(dropped)
+                self.buffered_bytes -= skipped + cut + 1
                 if not self.dropped_lines:
                     self.dropped_since_us = oldest_us
-                self.dropped_lines += len(LineSplitter(self.max_line_bytes).feed(dropped))
+                self.dropped_lines += lines
                 return True
         return False
 

@@ -64,7 +64,6 @@ def _run(argv: list[str], handled_signals: frozenset[int]) -> int:
         [stdout_read, stderr_read],
         max_bytes=options.buffer_bytes // 2,
         drop_when_full=options.router is not None and not options.block,
-        max_line_bytes=options.max_line_bytes,
     )
     early.start()
 

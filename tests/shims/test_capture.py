@@ -195,11 +195,11 @@ async def test_tee_to_a_stalled_pipe_never_blocks_and_drops_beyond_its_bound() -
     os.close(write_fd)
 
 
-def test_early_drain_drops_the_fewest_oldest_lines_and_counts_them_exactly() -> None:
+def test_early_drain_drops_the_fewest_oldest_lines_and_counts_them() -> None:
     read_fd, write_fd = os.pipe()
-    early = EarlyDrain([read_fd], max_bytes=100, drop_when_full=True, max_line_bytes=10)
+    early = EarlyDrain([read_fd], max_bytes=100, drop_when_full=True)
     early.start()
-    # 3 lines of 30 bytes (each cut into 10 + 10 + 10 by the line rules) and a partial line.
+    # 3 lines of 30 bytes and a partial line.
     os.write(write_fd, (b"a" * 29 + b"\n") * 3 + b"partial")
     deadline = time.monotonic() + 10
     while early.buffered_bytes < 97 and time.monotonic() < deadline:
@@ -212,7 +212,7 @@ def test_early_drain_drops_the_fewest_oldest_lines_and_counts_them_exactly() -> 
     early.stop()
     kept = b"".join(data for _, data in early.chunks[read_fd])
     assert kept == (b"a" * 29 + b"\n") * 2 + b"partial end\n" + b"b" * 9 + b"\n"
-    assert early.dropped_lines == 3  # one line, three messages
+    assert early.dropped_lines == 1  # one whole line (counted by its LF)
     assert early.dropped_since_us == first_read_us
     os.close(read_fd)
     os.close(write_fd)
