@@ -38,6 +38,7 @@ import trio
 from prometheus_client import REGISTRY
 
 from logplex import metrics
+from logplex.api_sessions import drop_connections_that_stop_reading
 from logplex.ingest_shim import ShimListener
 from logplex.ingest_syslog import SyslogListener
 from logplex.router import DrainFactory, Router
@@ -375,6 +376,8 @@ def _bind_http(address: HostPort) -> tuple[int, str]:
             f"cannot listen on --http {address}: {exc.strerror or exc}; pick another "
             "address or port (0 picks a free one)"
         ) from None
+    # A tail client that stops reading is finally dropped by the kernel (DESIGN 8: 60 s).
+    drop_connections_that_stop_reading(sock)
     host, port = sock.getsockname()[:2]
     return sock.detach(), str(HostPort(host, port))
 
