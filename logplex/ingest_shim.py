@@ -17,6 +17,10 @@ connection state and the timers:
 - Idle: no frame for ``idle_ping_s`` -> PING; nothing within ``pong_timeout_s`` more -> close.
 - Slow readers: every send has ``send_timeout_s``; a peer that does not read its ACKs is
   closed once the kernel buffers are full and the timeout runs out.
+- Slow writers: a frame that has begun must be complete within ``frame_timeout_s``, so a
+  peer trickling bytes cannot hold a frame buffer (up to ~1.1 MiB) open for ever.
+- At most ``max_connections`` at once; past that a new connection gets ERROR ``overloaded``
+  and is closed (memory stays bounded; the shim keeps its lines and retries).
 - Any protocol error -> ERROR frame with its code (best effort, bounded) and close.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from operator import itemgetter
@@ -63,6 +68,8 @@ class ShimListenerSettings:
     idle_ping_s: float = 30.0
     pong_timeout_s: float = 10.0
     send_timeout_s: float = 10.0
+    frame_timeout_s: float = 30.0
+    max_connections: int = 10_000
     remembered_streams: int = 100_000
 
     def __post_init__(self) -> None:
@@ -73,6 +80,8 @@ class ShimListenerSettings:
             )
         if self.window < 1:
             raise ValueError(f"window must be at least 1 batch, not {self.window}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
     @property
     def max_frame_bytes(self) -> int:
@@ -134,6 +143,7 @@ class ShimListener:
         self.router = router
         self.settings = settings or ShimListenerSettings()
         self.streams = StreamAcks(self.settings.remembered_streams)
+        self.open_connections = 0
 
     async def serve(
         self,
@@ -159,11 +169,32 @@ class ShimListener:
                     await trio.sleep(0.1)
                     continue
                 _limit_send_buffer(stream)
-                nursery.start_soon(self.handle_connection, stream)
+                if self.open_connections >= self.settings.max_connections:
+                    nursery.start_soon(self.refuse_overloaded, stream)
+                else:
+                    nursery.start_soon(self.handle_connection, stream)
+
+    async def refuse_overloaded(self, stream: trio.abc.Stream) -> None:
+        """Past ``max_connections`` a new connection gets ERROR ``overloaded`` and is closed:
+        the shim backs off and retries, its lines wait in its own buffer."""
+        metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="overloaded").inc()
+        log.warning(
+            "shim connection refused: %d connections open (the limit)", self.open_connections
+        )
+        frame = shimproto.encode_error(
+            "overloaded",
+            f"this router serves at most {self.settings.max_connections} shim connections; "
+            "retry later",
+        )
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await stream.send_all(frame)
+        await close_within(stream, CLOSE_TIMEOUT_S)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Run one connection to its end; never raises (one client never affects another)."""
         _CONNECTIONS.inc()
+        self.open_connections += 1
         reason = "eof"
         try:
             connection = _ShimConnection(self, stream)
@@ -184,6 +215,7 @@ class ShimListener:
             log.exception("shim connection failed unexpectedly; closing it")
         finally:
             await close_within(stream, CLOSE_TIMEOUT_S)
+            self.open_connections -= 1
             _CONNECTIONS.dec()
             metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol=PROTOCOL, reason=reason).inc()
 
@@ -285,14 +317,23 @@ class _ShimConnection:
     async def _serve_batches(self) -> None:
         settings = self.settings
         pinged = False
+        # Once a frame has begun it must be complete within frame_timeout_s: a peer trickling
+        # one byte at a time cannot hold a frame buffer open for ever.
+        frame_deadline = math.inf
         while True:
             timeout_s = settings.pong_timeout_s if pinged else settings.idle_ping_s
             data: bytes | bytearray = b""
-            with trio.move_on_after(timeout_s):
+            with trio.move_on_at(min(trio.current_time() + timeout_s, frame_deadline)):
                 data = await self.stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     raise ShimConnectionClosed("eof")
             if not data:
+                if trio.current_time() >= frame_deadline:
+                    log.info(
+                        "shim connection closed: a frame took longer than %.0f s to arrive",
+                        settings.frame_timeout_s,
+                    )
+                    raise ShimConnectionClosed("frame_timeout")
                 if pinged:
                     log.info("shim connection closed: no PONG within %.0f s", timeout_s)
                     raise ShimConnectionClosed("ping_timeout")
@@ -302,6 +343,10 @@ class _ShimConnection:
             pinged = False
             self.decoder.feed(data if isinstance(data, bytes) else bytes(data))
             await self._process_frames()
+            if not self.decoder.buffered:
+                frame_deadline = math.inf
+            elif frame_deadline == math.inf:
+                frame_deadline = trio.current_time() + settings.frame_timeout_s
 
     async def _process_frames(self) -> None:
         """Decode every complete frame of the buffer, publish once, ACK once."""

@@ -57,7 +57,8 @@ INGEST_CONNECTIONS = Gauge(
 INGEST_CONNECTIONS_CLOSED = Counter(
     "logplex_ingest_connections_closed_total",
     "Ingest connections closed, by protocol and bounded reason.",
-    ["protocol", "reason"],  # eof | error | idle | hello_timeout | ping_timeout | send_timeout
+    # reason: eof | error | idle | hello_timeout | ping_timeout | send_timeout | frame_timeout
+    ["protocol", "reason"],
 )
 SHIM_DUPLICATE_BATCHES = Counter(
     "logplex_shim_duplicate_batches_total",

@@ -413,3 +413,58 @@ def test_any_bytes_after_hello_end_the_connection_cleanly(garbage: bytes, split:
     finally:
         logger.removeHandler(handler)
     assert not errors, errors[0].getMessage()  # no "failed unexpectedly": only protocol errors
+
+
+async def test_a_frame_trickled_too_slowly_closes_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = make_router()
+    listener = ShimListener(router)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    closed = metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol="shim", reason="frame_timeout")
+    closed_before = closed._value.get()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.handle_connection, server_end)
+        client = ShimTestClient(client_end)
+        await client.hello(TOKEN)
+        frame = client.batch(1, [b"slow"])
+
+        async def trickle() -> None:
+            # One byte every 20 s: each byte is activity, but the frame never completes.
+            with contextlib.suppress(trio.BrokenResourceError):
+                for byte in frame[:-1]:
+                    await client.send(bytes([byte]))
+                    await trio.sleep(20)
+
+        started = trio.current_time()
+        nursery.start_soon(trickle)
+        with pytest.raises(EOFError):
+            await client.next_event()
+        assert trio.current_time() - started == pytest.approx(30)  # the frame deadline
+    assert closed._value.get() == closed_before + 1
+    assert msgs(router) == []
+
+
+async def test_connections_past_the_limit_are_refused_as_overloaded() -> None:
+    router = make_router()
+    async with serving(router, ShimListenerSettings(max_connections=2)) as (port, listener):
+        clients = [await ShimTestClient.connect(port) for _ in range(2)]
+        try:
+            for n, client in enumerate(clients):
+                assert isinstance(await client.hello(TOKEN, stream_id=f"s{n}"), shimproto.Ready)
+            clients.append(await ShimTestClient.connect(port))
+            refusal = await clients[2].expect_error_then_close()
+            assert refusal.code == "overloaded"
+            # The admitted clients are unaffected.
+            await clients[0].send(clients[0].batch(1, [b"still here"]))
+            await clients[0].wait_acked(1)
+            await clients[1].stream.aclose()
+            with trio.fail_after(5):
+                while listener.open_connections > 1:
+                    await trio.sleep(0.01)
+            clients.append(await ShimTestClient.connect(port))  # the freed place is usable
+            assert isinstance(await clients[3].hello(TOKEN, stream_id="s3"), shimproto.Ready)
+        finally:
+            for client in clients:
+                await client.stream.aclose()
+    assert msgs(router) == [b"still here"]
