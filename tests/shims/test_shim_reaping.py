@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,18 @@ async def test_orphans_reaped_as_pid_1(tmp_path: Path) -> None:
             await trio.sleep(0.01)
     shim_pid_outside = inner[0][0]
     await check_orphans_reaped(shim, shim_pid_outside)
+
+
+@pytest.mark.slow
+async def test_as_pid_1_signals_are_still_forwarded(tmp_path: Path) -> None:
+    # The kernel drops signals PID 1 has no handler for; the shim has handlers for all.
+    unshare = shutil.which("unshare")
+    assert unshare, "install util-linux (unshare) to run the PID 1 test"
+    shim = await start_shim(
+        ["--no-tee"], ["sleep", "30"], tmp_path, prefix=[unshare, "--pid", "--fork", "--mount-proc"]
+    )
+    with trio.fail_after(10):
+        while not (inner := children_of(shim.pid)) or not children_of(inner[0][0]):
+            await trio.sleep(0.01)
+    os.kill(inner[0][0], signal.SIGTERM)  # the shim, PID 1 inside its namespace
+    assert await shim.wait(timeout_s=10) == 128 + signal.SIGTERM
