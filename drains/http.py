@@ -35,7 +35,7 @@ from drains._http11 import Http11Client, HttpTransportError
 from drains._interface import DrainContext
 from drains._retry import Outcome, classify_status, next_retry_delay_s, parse_retry_after
 from drains._url import DrainURL
-from logplex.codecs.logplex1 import https_frame
+from logplex.codecs.logplex1 import https_frames
 from logplex.codecs.records import Message
 
 MAX_BATCH_MESSAGES: Final = 1000
@@ -49,8 +49,13 @@ MEMO_KEY: Final = "drains.https"
 
 
 def encode_https_frames(messages: list[Message]) -> list[bytes]:
-    """The DESIGN 5.2 frame of each message (``LEN SP <PRI>1 TS host SOURCE PS - MSG LF``)."""
-    return [https_frame(message) for message in messages]
+    """The DESIGN 5.2 frame of each message (``LEN SP <PRI>1 TS host SOURCE PS - MSG LF``).
+
+    One call per published batch (``https_frames`` reuses header and timestamp parts
+    across the batch); the buffer encodes a lone message only for an L10 notice or to find
+    the one record of a batch that cannot be formatted.
+    """
+    return https_frames(messages)
 
 
 def basic_auth_header(username: str, password: str) -> str:

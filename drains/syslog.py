@@ -1,7 +1,8 @@
 """Syslog drains over TCP and TLS: RFC 6587 octet counting (DESIGN sections 5.1 and 8).
 
 Frames are ``LEN SP <PRI>1 SP TS SP d.TOKEN SP SOURCE SP PS SP - SP - SP MSG LF``
-(``logplex.codecs.rfc5424.syslog_frame``), coalesced into writes of up to 256 KiB.
+(``logplex.codecs.rfc5424.syslog_frames``, once per published batch), coalesced into
+writes of up to 256 KiB.
 
 Delivery without silent loss across reconnects: every write is remembered with its position
 in the connection's byte stream until the peer's TCP has acknowledged it. The socket's
@@ -44,7 +45,7 @@ from drains._notices import l14_message
 from drains._retry import reconnect_delay_s
 from drains._url import DrainURL
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import syslog_frame
+from logplex.codecs.rfc5424 import syslog_frames
 
 COALESCE_BYTES: Final = 256 * 1024
 COALESCE_MESSAGES: Final = 8192
@@ -157,7 +158,7 @@ class SyslogDrain(DrainCore):
         token = ctx.token.encode()
 
         def encode(messages: list[Message]) -> list[bytes]:
-            return [syslog_frame(message, token) for message in messages]
+            return syslog_frames(messages, token)
 
         super().__init__(ctx, url, encode=encode, memo_key=f"drains.syslog:{ctx.token}")
         self._resend: collections.deque[Taken] = collections.deque()

@@ -43,7 +43,13 @@ from typing import Final
 from logplex.codecs.errors import EncodeError, ProtocolError, SyslogParseError
 from logplex.codecs.lines import split_utf8_chunks
 from logplex.codecs.records import Message
-from logplex.codecs.timestamps import format_ts, parse_ts
+from logplex.codecs.timestamps import (  # the format caches are shared within the package
+    _MICROS_UTC,
+    _millisecond_prefix,
+    _prefix_by_millisecond,
+    format_ts,
+    parse_ts,
+)
 
 __all__ = [
     "APP_NAME_MAX",
@@ -59,6 +65,7 @@ __all__ = [
     "parse_structured_data",
     "syslog_datagram",
     "syslog_frame",
+    "syslog_frames",
 ]
 
 HOSTNAME_MAX: Final = 255
@@ -94,17 +101,20 @@ def check_pri(pri: int) -> None:
         raise EncodeError(f"syslog PRI {pri!r} is outside 0..{PRI_MAX}")
 
 
-# (hostname, pri, source, ps) -> (b"<PRI>1 ", b" HOST APP PROCID - - ")
-_syslog_headers: dict[tuple[bytes, int, bytes, bytes], tuple[bytes, bytes]] = {}
+# (hostname, pri, source, ps) -> (b"<PRI>1 ", b" HOST APP PROCID - - ", the frame's byte
+# count without MSG: everything after ``LEN SP``, timestamp and LF included)
+_syslog_headers: dict[tuple[bytes, int, bytes, bytes], tuple[bytes, bytes, int]] = {}
 
 
-def _syslog_header(key: tuple[bytes, int, bytes, bytes]) -> tuple[bytes, bytes]:
+def _syslog_header(key: tuple[bytes, int, bytes, bytes]) -> tuple[bytes, bytes, int]:
     hostname, pri, source, ps = key
     check_pri(pri)
     check_header_field("HOSTNAME (drain token)", hostname, HOSTNAME_MAX)
     check_header_field("APP-NAME (source)", source, APP_NAME_MAX)
     check_header_field("PROCID (ps)", ps, PROCID_MAX)
-    parts = (b"<%d>1 " % pri, b" %b %b %b - - " % (hostname, source, ps))
+    head = b"<%d>1 " % pri
+    middle = b" %b %b %b - - " % (hostname, source, ps)
+    parts = (head, middle, len(head) + 32 + len(middle) + 1)
     if len(_syslog_headers) >= _HEADER_CACHE_LIMIT:
         _syslog_headers.clear()
     _syslog_headers[key] = parts
@@ -118,9 +128,66 @@ def syslog_frame(m: Message, drain_token: bytes) -> bytes:
     parts = _syslog_headers.get(key)
     if parts is None:
         parts = _syslog_header(key)
-    head, middle = parts
-    length = len(head) + 32 + len(middle) + len(msg) + 1
-    return b"".join((str(length).encode(), b" ", head, format_ts(ts_us), middle, msg, b"\n"))
+    head, middle, fixed = parts
+    return b"".join(
+        (str(fixed + len(msg)).encode(), b" ", head, format_ts(ts_us), middle, msg, b"\n")
+    )
+
+
+# b"N " for every length a frame of a 10240-byte message can reach with the longest header
+# fields: one list index per frame instead of formatting an int.
+_LENGTH_PREFIXES: Final = [b"%d " % n for n in range(10240 + 1024)]
+
+
+def syslog_frames(messages: list[Message], drain_token: bytes) -> list[bytes]:
+    """``[syslog_frame(m, drain_token) for m in messages]``, for a whole batch at once.
+
+    A drain buffer keeps one frame per message (it cuts writes and counts acknowledged
+    frames by frame), so this returns the list. The header parts are looked up only when
+    (PRI, source, ps) differs from the previous message's and the timestamp prefix only when
+    the millisecond does: in a router batch both mostly repeat, and what is left per message
+    is one join of seven parts.
+    """
+    headers = _syslog_headers
+    length_prefixes = _LENGTH_PREFIXES
+    longest = len(length_prefixes)
+    ts_prefixes = _prefix_by_millisecond
+    ts_tails = _MICROS_UTC
+    frames: list[bytes] = []
+    append = frames.append
+    join = b"".join
+    # None never equals a field: the first message looks its header up (and validates it).
+    last_pri: int | None = None
+    last_source = last_ps = b""
+    last_ms: int | None = None
+    head = middle = ts_prefix = b""
+    fixed = 0
+    for ts_us, pri, source, ps, msg in messages:
+        if ps != last_ps or source != last_source or pri != last_pri:
+            parts = headers.get((drain_token, pri, source, ps))
+            if parts is None:
+                parts = _syslog_header((drain_token, pri, source, ps))
+            head, middle, fixed = parts
+            last_pri, last_source, last_ps = pri, source, ps
+        ts_ms = ts_us // 1000
+        if ts_ms != last_ms:
+            ts_prefix = ts_prefixes.get(ts_ms) or _millisecond_prefix(ts_ms)
+            last_ms = ts_ms
+        length = fixed + len(msg)
+        append(
+            join(
+                (
+                    length_prefixes[length] if length < longest else b"%d " % length,
+                    head,
+                    ts_prefix,
+                    ts_tails[ts_us % 1000],
+                    middle,
+                    msg,
+                    b"\n",
+                )
+            )
+        )
+    return frames
 
 
 def syslog_datagram(m: Message, drain_token: bytes) -> bytes:
@@ -133,7 +200,7 @@ def syslog_datagram(m: Message, drain_token: bytes) -> bytes:
     parts = _syslog_headers.get(key)
     if parts is None:
         parts = _syslog_header(key)
-    head, middle = parts
+    head, middle, _ = parts
     datagram = b"".join((head, format_ts(ts_us), middle, msg))
     if len(datagram) > UDP_MAX_BYTES:
         datagram = split_utf8_chunks(datagram, UDP_MAX_BYTES)[0]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from logplex.codecs import logplex1, octet, rfc5424, shimproto
+from logplex.codecs.errors import EncodeError
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import SDElement, SyslogMessage
 from logplex.codecs.timestamps import MAX_TS_US, format_ts, parse_ts
@@ -26,6 +28,7 @@ def field(max_len: int) -> st.SearchStrategy[bytes]:
     return printable(max_len).filter(lambda value: value != b"-")
 
 
+TS_RUN_START_US = 1_795_811_973_999_000
 timestamps_us = st.integers(min_value=0, max_value=MAX_TS_US - 1)
 line_text = st.binary(max_size=300).map(lambda data: data.replace(b"\n", b" "))
 messages: st.SearchStrategy[Message] = st.tuples(
@@ -286,3 +289,39 @@ def test_control_frames_round_trip(events: list[shimproto.Event], piece: int) ->
             got.append(event)
     assert got == events
     assert decoder.buffered == 0
+
+
+# Batches that repeat headers and milliseconds (where the batch encoders reuse parts) as
+# well as change them, with a header field that is not valid now and then.
+run_messages: st.SearchStrategy[Message] = st.tuples(
+    st.integers(min_value=TS_RUN_START_US, max_value=TS_RUN_START_US + 3_000_000),
+    st.sampled_from([190, 187, 0, 192]),
+    st.sampled_from([b"app", b"heroku", b"a" * 48, b"a" * 49]),
+    st.sampled_from([b"web.1", b"web.2", b"web 1"]),
+    line_text,
+)
+
+
+@given(st.lists(st.one_of(messages, run_messages), max_size=40), field(255))
+def test_batch_encoders_equal_the_per_message_encoders(batch: list[Message], token: bytes) -> None:
+    def https_batch(batch: list[Message]) -> list[bytes]:
+        return logplex1.https_frames(batch)
+
+    def https_each(message: Message) -> bytes:
+        return logplex1.https_frame(message)
+
+    def syslog_batch(batch: list[Message]) -> list[bytes]:
+        return rfc5424.syslog_frames(batch, token)
+
+    def syslog_each(message: Message) -> bytes:
+        return rfc5424.syslog_frame(message, token)
+
+    encoders = [(https_batch, https_each), (syslog_batch, syslog_each)]
+    for batch_encoder, message_encoder in encoders:
+        try:
+            expected = [message_encoder(message) for message in batch]
+        except EncodeError:
+            with pytest.raises(EncodeError):
+                batch_encoder(batch)
+        else:
+            assert batch_encoder(batch) == expected
