@@ -133,14 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ca-file", help="CA bundle that verifies a tls:// router (LOGPLEX_CA_FILE)")
     add("--ps", help="process name, e.g. web.1 (LOGPLEX_PS, else DYNO, else the hostname)")
     add("--platform-token", help="token for lifecycle notices (LOGPLEX_PLATFORM_TOKEN)")
-    add("--no-tee", action="store_true", help="do not copy the output to our stdout/stderr")
-    add("--single-child", action="store_true", help="signal the child only, not its group")
-    add("--grace", type=_positive_float, metavar="SECONDS", help="SIGTERM to SIGKILL (25)")
-    add("--flush-timeout", type=_positive_float, metavar="SECONDS", default=None)
-    add("--buffer-bytes", type=int, metavar="N", help="memory for unshipped lines (8 MiB)")
+    add("--no-tee", action="store_true", help="do not copy the app's output (LOGSHIM_TEE=0)")
+    add("--single-child", action="store_true", help="signal the app only, not its group")
+    add(
+        "--grace",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="SIGTERM to SIGKILL, default 25 (LOGSHIM_GRACE)",
+    )
+    add(
+        "--flush-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="shipping time after the app exits, default 3",
+    )
+    add("--buffer-bytes", type=int, metavar="N", help="memory for unshipped lines, default 8 MiB")
     add("--block", action="store_true", help="let the app block instead of dropping lines")
-    add("--max-line-bytes", type=int, metavar="N", help="split longer lines (10000)")
-    add("-e", dest="success_codes", type=_exit_code, action="append", metavar="CODE")
+    add("--max-line-bytes", type=int, metavar="N", help="split longer lines, default 10000")
+    add(
+        "-e",
+        dest="success_codes",
+        type=_exit_code,
+        action="append",
+        metavar="CODE",
+        help="exit 0 when the exit code is CODE (repeatable)",
+    )
     add("command", nargs=argparse.REMAINDER, help="the app and its arguments, after --")
     return parser
 
