@@ -7,14 +7,17 @@ ready. ``EarlyDrain`` reads both pipes from a plain thread during that window, k
 chunks in memory (each with the time it was read, which becomes its lines' timestamp) and
 hands them to the pipe readers when the supervisor takes over.
 
-Past ``max_bytes``: when lines are shipped and the app must not block (no ``--block``), the
-oldest complete lines are dropped and counted, and the count goes into the first L12; a drop
-always ends at an LF, so what is kept starts on a line boundary. Lines are counted by their
-LFs (a C-level ``count``): splitting them here, as the readers do, held the GIL long enough to
-slow the very imports this thread is waiting for. So a line over ``--max-line-bytes`` dropped
-here counts once, where the readers would have cut it into several messages.
-Otherwise (tee only, or ``--block``) it stops reading and the app blocks, as it would have
-without this thread.
+Past ``max_bytes`` the thread stops reading and the app blocks on its pipe, as it would have
+without this thread: lines written at start-up (often the ones that explain a failed start)
+are kept rather than dropped. When lines are shipped and the app must not block (no
+``--block``), that lasts at most ``BLOCK_AT_START_S``; a shim still not running after that
+(a machine under heavy load) resumes reading and drops the oldest complete lines, counted
+for the first L12. A drop always ends at an LF, so what is kept starts on a line boundary.
+Lines are counted by their LFs (a C-level ``count``): splitting them here, as the readers
+do, held the GIL long enough to slow the very imports this thread is waiting for, so a line
+over ``--max-line-bytes`` dropped here counts once, where the readers would have cut it into
+several messages. With the tee only, or ``--block``, the app stays blocked until the shim
+runs.
 
 The thread starts while every handled signal is still blocked, so it inherits a full mask
 and never runs a signal handler. This module imports neither trio nor anything heavy.
@@ -28,6 +31,7 @@ import threading
 import time
 
 READ_BYTES = 1024 * 1024
+BLOCK_AT_START_S = 1.0
 
 
 class EarlyDrain:
@@ -46,6 +50,7 @@ class EarlyDrain:
         self.buffered_bytes = 0
         self.dropped_lines = 0
         self.dropped_since_us = 0
+        self.dropping = False
         self.chunks: dict[int, list[tuple[int, bytes]]] = {fd: [] for fd in fds}
         self.eof: set[int] = set()
         self.stopped = False
@@ -70,31 +75,50 @@ class EarlyDrain:
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._wake_read, select.POLLIN)
-        open_fds = set(self.fds)
-        for fd in open_fds:
+        reading = set(self.fds)  # registered for reading: open and not paused
+        for fd in reading:
             poller.register(fd, select.POLLIN)
+        paused_until: float | None = None
         while True:
-            for fd, _events in poller.poll():
+            timeout_ms = None
+            if paused_until is not None:
+                timeout_ms = max(0, int((paused_until - time.monotonic()) * 1000) + 1)
+            events = poller.poll(timeout_ms)
+            if paused_until is not None and time.monotonic() >= paused_until:
+                # Full for BLOCK_AT_START_S: the shim is slow to start, stop holding the app.
+                paused_until = None
+                self.dropping = True
+                while self.buffered_bytes >= self.max_bytes and self._drop_oldest_lines():
+                    pass
+                reading = set(self.fds) - self.eof
+                for fd in reading:
+                    poller.register(fd, select.POLLIN)
+            for fd, _events in events:
                 if fd == self._wake_read:
                     return
+                if fd not in reading:
+                    continue
                 try:
                     data = os.read(fd, READ_BYTES)
                 except BlockingIOError:
                     continue
                 if not data:
                     self.eof.add(fd)
-                    open_fds.discard(fd)
+                    reading.discard(fd)
                     poller.unregister(fd)
                     continue
                 self.chunks[fd].append((time.time_ns() // 1000, data))
                 self.buffered_bytes += len(data)
-                while self.buffered_bytes > self.max_bytes and self.drop_when_full:
+                while self.buffered_bytes > self.max_bytes and self.dropping:
                     if not self._drop_oldest_lines():
                         break
-                if self.buffered_bytes >= self.max_bytes:
-                    for full_fd in open_fds:
+                if self.buffered_bytes >= self.max_bytes and paused_until is None:
+                    # Full: the app blocks on its pipe, for a while if it may drop later.
+                    for full_fd in reading:
                         poller.unregister(full_fd)
-                    open_fds.clear()
+                    reading.clear()
+                    if self.drop_when_full and not self.dropping:
+                        paused_until = time.monotonic() + BLOCK_AT_START_S
 
     def _drop_oldest_lines(self) -> bool:
         """Drop the fewest oldest complete lines that bring ``buffered_bytes`` back under

@@ -11,7 +11,7 @@ import trio.testing
 
 from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
 from shims.capture import PARTIAL_LINE_WAIT_S, PipeReader
-from shims.early import EarlyDrain
+from shims.early import BLOCK_AT_START_S, EarlyDrain
 from shims.tee import TeeWriter
 
 
@@ -205,8 +205,11 @@ def test_early_drain_drops_the_fewest_oldest_lines_and_counts_them() -> None:
     while early.buffered_bytes < 97 and time.monotonic() < deadline:
         time.sleep(0.01)
     first_read_us = early.chunks[read_fd][0][0]
-    # 15 more bytes: 12 over the bound, so the first whole line (30 bytes) goes.
+    # 15 more bytes: 12 over the bound. The app is held for BLOCK_AT_START_S, then the
+    # first whole line (30 bytes) goes.
     os.write(write_fd, b" end\n" + b"b" * 9 + b"\n")
+    time.sleep(BLOCK_AT_START_S / 2)
+    assert early.dropped_lines == 0  # still holding the app, not dropping
     while not early.dropped_lines and time.monotonic() < deadline:
         time.sleep(0.01)
     early.stop()
