@@ -28,7 +28,7 @@ from logplex.api import (
     require_admin,
 )
 from logplex.codecs.errors import ProtocolError
-from logplex.codecs.logplex1 import encode_https_body, input_messages, parse_input_body
+from logplex.codecs.logplex1 import encode_https_body, input_messages_with_count
 from logplex.metrics import INGEST_BYTES, INGEST_ERRORS, INGEST_MESSAGES
 
 MAX_LOGS_BODY_BYTES = 8 * 1024 * 1024
@@ -109,18 +109,19 @@ async def post_logs(request: Request) -> Response:
     except ValueError as error:
         raise _refuse(400, "malformed", str(error)) from None
     try:
-        frames = parse_input_body(body)
+        # Straight from the body to router messages (no per-frame objects), with the frame
+        # count that Logplex-Msg-Count must state.
+        messages, frame_count = input_messages_with_count(body, source=info.source)
     except ProtocolError as error:  # Logplex1Error names the frame; framing errors the byte
         raise _refuse(400, "malformed", f"request refused, nothing was accepted: {error}") from None
     declared = request.headers.get("logplex-msg-count")
-    if declared is not None and not count_matches(declared, len(frames)):
+    if declared is not None and not count_matches(declared, frame_count):
         raise _refuse(
             400,
             "count_mismatch",
-            f"Logplex-Msg-Count says {declared.strip()} but the body holds {len(frames)} "
-            f"frame{'' if len(frames) == 1 else 's'}",
+            f"Logplex-Msg-Count says {declared.strip()} but the body holds {frame_count} "
+            f"frame{'' if frame_count == 1 else 's'}",
         )
-    messages = input_messages(frames, info.source)
     if messages:
         state.router.publish(info.channel, messages)
         INGEST_MESSAGES.labels(PROTOCOL).inc(len(messages))

@@ -37,6 +37,7 @@ from typing import Final, NamedTuple
 from logplex.codecs.errors import Logplex1Error, OctetFramingError, ProtocolError
 from logplex.codecs.lines import split_embedded_lines
 from logplex.codecs.octet import OctetFrameDecoder
+from logplex.codecs.octet import _counts as _octet_counts  # the shared b"1".."10240" table
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import (
     APP_NAME_MAX,
@@ -67,6 +68,7 @@ __all__ = [
     "https_frames",
     "input_messages",
     "input_messages_from_body",
+    "input_messages_with_count",
     "parse_drain_body",
     "parse_input_body",
     "parse_input_frame",
@@ -365,18 +367,91 @@ def input_messages_from_body(
     body: bytes, *, source: bytes, max_frame_bytes: int = MAX_FRAME_BYTES
 ) -> list[Message]:
     """``input_messages(parse_input_body(body), source)`` without the per-frame objects."""
+    return input_messages_with_count(body, source=source, max_frame_bytes=max_frame_bytes)[0]
+
+
+def input_messages_with_count(
+    body: bytes, *, source: bytes, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> tuple[list[Message], int]:
+    """The router messages of an input body and its frame count (``Logplex-Msg-Count``).
+
+    Same result and same ``Logplex1Error`` as ``parse_input_body`` then ``input_messages``.
+    The body is cut and parsed in one loop. A frame takes the fast path when its
+    ``<PRI>1`` head and (HOSTNAME, APP-NAME, PROCID, MSGID) are already known valid, its
+    STRUCTURED-DATA is ``-``, and its timestamp is ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00`` of
+    the same second as the frame before (the second is then not parsed again). Any other
+    frame goes through the full parser; anything wrong (framing or content) hands the whole
+    body to the exact path, which names the error the way ``parse_input_body`` does.
+    """
+    counts = _octet_counts()
+    window = len(str(max_frame_bytes)) + 1
+    pri_by_head = _pri_by_head
+    valid_fields = _valid_fields
+    find = body.find
+    size = len(body)
     messages: list[Message] = []
     append = messages.append
     split = False
-    for number, frame in enumerate(_body_frames(body, max_frame_bytes), 1):
+    position = 0
+    # The 19 bytes "YYYY-MM-DDTHH:MM:SS" of the last timestamp read through parse_ts and its
+    # microseconds; the placeholder never starts a timestamp.
+    second_head = b"\xff"
+    second_us = 0
+    while position < size:
+        space = find(b" ", position, position + window)
+        length = counts.get(body[position:space]) if space > position else None
+        if length is None or length > max_frame_bytes or space + 1 + length > size:
+            return _input_messages_exact(body, source, max_frame_bytes)
+        frame = body[space + 1 : space + 1 + length]
+        position = space + 1 + length
+        parts = frame.split(b" ", 7)
+        if len(parts) == 8 and parts[6] == b"-":
+            head, stamp, hostname, app_name, procid, msgid, _, msg = parts
+            pri = pri_by_head.get(head)
+            fraction = stamp[20:26]
+            if (
+                pri is not None
+                and stamp.startswith(second_head)
+                and len(stamp) == 32
+                and stamp.endswith(b"+00:00")
+                and stamp[19] == 0x2E
+                and fraction.isdigit()
+                and (hostname, app_name, procid, msgid) in valid_fields
+            ):
+                if msg[-1:] == b"\n":
+                    msg = msg[:-1]
+                if msg[:3] == BOM:
+                    msg = msg[3:]
+                if b"\n" in msg:
+                    split = True
+                append((second_us + int(fraction, 10), pri, source, procid, msg))
+                continue
+        try:
+            pri, ts_us, _, _, procid, _, msg = _parse_input(frame)
+        except (ValueError, ProtocolError):
+            return _input_messages_exact(body, source, max_frame_bytes)
+        stamp = frame.split(b" ", 2)[1]
+        if len(stamp) == 32 and stamp.endswith(b"+00:00"):
+            second_head, second_us = stamp[:19], ts_us - ts_us % 1_000_000
+        if b"\n" in msg:
+            split = True
+        append((ts_us, pri, source, procid, msg))
+    return (split_embedded_lines(messages) if split else messages), len(messages)
+
+
+def _input_messages_exact(
+    body: bytes, source: bytes, max_frame_bytes: int
+) -> tuple[list[Message], int]:
+    """``input_messages_with_count`` the plain way: every frame cut, then every one parsed."""
+    frames = _body_frames(body, max_frame_bytes)
+    messages: list[Message] = []
+    for number, frame in enumerate(frames, 1):
         try:
             pri, ts_us, _, _, procid, _, msg = _parse_input(frame)
         except (ValueError, ProtocolError) as exc:
             raise Logplex1Error(str(exc), frame_number=number) from None
-        append((ts_us, pri, source, procid, msg))
-        if b"\n" in msg:
-            split = True
-    return split_embedded_lines(messages) if split else messages
+        messages.append((ts_us, pri, source, procid, msg))
+    return split_embedded_lines(messages), len(frames)
 
 
 # --- drain layout (for receivers) -------------------------------------------------------

@@ -110,9 +110,12 @@ def parse_ts(value: bytes, *, lenient: bool = False) -> int:
         cached = _second_by_head.get(head)
         second = _head_second(head, value) if cached is None else cached
         _last_head_second = (head, second)
-    # Fast paths: six fraction digits and "+00:00" (what we write) or "Z".
+    # Fast paths: six fraction digits and "+00:00" (what we write) or "Z", from 1970 on (an
+    # earlier second takes the slow path, which refuses it).
     size = len(value)
-    if (size == 32 and value.endswith(b"+00:00")) or (size == 27 and value.endswith(b"Z")):
+    if second >= 0 and (
+        (size == 32 and value.endswith(b"+00:00")) or (size == 27 and value.endswith(b"Z"))
+    ):
         fraction = value[20:26]
         if value[19] == 0x2E and fraction.isdigit():
             return second * 1_000_000 + int(fraction, 10)  # base 10: twice as fast on bytes

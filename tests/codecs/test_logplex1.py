@@ -16,6 +16,7 @@ from logplex.codecs.logplex1 import (
     https_frame,
     input_messages,
     input_messages_from_body,
+    input_messages_with_count,
     parse_drain_body,
     parse_input_body,
     parse_input_frame,
@@ -212,3 +213,138 @@ def test_caches_stay_bounded() -> None:
     assert len(logplex1._https_headers) <= 4096
     assert len(logplex1._valid_fields) <= 4096
     assert len(logplex1._pri_by_head) <= 192
+
+
+def reference_messages(body: bytes) -> tuple[list[Message], int] | tuple[str, int]:
+    """What ``input_messages_with_count`` must give: parse_input_body, then input_messages;
+    or the error text and frame number that parse_input_body raised."""
+    try:
+        frames = parse_input_body(body)
+    except Logplex1Error as error:
+        return str(error), error.frame_number
+    return input_messages(frames, b"app"), len(frames)
+
+
+def with_count(body: bytes) -> tuple[list[Message], int] | tuple[str, int]:
+    try:
+        return input_messages_with_count(body, source=b"app")
+    except Logplex1Error as error:
+        return str(error), error.frame_number
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
+def test_messages_with_count_match_the_reference_on_every_prefix(case: dict[str, Any]) -> None:
+    # Every prefix of the vector body, and the body followed by garbage: framing errors,
+    # cut frames and content errors must come out exactly as parse_input_body reports them.
+    body = as_bytes(case["input"])
+    for cut in range(len(body) + 1):
+        assert with_count(body[:cut]) == reference_messages(body[:cut])
+    assert with_count(body + GARBAGE) == reference_messages(body + GARBAGE)
+
+
+TOKEN = b"t.9173ea1f-6f14-4976-9cf0-7cd0dafdcdbc"
+
+
+def input_frame(ts: bytes, msg: bytes, *, pri: bytes = b"<190>1", ps: bytes = b"web.1") -> bytes:
+    return encode_octet_frame(b"%s %s host %s %s - - %s" % (pri, ts, TOKEN, ps, msg))
+
+
+# (name, frames, expected messages or (error text fragment, frame number))
+FAST_PATH_TABLE: list[tuple[str, list[bytes], Any]] = [
+    (
+        "one second: the first frame is parsed fully, the rest take the fast path",
+        [
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"a"),
+            input_frame(b"2026-11-27T20:39:33.123457+00:00", b"b\n"),
+            input_frame(b"2026-11-27T20:39:33.999999+00:00", b"\xef\xbb\xbfc"),
+            input_frame(b"2026-11-27T20:39:33.000000+00:00", b"d\ne", ps=b"web.2"),
+            input_frame(b"2026-11-27T20:39:33.000000+00:00", b"f\ng", ps=b"web.2"),
+        ],
+        [
+            (TS_US, 190, b"app", b"web.1", b"a"),
+            (TS_US + 1, 190, b"app", b"web.1", b"b"),
+            (TS_US + 876_543, 190, b"app", b"web.1", b"c"),
+            (TS_US - 123_456, 190, b"app", b"web.2", b"d"),
+            (TS_US - 123_456, 190, b"app", b"web.2", b"e"),
+            (TS_US - 123_456, 190, b"app", b"web.2", b"f"),
+            (TS_US - 123_456, 190, b"app", b"web.2", b"g"),
+        ],
+    ),
+    (
+        "the next second, Z, an offset, fewer and more fraction digits",
+        [
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"a"),
+            input_frame(b"2026-11-27T20:39:34.123456+00:00", b"b"),
+            input_frame(b"2026-11-27T20:39:34.123456Z", b"c"),
+            input_frame(b"2026-11-27T21:39:34.123456+01:00", b"d"),
+            input_frame(b"2026-11-27T20:39:34.1234+00:00", b"e"),
+            input_frame(b"2026-11-27T20:39:34.1234567+00:00", b"f"),
+            input_frame(b"2026-11-27T20:39:34.12345x+00:00", b"g", pri=b"<13>1"),
+        ],
+        ("frame 7: timestamp", 7),
+    ),
+    (
+        "a content error after fast frames is reported after the framing of the whole body",
+        [
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"a"),
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"b", ps=b"web\x7f1"),
+            b"5 x",
+        ],
+        ("frame 3: ", 3),
+    ),
+    (
+        "a content error in a frame of the cached second",
+        [
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"a"),
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"b", pri=b"<192>1"),
+        ],
+        ("frame 2: header", 2),
+    ),
+    (
+        "before 1970 is refused even after a valid frame",
+        [
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"a"),
+            input_frame(b"1969-12-31T23:59:59.999999+00:00", b"b"),
+        ],
+        ("frame 2: timestamp", 2),
+    ),
+    (
+        "the drain layout and an empty message leave the fast path",
+        [
+            input_frame(b"2026-11-27T20:39:33.123456+00:00", b"a"),
+            encode_octet_frame(b"<190>1 2026-11-27T20:39:33.123456+00:00 host app web.1 - hi"),
+            encode_octet_frame(b"<190>1 2026-11-27T20:39:33.123456+00:00 host app web.1 - -"),
+        ],
+        [
+            (TS_US, 190, b"app", b"web.1", b"a"),
+            (TS_US, 190, b"app", b"web.1", b"hi"),
+            (TS_US, 190, b"app", b"web.1", b""),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "expected"), FAST_PATH_TABLE, ids=[row[0] for row in FAST_PATH_TABLE]
+)
+def test_messages_with_count_fast_path_table(name: str, frames: list[bytes], expected: Any) -> None:
+    body = b"".join(frames)
+    got = with_count(body)
+    assert got == reference_messages(body)
+    if isinstance(expected, tuple):
+        text, number = expected
+        assert isinstance(got[0], str)
+        assert got[0].startswith(text)
+        assert got[1] == number
+    else:
+        assert got == (expected, len(frames))
+
+
+def test_messages_with_count_beyond_the_count_table() -> None:
+    # A limit above 10240 takes counts the shared table does not hold.
+    big = input_frame(b"2026-11-27T20:39:33.123456+00:00", b"m" * 12_000)
+    messages, count = input_messages_with_count(big, source=b"app", max_frame_bytes=20_000)
+    assert (messages, count) == ([(TS_US, 190, b"app", b"web.1", b"m" * 12_000)], 1)
+    with pytest.raises(Logplex1Error, match="exceeds the limit") as error:
+        input_messages_with_count(big, source=b"app")
+    assert error.value.frame_number == 1

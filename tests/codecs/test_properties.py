@@ -325,3 +325,50 @@ def test_batch_encoders_equal_the_per_message_encoders(batch: list[Message], tok
                 batch_encoder(batch)
         else:
             assert batch_encoder(batch) == expected
+
+
+input_stamps = st.sampled_from(
+    [
+        b"2026-11-27T20:39:33.123456+00:00",
+        b"2026-11-27T20:39:33.000001+00:00",
+        b"2026-11-27T20:39:34.123456+00:00",
+        b"2026-11-27T20:39:34.123456Z",
+        b"2026-11-27T21:39:34.123456+01:00",
+        b"2026-11-27T20:39:34.1234567+00:00",
+        b"2026-11-27T20:39:34.12345x+00:00",
+        b"1969-12-31T23:59:59.999999+00:00",
+        b"-",
+    ]
+)
+input_frames = st.builds(
+    lambda *fields: b" ".join(fields),
+    st.sampled_from([b"<190>1", b"<13>1", b"<192>1", b"<013>1"]),
+    input_stamps,
+    st.sampled_from([b"host", b"-", b"h\x7f"]),
+    st.sampled_from([b"t.x", b"app", b"a" * 49]),
+    st.sampled_from([b"web.1", b"web.2", b"-"]),
+    st.one_of(
+        st.sampled_from([b"- - hi", b"- - ", b"- -", b"- hi", b"ID x y", b'- [a b="c"] m']),
+        st.binary(max_size=40).map(lambda msg: b"- - " + msg),
+    ),
+)
+
+
+@given(st.lists(input_frames, max_size=12), st.sampled_from([b"", b"5 x", b"0 ", b"3 ab"]))
+def test_input_messages_with_count_equal_the_frame_parser(frames: list[bytes], tail: bytes) -> None:
+    body = b"".join(octet.encode_octet_frame(frame) for frame in frames) + tail
+
+    def outcome(parse: Any) -> Any:
+        try:
+            return parse()
+        except logplex1.Logplex1Error as error:
+            return str(error), error.frame_number
+
+    def reference() -> tuple[list[Message], int]:
+        frames = logplex1.parse_input_body(body)
+        return logplex1.input_messages(frames, b"app"), len(frames)
+
+    def fast() -> tuple[list[Message], int]:
+        return logplex1.input_messages_with_count(body, source=b"app")
+
+    assert outcome(fast) == outcome(reference)
