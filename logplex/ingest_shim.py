@@ -41,6 +41,7 @@ from logplex.codecs import shimproto
 from logplex.codecs.errors import EncodeError, ProtocolError
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field
+from logplex.connections import AcceptLoop, close_within
 from logplex.router import Router
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,6 @@ class ShimListenerSettings:
             )
         if self.window < 1:
             raise ValueError(f"window must be at least 1 batch, not {self.window}")
-        if self.max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
 
     @property
     def max_frame_bytes(self) -> int:
@@ -143,7 +142,11 @@ class ShimListener:
         self.router = router
         self.settings = settings or ShimListenerSettings()
         self.streams = StreamAcks(self.settings.remembered_streams)
-        self.open_connections = 0
+        self._accept_loop = AcceptLoop(PROTOCOL, self.settings.max_connections)
+
+    @property
+    def open_connections(self) -> int:
+        return self._accept_loop.open_connections
 
     async def serve(
         self,
@@ -152,35 +155,18 @@ class ShimListener:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections on ``listeners`` until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started()
-
-    async def _accept_loop(
-        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
-    ) -> None:
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # EMFILE and friends: back off, keep serving
-                    log.warning("shim listener accept failed (%s); retrying in 0.1 s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                _limit_send_buffer(stream)
-                if self.open_connections >= self.settings.max_connections:
-                    nursery.start_soon(self.refuse_overloaded, stream)
-                else:
-                    nursery.start_soon(self.handle_connection, stream)
+        await self._accept_loop.serve(
+            listeners,
+            self.handle_connection,
+            refuse=self.refuse_overloaded,
+            prepare=_limit_send_buffer,
+            task_status=task_status,
+        )
 
     async def refuse_overloaded(self, stream: trio.abc.Stream) -> None:
         """Past ``max_connections`` a new connection gets ERROR ``overloaded`` and is closed:
         the shim backs off and retries, its lines wait in its own buffer."""
         metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="overloaded").inc()
-        log.warning(
-            "shim connection refused: %d connections open (the limit)", self.open_connections
-        )
         frame = shimproto.encode_error(
             "overloaded",
             f"this router serves at most {self.settings.max_connections} shim connections; "
@@ -194,7 +180,6 @@ class ShimListener:
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Run one connection to its end; never raises (one client never affects another)."""
         _CONNECTIONS.inc()
-        self.open_connections += 1
         reason = "eof"
         try:
             connection = _ShimConnection(self, stream)
@@ -215,7 +200,6 @@ class ShimListener:
             log.exception("shim connection failed unexpectedly; closing it")
         finally:
             await close_within(stream, CLOSE_TIMEOUT_S)
-            self.open_connections -= 1
             _CONNECTIONS.dec()
             metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol=PROTOCOL, reason=reason).inc()
 
@@ -422,16 +406,3 @@ class Unauthorized(ProtocolError):
     """HELLO's token is unknown (or was revoked while connected): ERROR ``unauthorized``."""
 
     code: ClassVar[str] = "unauthorized"
-
-
-async def close_within(stream: trio.abc.Stream, timeout_s: float) -> None:
-    """Close gracefully (TLS close_notify) if the peer allows it in time, else forcefully.
-
-    Shielded: a connection cancelled at shutdown still releases its socket.
-    """
-    with trio.CancelScope(shield=True):
-        with trio.move_on_after(timeout_s):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await stream.aclose()
-            return
-        await trio.aclose_forcefully(stream)

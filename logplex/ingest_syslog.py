@@ -17,7 +17,6 @@ task, so one client can never stall another.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from logplex.codecs.logplex1 import parse_input_frame
 from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field, parse_lenient
+from logplex.connections import AcceptLoop, close_within
 from logplex.model import TokenInfo
 from logplex.router import Router
 
@@ -57,6 +57,7 @@ class SyslogListenerSettings:
     # DESIGN 5.6 caps a frame at 10240 bytes; senders that wrap long lines stay under it.
     max_frame_bytes: int = 10240
     idle_timeout_s: float = 300.0
+    max_connections: int = 10_000
 
 
 @dataclass(slots=True)
@@ -140,6 +141,11 @@ class SyslogListener:
     def __init__(self, router: Router, settings: SyslogListenerSettings | None = None) -> None:
         self.router = router
         self.settings = settings or SyslogListenerSettings()
+        self._accept_loop = AcceptLoop(PROTOCOL, self.settings.max_connections)
+
+    @property
+    def open_connections(self) -> int:
+        return self._accept_loop.open_connections
 
     async def serve(
         self,
@@ -148,23 +154,18 @@ class SyslogListener:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections on ``listeners`` until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started()
+        await self._accept_loop.serve(
+            listeners,
+            self.handle_connection,
+            refuse=self.refuse_overloaded,
+            task_status=task_status,
+        )
 
-    async def _accept_loop(
-        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
-    ) -> None:
-        async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # EMFILE and friends: back off, keep serving
-                    log.warning("syslog listener accept failed (%s); retrying in 0.1 s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self.handle_connection, stream)
+    async def refuse_overloaded(self, stream: trio.abc.Stream) -> None:
+        """Past ``max_connections`` a new connection is closed at once (syslog has no way
+        to say why); the sender reconnects later."""
+        metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="overloaded").inc()
+        await close_within(stream, CLOSE_TIMEOUT_S)
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Read frames until EOF, idle timeout or error; never raises."""
@@ -216,16 +217,3 @@ class SyslogListener:
             # Only a timeout gets here: every path inside the scope returns or continues.
             log.info("syslog connection idle for %.0f s: closed", self.settings.idle_timeout_s)
             return "idle"
-
-
-async def close_within(stream: trio.abc.Stream, timeout_s: float) -> None:
-    """Close gracefully (TLS close_notify) if the peer allows it in time, else forcefully.
-
-    Shielded: a connection cancelled at shutdown still releases its socket.
-    """
-    with trio.CancelScope(shield=True):
-        with trio.move_on_after(timeout_s):
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await stream.aclose()
-            return
-        await trio.aclose_forcefully(stream)

@@ -224,3 +224,22 @@ def test_frames_to_batches_never_raises_and_accounts_for_every_frame(
     published = sum(len(messages) for _, messages in outcome.batches)
     assert outcome.batches[-1][1][-1][4] == b"valid"
     assert published + outcome.unknown_tokens + outcome.malformed >= len(frames) + 1
+
+
+async def test_connections_past_the_limit_are_closed_and_counted() -> None:
+    router = make_router()
+    refused = metrics.INGEST_ERRORS.labels(protocol="syslog", reason="overloaded")
+    refused_before = refused._value.get()
+    async with serving(router, SyslogListenerSettings(max_connections=1)) as port:
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        await first.send_all(encode_octet_frame(frame(TOKEN_A, b"admitted")))
+        assert await wait_for_history(router, "a", 1) == [b"admitted"]
+        second = await trio.open_tcp_stream("127.0.0.1", port)
+        with trio.fail_after(5):  # closed by the router without reading anything
+            while await second.receive_some(100):
+                pass
+        assert refused._value.get() == refused_before + 1
+        await first.send_all(encode_octet_frame(frame(TOKEN_A, b"still served")))
+        assert await wait_for_history(router, "a", 2) == [b"admitted", b"still served"]
+        await first.aclose()
+        await second.aclose()
