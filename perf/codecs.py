@@ -13,7 +13,12 @@ to them):
 - ``batch``: shim BATCH frames of 500 records, encode (msgpack + zstd level 1) and decode
   (``decode_batch_messages``, the router's path) separately and together, records/s
   (target >= 2,000,000 for decoding);
-- ``input_body``: logplex-1 input-layout bodies to router messages, lines/s;
+- ``drain_frames``: the drains' per-message frames of 1000-message batches
+  (``logplex1.https_frames``, ``rfc5424.syslog_frames``), for a batch of one ps and one
+  whose ps changes every message (as ``perf/drains.py`` pushes), µs per message;
+- ``input_body``: logplex-1 input-layout bodies to router messages, lines/s
+  (``input_messages_from_body``, the path of ``POST /logs``), and
+  ``input_frame_us``: ``parse_input_frame`` per frame (the syslog listener's path);
 - ``format_ts``: ns per call.
 
 Prints one JSON line and appends a row to perf/RESULTS.md (date, machine, commit, command).
@@ -43,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 import zstandard  # noqa: E402
 
-from logplex.codecs import logplex1, octet, shimproto  # noqa: E402
+from logplex.codecs import logplex1, octet, rfc5424, shimproto  # noqa: E402
+from logplex.codecs.records import Message  # noqa: E402
 from logplex.codecs.timestamps import format_ts  # noqa: E402
 
 TS_US = 1_795_811_973_123_456
@@ -106,6 +112,27 @@ def bench_https_body(rounds: int, batches: int) -> dict[str, Any]:
     return {"https_body_msgs_per_s": round(best_rate(500 * batches, run, rounds, "https_body"))}
 
 
+def bench_drain_frames(rounds: int, batches: int) -> dict[str, Any]:
+    one_ps = [(TS_US + i, 190, b"app", b"web.1", ROUTER_LINE % i) for i in range(1000)]
+    mixed_ps = [(TS_US + i, 190, b"app", b"web.%d" % (i % 8), ROUTER_LINE % i) for i in range(1000)]
+    token = b"d.9173ea1f-6f14-4976-9cf0-7cd0dafdcdbc"
+    results: dict[str, Any] = {}
+    for shape, batch in (("one_ps", one_ps), ("mixed_ps", mixed_ps)):
+
+        def https(batch: list[Message] = batch) -> None:
+            for _ in range(batches):
+                logplex1.https_frames(batch)
+
+        def syslog(batch: list[Message] = batch) -> None:
+            for _ in range(batches):
+                rfc5424.syslog_frames(batch, token)
+
+        units = 1000 * batches
+        results[f"https_frames_{shape}_us"] = round(1e6 / best_rate(units, https, rounds), 3)
+        results[f"syslog_frames_{shape}_us"] = round(1e6 / best_rate(units, syslog, rounds), 3)
+    return results
+
+
 def bench_batch(rounds: int, batches: int) -> dict[str, Any]:
     compressor = zstandard.ZstdCompressor(level=1)
     records = [[TS_US + i * 137, 2 if i % 10 == 0 else 1, ROUTER_LINE % i] for i in range(500)]
@@ -147,7 +174,15 @@ def bench_input_body(rounds: int, bodies: int) -> dict[str, Any]:
         for _ in range(bodies):
             logplex1.input_messages_from_body(body, source=b"app")
 
-    return {"input_body_lines_per_s": round(best_rate(500 * bodies, run, rounds, "input_body"))}
+    def each_frame() -> None:
+        for _ in range(bodies):
+            for frame in frames:
+                logplex1.parse_input_frame(frame)
+
+    return {
+        "input_body_lines_per_s": round(best_rate(500 * bodies, run, rounds, "input_body")),
+        "input_frame_us": round(1e6 / best_rate(500 * bodies, each_frame, rounds), 3),
+    }
 
 
 def bench_format_ts(rounds: int) -> dict[str, Any]:
@@ -196,7 +231,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs, no RESULTS.md row")
     parser.add_argument(
         "--profile",
-        choices=["octet", "https_body", "batch", "input_body", "format_ts"],
+        choices=["octet", "https_body", "drain_frames", "batch", "input_body", "format_ts"],
         help="cProfile one measurement to stderr instead of reporting",
     )
     args = parser.parse_args()
@@ -205,6 +240,7 @@ def main() -> None:
     benches: dict[str, Callable[[], dict[str, Any]]] = {
         "octet": lambda: bench_octet(rounds, 5 * scale),
         "https_body": lambda: bench_https_body(rounds, 100 * scale),
+        "drain_frames": lambda: bench_drain_frames(rounds, 50 * scale),
         "batch": lambda: bench_batch(rounds, 100 * scale),
         "input_body": lambda: bench_input_body(rounds, 20 * scale),
         "format_ts": lambda: bench_format_ts(rounds),

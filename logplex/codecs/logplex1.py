@@ -267,6 +267,12 @@ def _check_fields(key: tuple[bytes, bytes, bytes, bytes]) -> None:
     _valid_fields.add(key)
 
 
+# "YYYY-MM-DDTHH:MM:SS." of the last "+00:00" timestamp with six fraction digits that
+# _parse_input read through parse_ts, and that second in microseconds: the frames of one
+# sender mostly share their second. The placeholder never starts a timestamp.
+_last_input_second: tuple[bytes, int] = (b"\xff", 0)
+
+
 def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, bytes]:
     """(pri, ts_us, hostname, app_name, procid, msgid, msg) with NILVALUE kept as ``-``.
 
@@ -284,10 +290,18 @@ def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, by
             "a frame needs <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA, "
             f"found {len(parts)} of these 7 fields"
         )
+    global _last_input_second
     pri = _pri_by_head.get(head)
     if pri is None:
         pri = _head_pri(head)
-    ts_us = parse_ts(stamp, lenient=True)
+    second_head, second_us = _last_input_second
+    fraction = stamp[20:26]
+    if stamp.startswith(second_head) and stamp[26:] == b"+00:00" and fraction.isdigit():
+        ts_us = second_us + int(fraction, 10)  # the second of the frame before
+    else:
+        ts_us = parse_ts(stamp, lenient=True)
+        if len(stamp) == 32 and stamp.endswith(b"+00:00"):
+            _last_input_second = (stamp[:20], ts_us - ts_us % 1_000_000)
     key = (hostname, app_name, procid, msgid)
     if key not in _valid_fields:
         _check_fields(key)
@@ -303,9 +317,9 @@ def _parse_input(frame: bytes) -> tuple[int, int, bytes, bytes, bytes, bytes, by
             msg = structured + b" " + msg if len(parts) == 8 else structured
         else:
             raise ValueError(f"STRUCTURED-DATA must be '-' or '[', found {structured[:20]!r}")
-    if msg.endswith(b"\n"):
+    if msg[-1:] == b"\n":
         msg = msg[:-1]
-    if msg.startswith(BOM):
+    if msg[:3] == BOM:
         msg = msg[3:]
     return pri, ts_us, hostname, app_name, procid, msgid, msg
 
@@ -396,10 +410,8 @@ def input_messages_with_count(
     append = messages.append
     split = False
     position = 0
-    # "YYYY-MM-DDTHH:MM:SS." of the last timestamp read through parse_ts and the
-    # microseconds of that second; the placeholder never starts a timestamp.
-    second_head = b"\xff"
-    second_us = 0
+    # The second _parse_input last read through parse_ts (see _last_input_second).
+    second_head, second_us = _last_input_second
     while position < size:
         # No end bound: a count is found within a few bytes, and a body without a space
         # is scanned once before it goes to the exact path.
@@ -433,9 +445,7 @@ def input_messages_with_count(
             pri, ts_us, _, _, procid, _, msg = _parse_input(frame)
         except (ValueError, ProtocolError):
             return _input_messages_exact(body, source, max_frame_bytes)
-        stamp = frame.split(b" ", 2)[1]
-        if len(stamp) == 32 and stamp.endswith(b"+00:00"):
-            second_head, second_us = stamp[:20], ts_us - ts_us % 1_000_000
+        second_head, second_us = _last_input_second  # what _parse_input last read
         if _LF in msg:
             split = True
         append((ts_us, pri, source, procid, msg))
