@@ -406,7 +406,7 @@ async def serve(
     from logplex.store import ConfigStore
 
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.auth_key is not None:
             auth_key = settings.auth_key
         else:

@@ -20,6 +20,7 @@ the API before it writes.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import uuid
@@ -149,6 +150,10 @@ def _migrate(conn: sqlite3.Connection) -> int:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    # Tokens and drain URLs (which may carry credentials) are secrets: the database is
+    # readable by its owner only. SQLite gives its -wal and -shm files the same mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA journal_mode=WAL")

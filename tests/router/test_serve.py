@@ -162,6 +162,7 @@ def test_port_zero_lines_key_file_and_sigterm_exit_0(
         # The key is generated with mode 0600 and its path is printed.
         key_file = data_dir / "auth-key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700  # a new data dir
         assert any(str(key_file.resolve()) in line for line in router.lines)
         assert httpx.get(f"{router.api}/healthcheck").status_code == 200
         key = key_file.read_text().strip()

@@ -38,6 +38,18 @@ async def test_new_database_is_wal_and_at_current_schema(tmp_path: Path) -> None
     conn.close()
 
 
+async def test_database_and_its_wal_are_private_to_their_owner(tmp_path: Path) -> None:
+    path = tmp_path / "config.sqlite3"
+    path.touch(mode=0o644)  # an existing database with a wider mode is tightened too
+    path.chmod(0o644)
+    store = await open_store(tmp_path)
+    await store.put_channel("private", ["app"])
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("config.sqlite3*")}
+    await store.aclose()
+    assert modes["config.sqlite3"] == 0o600
+    assert modes["config.sqlite3-wal"] == 0o600
+
+
 async def test_database_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "config.sqlite3")
     conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
