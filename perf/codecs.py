@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import json
 import os
 import platform
 import pstats
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +49,7 @@ import zstandard  # noqa: E402
 from logplex.codecs import logplex1, octet, rfc5424, shimproto  # noqa: E402
 from logplex.codecs.records import Message  # noqa: E402
 from logplex.codecs.timestamps import format_ts  # noqa: E402
+from perf.results import append_results  # noqa: E402
 
 TS_US = 1_795_811_973_123_456
 ROUTER_LINE = (
@@ -193,34 +192,6 @@ def bench_format_ts(rounds: int) -> dict[str, Any]:
             format_ts(value)
 
     return {"format_ts_ns": round(1e9 / best_rate(len(values), run, rounds))}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def append_results(command: str, results: dict[str, Any]) -> None:
-    path = ROOT / "perf" / "RESULTS.md"
-    if not path.exists():
-        path.write_text(
-            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
-            "|---|---|---|---|---|\n"
-        )
-    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
-    with path.open("a") as file:
-        file.write(
-            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
-            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
-        )
 
 
 def main() -> None:

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import json
 import os
-import platform
 import pstats
 import socket
 import subprocess
@@ -49,6 +47,7 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "perf":
 
 from drains import Drain, DrainContext, DrainSettings, open_drain  # noqa: E402
 from logplex.codecs.records import Batch, Message  # noqa: E402
+from perf.results import append_results  # noqa: E402
 
 T0_US = 1_795_000_000_000_000
 BATCH_MESSAGES = 1000
@@ -198,30 +197,6 @@ def measure(
     gc.collect()
     delivered = total * drains
     return delivered / elapsed, cpu_s / delivered * 1e6
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def append_results(command: str, results: dict[str, Any]) -> None:
-    path = ROOT / "perf" / "RESULTS.md"
-    if not path.exists():
-        path.write_text(
-            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
-            "|---|---|---|---|---|\n"
-        )
-    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
-    with path.open("a") as file:
-        file.write(
-            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
-            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
-        )
 
 
 def main() -> None:

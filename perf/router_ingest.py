@@ -25,10 +25,8 @@ where the syslog read path spends its time.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -52,6 +50,7 @@ from logplex.ingest_shim import ShimListener  # noqa: E402
 from logplex.ingest_syslog import SyslogListener  # noqa: E402
 from logplex.model import ChannelConfig, DrainConfig  # noqa: E402
 from logplex.router import Router  # noqa: E402
+from perf.results import append_results  # noqa: E402
 
 TOKEN = "t.7d0f6f8e-3c4b-4a51-9d6e-2b1a0c9e8f7a"
 LINE_BYTES = 100
@@ -352,28 +351,6 @@ def profile_syslog(lines: int) -> None:
     profiler = cProfile.Profile()
     profiler.runcall(run)
     pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
-
-
-def commit() -> str:
-    result = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
-    return result.stdout.strip() or "unknown"
-
-
-def append_results(command: str, results: dict[str, Any]) -> None:
-    path = ROOT / "perf" / "RESULTS.md"
-    if not path.exists():
-        path.write_text(
-            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
-            "|---|---|---|---|---|\n"
-        )
-    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
-    with path.open("a") as file:
-        file.write(
-            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
-            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
-        )
 
 
 def main() -> None:

@@ -26,10 +26,8 @@ Usage: ``.venv/bin/python perf/shim.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -43,6 +41,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from perf.results import append_results  # noqa: E402
+
 LOGSHIM = str(Path(sys.executable).with_name("logshim"))
 LINE_BYTES = 100
 L12 = re.compile(rb"Error L12 \(Local buffer overflow\): (\d+) messages dropped")
@@ -272,30 +275,6 @@ def bench_startup(runs: int) -> dict[str, Any]:
         measure()  # warm the page cache
         results[name] = round(statistics.median(measure() for _ in range(runs)), 1)
     return results
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def append_results(command: str, results: dict[str, Any]) -> None:
-    path = ROOT / "perf" / "RESULTS.md"
-    if not path.exists():
-        path.write_text(
-            "# Benchmark results\n\n| date | machine | commit | command | results |\n"
-            "|---|---|---|---|---|\n"
-        )
-    machine = f"{platform.machine()} {os.cpu_count()} cpu {platform.python_version()}"
-    with path.open("a") as file:
-        file.write(
-            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} | {machine} | {commit()} | "
-            f"`{command}` | `{json.dumps(results, separators=(',', ':'))}` |\n"
-        )
 
 
 def main() -> None:
