@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from logplex.codecs import logplex1, octet, rfc5424, shimproto, timestamps  # noqa: E402
 from logplex.codecs.errors import ProtocolError  # noqa: E402
 from logplex.codecs.lines import LineSplitter  # noqa: E402
+from perf.results import append_results  # noqa: E402
 
 SLOW_CALL_S = 0.1
 VECTORS = ROOT / "tests" / "codecs" / "vectors"
@@ -209,6 +210,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-record", action="store_true", help="no perf/RESULTS.md row")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
@@ -249,19 +251,17 @@ def main() -> int:
                 print(f"input hex: {data.hex()}", file=sys.stderr)
                 return 1
             counts[name] += 1
-    print(
-        json.dumps(
-            {
-                "fuzz": "codecs",
-                "seed": seed,
-                "seconds": args.seconds,
-                "inputs": sum(counts.values()),
-                "slowest_call_ms": round(slowest_s * 1000, 2),
-                "per_decoder": counts,
-            }
-        ),
-        flush=True,
-    )
+    results = {
+        "fuzz": "codecs",
+        "seed": seed,
+        "seconds": args.seconds,
+        "inputs": sum(counts.values()),
+        "slowest_call_ms": round(slowest_s * 1000, 2),
+        "per_decoder": counts,
+    }
+    print(json.dumps(results), flush=True)
+    if not args.no_record:
+        append_results(f"perf/fuzz_codecs.py --seconds {args.seconds} --seed {seed}", results)
     return 0
 
 
