@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from logplex.serve import (
+from logplex.serve import is_duplicate_signal, load_or_create_auth_key
+from logplex.settings import (
     HostPort,
     ServeConfigError,
     add_arguments,
     env_name,
-    is_duplicate_signal,
-    load_or_create_auth_key,
     load_toml,
     parse_host_port,
     resolve_settings,

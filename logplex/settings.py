@@ -1,0 +1,243 @@
+"""Settings of ``logplex serve`` (DESIGN section 2): flags, environment, TOML, defaults.
+
+Every setting has one name, the flag without its dashes. A value is taken, first found, from
+the command line, then the environment (``--shutdown-grace`` <- ``LOGPLEX_SHUTDOWN_GRACE``),
+then the TOML file named by ``--config`` / ``LOGPLEX_CONFIG`` (keys are the flag names, with
+``-`` or ``_``: ``shutdown-grace = 5``), then the default. ``resolve_settings`` is a pure
+function of those sources, table-tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+
+class ServeConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message says which and how to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    data_dir: Path
+    http: HostPort
+    shim: HostPort
+    syslog: HostPort
+    tls_cert: Path | None
+    tls_key: Path | None
+    auth_key: str | None
+    history: int
+    drain_buffer: int
+    max_drains_per_channel: int
+    public_url: str | None
+    drain_ca_file: Path | None
+    shutdown_grace: float
+    drain_retry_window: float
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; port 0 means "pick a free port"."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:8001)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0..65535")
+    return HostPort(host, port)
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise ValueError(f"{value} is below the minimum of {minimum}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{text} is not a number of seconds >= 0")
+    return value
+
+
+def _text(text: str) -> str:
+    if not text:
+        raise ValueError("it is empty")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Setting:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    metavar: str
+    help: str
+
+
+SETTINGS: Final = (
+    _Setting("data-dir", Path, Path(".logplex"), "DIR", "config database and auth key"),
+    _Setting(
+        "http",
+        parse_host_port,
+        "127.0.0.1:8001",
+        "HOST:PORT",
+        "REST API, sessions, POST /logs, /metrics, /healthcheck",
+    ),
+    _Setting("shim", parse_host_port, "127.0.0.1:6001", "HOST:PORT", "shim stream listener"),
+    _Setting(
+        "syslog",
+        parse_host_port,
+        "127.0.0.1:6601",
+        "HOST:PORT",
+        "RFC 6587 octet-counted syslog over TCP",
+    ),
+    _Setting("tls-cert", Path, None, "FILE", "with --tls-key: shim and syslog listeners speak TLS"),
+    _Setting("tls-key", Path, None, "FILE", "private key of --tls-cert"),
+    _Setting("auth-key", _text, None, "KEY", "API key (default: generated into DATA_DIR/auth-key)"),
+    _Setting("history", _count(0), 1500, "N", "lines of history kept per channel"),
+    _Setting(
+        "drain-buffer",
+        _count(1),
+        1024,
+        "N",
+        "messages buffered per drain before the oldest are dropped",
+    ),
+    _Setting("max-drains-per-channel", _count(1), 6, "N", "drains allowed per channel"),
+    _Setting("public-url", _text, None, "URL", "base of session URLs (default: from --http)"),
+    _Setting(
+        "drain-ca-file",
+        Path,
+        None,
+        "FILE",
+        "extra CA bundle trusted for HTTPS and syslog+tls drains",
+    ),
+    _Setting(
+        "shutdown-grace", _seconds, 10.0, "SECONDS", "time allowed to flush drains on SIGTERM"
+    ),
+    _Setting(
+        "drain-retry-window",
+        _seconds,
+        60.0,
+        "SECONDS",
+        "how long a failing batch is retried before it is dropped (L10)",
+    ),
+)
+_BY_NAME: Final = {s.name: s for s in SETTINGS}
+
+
+def env_name(setting: str) -> str:
+    return "LOGPLEX_" + setting.upper().replace("-", "_")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``logplex serve`` flags; defaults stay None so env and TOML can fill them."""
+    parser.add_argument(
+        "--config", metavar="FILE.toml", help="TOML file setting any flag (env LOGPLEX_CONFIG)"
+    )
+    for setting in SETTINGS:
+        default = setting.default
+        shown = (
+            f" (default {default}; env {env_name(setting.name)})"
+            if default is not None
+            else (f" (env {env_name(setting.name)})")
+        )
+        parser.add_argument(
+            f"--{setting.name}",
+            dest=setting.name.replace("-", "_"),
+            metavar=setting.metavar,
+            default=None,
+            help=setting.help + shown,
+        )
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """The settings table of a ``--config`` file, keys normalised to flag names."""
+    try:
+        with path.open("rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise ServeConfigError(f"cannot read --config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ServeConfigError(f"--config {path} is not valid TOML: {exc}") from None
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("_", "-")
+        if name not in _BY_NAME:
+            known = ", ".join(sorted(_BY_NAME))
+            raise ServeConfigError(f"unknown setting {key!r} in {path}; known settings: {known}")
+        settings[name] = value
+    return settings
+
+
+def resolve_settings(
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    toml: Mapping[str, Any],
+    *,
+    toml_path: str = "--config",
+) -> ServeSettings:
+    """Flags over env over TOML over defaults, each value parsed and validated."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        flag_value = flags.get(setting.name)
+        env_value = environ.get(env_name(setting.name))
+        if flag_value is not None:
+            raw, origin = flag_value, f"--{setting.name}"
+        elif env_value is not None:
+            raw, origin = env_value, env_name(setting.name)
+        elif setting.name in toml:
+            value = toml[setting.name]
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ServeConfigError(
+                    f"{setting.name} in {toml_path} must be a string or a number, "
+                    f"not {type(value).__name__}"
+                )
+            raw, origin = str(value), f"{setting.name} in {toml_path}"
+        else:
+            values[setting.name.replace("-", "_")] = (
+                setting.parse(setting.default)
+                if isinstance(setting.default, str)
+                else setting.default
+            )
+            continue
+        try:
+            values[setting.name.replace("-", "_")] = setting.parse(raw)
+        except ValueError as exc:
+            raise ServeConfigError(f"{origin}={raw!r} is invalid: {exc}") from None
+    settings = ServeSettings(**values)
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ServeConfigError(
+            "--tls-cert and --tls-key go together: give both (TLS on the shim and syslog "
+            "listeners) or neither"
+        )
+    return settings
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeSettings:
+    """Resolve ``logplex serve`` arguments (as added by ``add_arguments``)."""
+    flags = {s.name: getattr(args, s.name.replace("-", "_"), None) for s in SETTINGS}
+    config = getattr(args, "config", None) or environ.get("LOGPLEX_CONFIG")
+    toml = load_toml(Path(config)) if config else {}
+    return resolve_settings(flags, environ, toml, toml_path=str(config or "--config"))
