@@ -31,7 +31,6 @@ import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import ClassVar, Final
 
 import trio
@@ -53,7 +52,6 @@ SEND_BUFFER_BYTES: Final = 16 * 1024  # the kernel doubles it
 MAX_STREAM_ID_CHARS: Final = 64
 MAX_TOKEN_CHARS: Final = 64
 
-_MSG = itemgetter(4)
 _MESSAGES = metrics.INGEST_MESSAGES.labels(protocol=PROTOCOL)
 _BYTES = metrics.INGEST_BYTES.labels(protocol=PROTOCOL)
 _CONNECTIONS = metrics.INGEST_CONNECTIONS.labels(protocol=PROTOCOL)
@@ -335,11 +333,12 @@ class _ShimConnection:
     async def _process_frames(self) -> None:
         """Decode every complete frame of the buffer, publish once, ACK once."""
         published: list[Message] = []
+        message_bytes = 0
         acked_before = self.acked
         try:
             while (event := self.decoder.next_event()) is not None:
                 if isinstance(event, shimproto.BatchFrame):
-                    self._accept_batch(event, published)
+                    message_bytes += self._accept_batch(event, published)
                 elif isinstance(event, shimproto.Pong):
                     pass
                 elif isinstance(event, shimproto.Ping):
@@ -355,18 +354,19 @@ class _ShimConnection:
             if published:
                 self.router.publish(self.channel, published)
                 _MESSAGES.inc(len(published))
-                _BYTES.inc(sum(map(len, map(_MSG, published))))
+                _BYTES.inc(message_bytes)
         if self.acked != acked_before:
             await self._send(shimproto.encode_ack(self.acked))
 
-    def _accept_batch(self, frame: shimproto.BatchFrame, published: list[Message]) -> None:
+    def _accept_batch(self, frame: shimproto.BatchFrame, published: list[Message]) -> int:
+        """Decode a new batch into ``published``; return its message bytes (0: a resend)."""
         seq = frame.seq
         # Another connection of the same stream (a reconnect racing the old socket) may have
         # moved it on meanwhile: the shared record is the truth.
         self.acked = max(self.acked, self.streams.acked(self.token, self.stream_id))
         if seq <= self.acked:
             metrics.SHIM_DUPLICATE_BATCHES.inc()
-            return
+            return 0
         if seq != self.acked + 1:
             raise ProtocolError(
                 f"batch seq {seq} does not follow {self.acked}: seqs increase by one per batch "
@@ -374,17 +374,17 @@ class _ShimConnection:
             )
         if self.router.lookup_token(self.token) is None:
             raise Unauthorized("the token was revoked or its channel deleted")
-        published.extend(
-            shimproto.decode_batch_messages(
-                frame.payload,
-                max_bytes=self.settings.max_batch_bytes,
-                max_records=self.settings.max_records,
-                ps=self.ps,
-                sources=self.sources,
-            )
+        messages, message_bytes = shimproto.decode_batch_messages_and_bytes(
+            frame.payload,
+            max_bytes=self.settings.max_batch_bytes,
+            max_records=self.settings.max_records,
+            ps=self.ps,
+            sources=self.sources,
         )
+        published.extend(messages)
         self.acked = seq
         self.streams.record(self.token, self.stream_id, seq)
+        return message_bytes
 
     async def _send(self, data: bytes) -> None:
         with trio.move_on_after(self.settings.send_timeout_s):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Final
 
 import msgpack
@@ -61,6 +62,7 @@ __all__ = [
     "ShimFrameDecoder",
     "compress_records",
     "decode_batch_messages",
+    "decode_batch_messages_and_bytes",
     "decode_batch_records",
     "encode_ack",
     "encode_batch",
@@ -441,8 +443,8 @@ def _validated_columns(
     max_bytes: int,
     max_records: int,
     decompressor: zstandard.ZstdDecompressor,
-) -> tuple[tuple[Any, ...], tuple[int, ...], tuple[int, ...], tuple[bytes, ...], bytes]:
-    """The records and their three columns (ts_us, kind, data), and all data joined.
+) -> tuple[tuple[Any, ...], tuple[int, ...], tuple[int, ...], tuple[bytes, ...], set[int], bytes]:
+    """The records, their three columns (ts_us, kind, data), the set of kinds, all data joined.
 
     The checks are C-level passes over columns, in an order where each one's assumptions
     hold: the msgpack limits refuse str, map and ext content outright; ``zip(strict=True)``
@@ -450,7 +452,8 @@ def _validated_columns(
     bin record yields ints, caught by the data check; a scalar record raises TypeError);
     ``b"".join`` refuses any data item that is not bytes, and its result serves the LF check
     of the caller too. ``kind`` is checked by value: 1, 2 or 3 (a float 1.0 or msgpack true
-    equals 1 and maps to the same PRI and source, so accepting it changes nothing).
+    equals 1 and maps to the same PRI and source, so accepting it changes nothing); the set
+    of kinds is built once and serves the caller's one-kind fast path too.
     """
     content = _decompress_bounded(payload, max_bytes, decompressor)
     try:
@@ -478,24 +481,23 @@ def _validated_columns(
             f"BATCH holds {len(records)} records, more than {max_records} (max_records)"
         )
     if not records:
-        return records, (), (), (), b""
+        return records, (), (), (), set(), b""
     try:
-        columns = tuple(zip(*records, strict=True))
-        if len(columns) != 3:
-            raise ValueError("not three columns")
-        ts_column, kind_column, data_column = columns
+        # Unpacking into three names raises ValueError unless there are exactly three.
+        ts_column, kind_column, data_column = zip(*records, strict=True)
         joined = b"".join(data_column)
+        kinds = set(kind_column)
         valid = (
             set(map(type, ts_column)) == {int}
             and min(ts_column) >= 0
             and max(ts_column) < MAX_TS_US
-            and _KINDS.issuperset(kind_column)
+            and kinds <= _KINDS
         )
     except (TypeError, ValueError):
         valid = False
     if not valid:
         raise ShimFrameError(f"BATCH {_first_bad_record(records)}")
-    return records, ts_column, kind_column, data_column, joined
+    return records, ts_column, kind_column, data_column, kinds, joined
 
 
 def decode_batch_records(
@@ -529,15 +531,47 @@ def decode_batch_messages(
     comes from ``records.PRI_BY_KIND``. Data containing LF (a shim that did not split
     lines) becomes one message per line, so no message holds a raw LF.
     """
-    records, _, kind_column, _, joined = _validated_columns(
+    return decode_batch_messages_and_bytes(
+        payload,
+        max_bytes=max_bytes,
+        max_records=max_records,
+        ps=ps,
+        sources=sources,
+        decompressor=decompressor,
+    )[0]
+
+
+def decode_batch_messages_and_bytes(
+    payload: bytes,
+    *,
+    max_bytes: int,
+    max_records: int,
+    ps: bytes,
+    sources: tuple[bytes, bytes, bytes],
+    decompressor: zstandard.ZstdDecompressor = _DECOMPRESSOR,
+) -> tuple[list[Message], int]:
+    """``decode_batch_messages`` and the total bytes of the message texts it returns.
+
+    The total comes from the joined data the validation built anyway (less one byte per LF
+    that a split removes), so the caller's byte count costs no pass over the messages.
+    """
+    records, ts_column, kind_column, data_column, kinds, joined = _validated_columns(
         payload, max_bytes, max_records, decompressor
     )
-    # Validation is done; building the tuples with a comprehension is cheaper than
-    # zipping columns through map() lookups.
-    if len(set(kind_column)) == 1:
+    # Validation is done. One kind (the usual batch): zip the columns the validation built
+    # with constants, all in C. Mixed kinds: a comprehension with dict lookups is cheaper
+    # than zipping the columns through map() lookups.
+    if len(kinds) == 1:
         kind = int(kind_column[0])
-        pri, source = PRI_BY_KIND[kind], sources[kind - 1]
-        messages = [(ts_us, pri, source, ps, data) for ts_us, _, data in records]
+        messages = list(
+            zip(
+                ts_column,
+                repeat(PRI_BY_KIND[kind]),
+                repeat(sources[kind - 1]),
+                repeat(ps),
+                data_column,
+            )
+        )
     else:
         pri_by_kind = PRI_BY_KIND
         source_by_kind = dict(zip((1, 2, 3), sources, strict=True))
@@ -545,6 +579,7 @@ def decode_batch_messages(
             (ts_us, pri_by_kind[kind], source_by_kind[kind], ps, data)
             for ts_us, kind, data in records
         ]
-    if b"\n" in joined:
-        return split_embedded_lines(messages)
-    return messages
+    # 0x0A, not b"\n": see split_embedded_lines.
+    if 0x0A in joined:
+        return split_embedded_lines(messages), len(joined) - joined.count(0x0A)
+    return messages, len(joined)
