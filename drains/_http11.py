@@ -8,6 +8,12 @@ What a drain needs is small — POST a body, read a status, keep the connection 
 protocol work is h11's (the sans-IO state machine httpx itself builds on) and this module
 only moves bytes.
 
+- ``PostEncoder`` turns a post into its wire bytes once (``PreparedPost``): the header lines
+  that never change are validated and encoded when the drain starts, each post only formats
+  its own values, and the request is joined once. A retry sends the same object again.
+  h11 is kept for what it is good at, reading the response: it is told the request's
+  framing (``POST``, ``Content-Length``) and given the body as a memoryview, so its
+  per-header validation and its copies of a 100 KiB body are not paid per post.
 - ``post`` opens the connection when there is none (TCP connect and TLS handshake under
   ``connect_timeout_s``), sends head and body in one write, reads the response head and at
   most ``max_response_bytes`` of body, and keeps the connection when both sides allow it.
@@ -19,7 +25,10 @@ only moves bytes.
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import h11
@@ -28,11 +37,105 @@ import trio
 from drains._url import DrainError
 
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
-READ_BYTES: Final = 64 * 1024
+# A drain's response is a status line and a few headers: 16 KiB reads (trio's TLS record
+# read size) instead of allocating a 64 KiB buffer per read.
+READ_BYTES: Final = 16 * 1024
+
+# RFC 9110 section 5.6.2 token and section 5.5 field-value (no CR, LF, NUL or other controls,
+# no leading or trailing whitespace); the same rules h11 applies when it writes a header.
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE: Final = re.compile(
+    rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+)
+_REQUEST_TARGET: Final = re.compile(rb"[\x21-\x7e]+")
 
 
 class HttpTransportError(DrainError):
     """The request could not be completed (connect, TLS, write, read or protocol error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPost:
+    """One POST as it goes on the wire: ``wire`` is head and body, ``body_bytes`` the body's size.
+
+    Built once per batch; every attempt (and the stale-connection resend) sends these bytes.
+    """
+
+    target: str
+    wire: bytes
+    body_bytes: int
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """``Name: value`` CRLF, refusing what h11 would refuse (non-ASCII, controls, padding)."""
+    name_bytes = name.encode("ascii")
+    value_bytes = value.encode("ascii")
+    if not _TOKEN.fullmatch(name_bytes):
+        raise ValueError(f"invalid HTTP header name {name!r}: use letters, digits and -")
+    if not _FIELD_VALUE.fullmatch(value_bytes):
+        raise ValueError(
+            f"invalid value for HTTP header {name}: no control characters (CR, LF, NUL) "
+            "and no leading or trailing whitespace"
+        )
+    return b"%s: %s\r\n" % (name_bytes, value_bytes)
+
+
+class PostEncoder:
+    """Encodes the POSTs of one drain: ``Host`` and ``Content-Length`` first, then
+    ``fixed_headers`` (the same on every post, validated here once), then one value per name
+    of ``per_post_names``, in that order, as HTTP/1.1 with ``Name: value`` lines.
+
+    Raises ``ValueError`` when the target or a fixed header is not valid HTTP.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        host_header: str,
+        fixed_headers: Sequence[tuple[str, str]],
+        per_post_names: Sequence[str],
+    ) -> None:
+        target_bytes = target.encode("ascii")
+        if not _REQUEST_TARGET.fullmatch(target_bytes):
+            raise ValueError(f"invalid request target {target!r}: it must be printable ASCII")
+        self._target = target
+        self._start = b"POST %s HTTP/1.1\r\n%sContent-Length: " % (
+            target_bytes,
+            _header_line("Host", host_header),
+        )
+        self._fixed = b"\r\n" + b"".join(_header_line(n, v) for n, v in fixed_headers)
+        for name in per_post_names:
+            _header_line(name, "x")
+        self._per_post_names = tuple(per_post_names)
+
+    def encode(
+        self, per_post_values: Sequence[str], body_parts: Sequence[bytes], body_bytes: int
+    ) -> PreparedPost:
+        """The post with these header values (one per ``per_post_names``) and body.
+
+        ``body_bytes`` is the total size of ``body_parts``, which the caller already knows
+        (a drain's ``Taken.byte_count``): with it the request is built in one join, where
+        summing a thousand lengths in Python would cost as much as the join itself. A wrong
+        size raises ``ValueError`` rather than sending a malformed request.
+        """
+        if len(per_post_values) != len(self._per_post_names):
+            raise ValueError(
+                f"expected {len(self._per_post_names)} per-post header values, "
+                f"got {len(per_post_values)}"
+            )
+        wire = [self._start, b"%d" % body_bytes, self._fixed]
+        wire.extend(map(_header_line, self._per_post_names, per_post_values))
+        wire.append(b"\r\n")
+        head_bytes = sum(map(len, wire))
+        wire.extend(body_parts)
+        joined = b"".join(wire)
+        if len(joined) != head_bytes + body_bytes:
+            raise ValueError(
+                f"body_bytes {body_bytes} does not match the body parts' total size "
+                f"{len(joined) - head_bytes}"
+            )
+        return PreparedPost(self._target, joined, body_bytes)
 
 
 class Http11Client:
@@ -89,32 +192,28 @@ class Http11Client:
         self.connects += 1
         self.last_connect_s = trio.current_time() - started
 
-    async def post(
-        self, target: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, dict[str, str]]:
-        """POST ``body``; returns the status and the response headers (lower-case names)."""
+    async def post(self, post: PreparedPost) -> tuple[int, dict[str, str]]:
+        """Send ``post``; returns the status and the response headers (lower-case names)."""
         reused = self._stream is not None
         try:
-            return await self._post_once(target, headers, body)
+            return await self._post_once(post)
         except _StaleConnection as exc:
             await self.aclose()
             if not reused:
                 raise HttpTransportError("connection closed before a response") from exc
         try:
-            return await self._post_once(target, headers, body)
+            return await self._post_once(post)
         except _StaleConnection as exc:
             await self.aclose()
             raise HttpTransportError("connection closed before a response") from exc
 
-    async def _post_once(
-        self, target: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, dict[str, str]]:
+    async def _post_once(self, post: PreparedPost) -> tuple[int, dict[str, str]]:
         try:
             if self._stream is None:
                 await self._connect()
             assert self._stream is not None
             assert self._conn is not None
-            return await self._exchange(self._stream, self._conn, target, headers, body)
+            return await self._exchange(self._stream, self._conn, post)
         except _StaleConnection:
             raise
         except BaseException as exc:
@@ -129,21 +228,21 @@ class Http11Client:
         self,
         stream: trio.abc.Stream,
         conn: h11.Connection,
-        target: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
+        post: PreparedPost,
     ) -> tuple[int, dict[str, str]]:
-        request_headers = [
-            ("Host", self._host_header),
-            ("Content-Length", str(len(body))),
-            *headers,
-        ]
-        data = conn.send(h11.Request(method="POST", target=target, headers=request_headers))
-        data += conn.send(h11.Data(data=body))
-        data += conn.send(h11.EndOfMessage())
+        # h11 tracks the request only for its framing (what the response may look like and
+        # whether the connection can be reused); the bytes it would write are not sent:
+        # ``post.wire`` is the request. The body goes through as a memoryview, uncopied: with
+        # ``send_with_data_passthrough`` h11 only takes the length of a Data event's data.
+        framing = [("Host", self._host_header), ("Content-Length", str(post.body_bytes))]
+        conn.send(h11.Request(method="POST", target=post.target, headers=framing))
+        if post.body_bytes:
+            body = memoryview(post.wire)[len(post.wire) - post.body_bytes :]
+            conn.send_with_data_passthrough(h11.Data(data=body))  # type: ignore[arg-type]
+        conn.send(h11.EndOfMessage())
         received_any = False
         try:
-            await stream.send_all(data)
+            await stream.send_all(post.wire)
         except (trio.BrokenResourceError, OSError) as exc:
             raise _StaleConnection from exc
         response: h11.Response | None = None

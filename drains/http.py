@@ -3,7 +3,9 @@
 One keep-alive HTTP/1.1 connection per drain (``drains._http11``: h11 over trio, chosen over
 httpx for its measured per-request cost); connect timeout 3 s, whole request 10 s. The loop
 sends as soon as the drain is idle and lets the buffer accumulate while a request is in
-flight; each post carries at most 1000 messages or 100 KiB.
+flight; each post carries at most 1000 messages or 100 KiB. A batch is encoded once into
+the exact request bytes (``drains._http11.PostEncoder``), and every retry resends
+those bytes.
 
 Request, byte for byte: ``POST`` to the URL's path and query with ``Content-Type:
 application/logplex-1``, ``Logplex-Msg-Count`` (frames in the body, the L10 notice
@@ -31,7 +33,7 @@ import trio
 
 from drains._base import DrainCore, client_tls_context, describe_exception
 from drains._buffer import Taken
-from drains._http11 import Http11Client, HttpTransportError
+from drains._http11 import Http11Client, HttpTransportError, PostEncoder, PreparedPost
 from drains._interface import DrainContext
 from drains._retry import Outcome, classify_status, next_retry_delay_s, parse_retry_after
 from drains._url import DrainURL
@@ -75,15 +77,21 @@ class HttpDrain(DrainCore):
     def __init__(self, ctx: DrainContext, url: DrainURL | None = None) -> None:
         super().__init__(ctx, url, encode=encode_https_frames, memo_key=MEMO_KEY)
         parts = urllib.parse.urlsplit(self.url.target)
-        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
-        self._headers: list[tuple[str, str]] = [
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        fixed_headers = [
             ("Content-Type", "application/logplex-1"),
             ("Logplex-Drain-Token", ctx.token),
             ("User-Agent", ctx.settings.user_agent),
         ]
         if self.url.username is not None:
             auth = basic_auth_header(self.url.username, self.url.password or "")
-            self._headers.append(("Authorization", auth))
+            fixed_headers.append(("Authorization", auth))
+        self._encoder = PostEncoder(
+            path,
+            host_header=parts.netloc,
+            fixed_headers=fixed_headers,
+            per_post_names=("Logplex-Msg-Count", "Logplex-Frame-Id"),
+        )
         self._random = random.Random()
         tls = None
         if self.url.scheme == "https":
@@ -113,16 +121,13 @@ class HttpDrain(DrainCore):
 
     async def _deliver(self, taken: Taken) -> bool:
         """Post one batch until it is delivered (True) or given up (False)."""
-        body = b"".join(taken.frames)
-        headers = [
-            *self._headers,
-            ("Logplex-Msg-Count", str(len(taken.frames))),
-            ("Logplex-Frame-Id", new_frame_id()),
-        ]
+        post = self._encoder.encode(
+            (str(len(taken.frames)), new_frame_id()), taken.frames, taken.byte_count
+        )
         first_attempt_at = trio.current_time()
         attempt = 0
         while True:
-            outcome, retry_after_s, error = await self._post_once(body, headers)
+            outcome, retry_after_s, error = await self._post_once(post)
             if outcome is Outcome.DELIVERED:
                 return True
             self.record_failure(error)
@@ -143,16 +148,14 @@ class HttpDrain(DrainCore):
             await trio.sleep(delay_s)
             attempt += 1
 
-    async def _post_once(
-        self, body: bytes, headers: list[tuple[str, str]]
-    ) -> tuple[Outcome, float | None, str]:
+    async def _post_once(self, post: PreparedPost) -> tuple[Outcome, float | None, str]:
         """One request: its outcome, the server's Retry-After, and an error text."""
         started = trio.current_time()
         connects = self._client.connects
         where = self.url.redacted()
         try:
             with trio.fail_after(REQUEST_TIMEOUT_S):
-                status, response_headers = await self._client.post(self._path, headers, body)
+                status, response_headers = await self._client.post(post)
         except trio.TooSlowError:
             await self._client.aclose()
             return Outcome.RETRY, None, f"request timed out after {REQUEST_TIMEOUT_S:g} s ({where})"
