@@ -74,6 +74,29 @@ def split_utf8_chunks(line: bytes, max_bytes: int) -> list[bytes]:
     return chunks
 
 
+# From this limit on, long lines are looked for with ``rfind`` steps of up to ``limit`` bytes
+# over the data (a few per MiB) rather than with ``len`` over every line (~60 ns a line).
+_FIND_LONG_LINES_FROM_BYTES: Final = 1024
+
+
+def _has_line_over(data: bytes, last_lf: int, limit: int, lines: list[bytes]) -> bool:
+    """Whether one of ``lines`` (``data[:last_lf]`` split on LF) is longer than ``limit``."""
+    if last_lf <= limit:
+        return False
+    if limit < _FIND_LONG_LINES_FROM_BYTES:
+        return max(map(len, lines)) > limit
+    # ``start`` begins a line; while more than ``limit`` bytes remain up to the last LF, the
+    # line at ``start`` is short exactly when an LF lies within its next ``limit + 1``
+    # bytes, and every line up to the last such LF is short too.
+    start = 0
+    while last_lf - start > limit:
+        lf = data.rfind(b"\n", start, start + limit + 1)
+        if lf < 0:
+            return True
+        start = lf + 1
+    return False
+
+
 class LineSplitter:
     """Incremental LF splitter with UTF-8-safe chunking of long lines."""
 
@@ -111,7 +134,7 @@ class LineSplitter:
         if partial:
             self._held.append(partial)
         limit = self._max_line_bytes
-        if len(data) > limit and max(map(len, lines)) > limit:
+        if _has_line_over(data, len(data) - len(partial) - 1, limit, lines):
             lines = [chunk for line in lines for chunk in split_utf8_chunks(line, limit)]
         if self.pending >= limit + 2:
             lines.extend(self._release_long_partial())
