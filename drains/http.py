@@ -93,6 +93,7 @@ class HttpDrain(DrainCore):
             per_post_names=("Logplex-Msg-Count", "Logplex-Frame-Id"),
         )
         self._random = random.Random()
+        self._where = self.url.redacted()  # for error texts; parsed once, not per post
         tls = None
         if self.url.scheme == "https":
             tls = client_tls_context(self.url, ctx.settings.ca_file)
@@ -152,7 +153,7 @@ class HttpDrain(DrainCore):
         """One request: its outcome, the server's Retry-After, and an error text."""
         started = trio.current_time()
         connects = self._client.connects
-        where = self.url.redacted()
+        where = self._where
         try:
             with trio.fail_after(REQUEST_TIMEOUT_S):
                 status, response_headers = await self._client.post(post)
