@@ -18,21 +18,24 @@ task, so one client can never stall another.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Final
+from itertools import repeat
+from operator import add, getitem, itemgetter, sub
+from typing import Final, cast
 
 import trio
 
 from logplex import metrics
 from logplex.codecs.errors import EncodeError, Logplex1Error, ProtocolError
 from logplex.codecs.lines import split_embedded_lines
-from logplex.codecs.logplex1 import parse_input_frame
+from logplex.codecs.logplex1 import InputFrame, parse_input_frame
 from logplex.codecs.octet import OctetFrameDecoder
+from logplex.codecs.octet import _counts as _octet_counts  # the b"1"..b"10240" table
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field, parse_lenient
+from logplex.codecs.rfc5424 import BOM, PROCID_MAX, check_header_field, parse_lenient
 from logplex.connections import AcceptLoop, close_within
 from logplex.model import TokenInfo
 from logplex.router import Router
@@ -135,6 +138,346 @@ def frames_to_batches(
     return outcome
 
 
+# "<PRI>1 YYYY-MM-DDTHH:MM:SS." of a frame read by the input-layout parser, with its PRI and
+# second: a frame that starts with the same bytes and goes on with six fraction digits and
+# "+00:00 " has that PRI and that second. The placeholder never starts a frame.
+_NO_PREFIX: Final = (b"\xff", 0, 0)
+# routes.get(key, _NOT_ROUTED): a header key not seen yet in this read
+_NOT_ROUTED: Final = ("", b"", b"")
+_NIL_MSGID_AND_SD: Final = b" - - "
+_UTC_AND_SPACE: Final = b"+00:00 "
+_LF: Final = 0x0A  # the int test is ~10x cheaper than a bytes one in CPython 3.11
+Route = tuple[str, bytes, bytes]  # (channel, source, ps)
+
+
+def _fast_keys(frame: bytes, parsed: InputFrame) -> tuple[tuple[bytes, int, int], bytes | None]:
+    """What a frame the input-layout parser accepted lets later frames skip.
+
+    The prefix ``<PRI>1 YYYY-MM-DDTHH:MM:SS.`` (with PRI and the second in microseconds)
+    when its TIMESTAMP has six fraction digits and ``+00:00``; and the header key
+    ``HOSTNAME SP APP-NAME SP PROCID`` when MSGID and STRUCTURED-DATA are both ``-``
+    (the fields were just validated, and a key of three space-free fields followed by
+    `` - - `` splits the same way in every frame).
+    """
+    parts = frame.split(b" ", 7)
+    head, stamp = parts[0], parts[1]
+    prefix = _NO_PREFIX
+    if len(stamp) == 32 and stamp[19] == 0x2E and stamp.endswith(b"+00:00"):
+        fraction = stamp[20:26]
+        if fraction.isdigit():
+            prefix = (b"%b %b" % (head, stamp[:20]), parsed.pri, parsed.ts_us - int(fraction, 10))
+    key = None
+    if len(parts) == 8 and parts[5] == b"-" and parts[6] == b"-":
+        key = b" ".join(parts[2:5])
+    return prefix, key
+
+
+# The header of a frame in the common shape, from the "<" after MSG-LEN SP: <PRI>1 and the
+# second of the TIMESTAMP, its six fraction digits and +00:00, then HOSTNAME APP-NAME PROCID,
+# then MSGID and STRUCTURED-DATA both "-". The leading "<" lets the regex engine skip to
+# candidates at C speed. ``split`` hands out the groups and, between two headers, the MSG of
+# the first followed by the MSG-LEN SP of the next: the counts then prove or refute the cut.
+_COMMON_HEADER: Final = re.compile(
+    rb"(<[0-9]{1,3}>1 [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.)"
+    rb"([0-9]{6})\+00:00 "
+    rb"([!-~]+ [!-~]+ [!-~]+) - - "
+)
+_GROUPS: Final = 4  # pieces per header in _COMMON_HEADER.split: 3 groups, then what follows
+# Header bytes besides the prefix and key groups: six fraction digits, "+00:00 ", " - - ".
+_FIXED_BYTES: Final = 6 + 7 + 5
+_KEY_PROBE_HEAD: Final = b"<0>1 1970-01-01T00:00:00.000000+00:00 "
+_PREFIX_PROBE_TAIL: Final = b"000000+00:00 h - - - - "
+
+
+def _clean_msg(msg: bytes) -> bytes:
+    """MSG as the input-layout parser leaves it: one trailing LF and a leading BOM off."""
+    if msg[-1:] == b"\n":
+        msg = msg[:-1]
+    if msg[:3] == BOM:
+        msg = msg[3:]
+    return msg
+
+
+def read_common_frames(
+    data: bytes,
+    max_frame_bytes: int,
+    lookup_token: Callable[[str], TokenInfo | None],
+) -> tuple[ReadOutcome, int] | None:
+    """``read_batches`` for a read whose frames all have the common shape; else None.
+
+    The common shape: every frame's header matches ``_COMMON_HEADER`` (MSGID and
+    STRUCTURED-DATA ``-``, a ``+00:00`` TIMESTAMP with six fraction digits), every MSG-LEN
+    has as many digits as the first, every token is known and all name one channel. One
+    regex ``split`` cuts the whole read, and the counts prove that each header sits exactly
+    at a frame start (each MSG must be as long as its MSG-LEN says, so a header-like text
+    inside a MSG refutes the read instead of starting a frame). Each distinct prefix and
+    header key is validated once by ``parse_input_frame``; the records are zipped in C.
+    Anything else returns None and the frame-by-frame reader takes the read.
+    """
+    parts = _COMMON_HEADER.split(data)
+    if len(parts) == 1:
+        return None
+    pieces = parts[0::_GROUPS]
+    prefixes = parts[1::_GROUPS]
+    fractions = parts[2::_GROUPS]
+    keys = parts[3::_GROUPS]
+    first = pieces[0]
+    digits = len(first) - 1
+    if not first.endswith(b" ") or not 1 <= digits <= 5:
+        return None
+    between = pieces[1:-1]  # MSG of one frame, then MSG-LEN SP of the next
+    if not all(map(bytes.endswith, between, repeat(b" "))):
+        return None
+    count_slice = slice(-digits - 1, -1)
+    msg_slice = slice(0, -digits - 1)
+    slice_all = cast("Callable[[bytes, slice], bytes]", getitem)
+    counts = [first[:-1], *map(slice_all, between, repeat(count_slice))]
+    msgs = [*map(slice_all, between, repeat(msg_slice)), pieces[-1]]
+    declared = list(map(_octet_counts().get, counts))
+    if None in declared:
+        return None
+    lengths = cast("list[int]", declared)
+    if max(lengths) > max_frame_bytes:
+        return None
+    # MSG-LEN - len(prefix) - len(key) - len(MSG): _FIXED_BYTES wherever the cut is right
+    spare = list(
+        map(sub, map(sub, map(sub, lengths, map(len, prefixes)), map(len, keys)), map(len, msgs))
+    )
+    last = spare.pop()
+    if spare.count(_FIXED_BYTES) != len(spare):
+        return None
+    taken = len(data)
+    if last != _FIXED_BYTES:
+        # The last piece also holds what follows the last frame, or that frame is cut.
+        tail = msgs[-1]
+        msg_bytes = len(tail) + last - _FIXED_BYTES
+        if msg_bytes < 0 or (msg_bytes > len(tail) and len(msgs) == 1):
+            return None
+        if msg_bytes > len(tail):  # still arriving: leave it, with its header, for later
+            taken -= len(counts[-1]) + 1 + len(prefixes[-1]) + len(keys[-1]) + len(tail)
+            taken -= _FIXED_BYTES
+            for column in (prefixes, fractions, keys, msgs):
+                column.pop()
+        else:
+            taken -= len(tail) - msg_bytes
+            msgs[-1] = tail[:msg_bytes]
+    seconds: dict[bytes, tuple[int, int]] = {}
+    for prefix in set(prefixes):
+        try:
+            probe = parse_input_frame(prefix + _PREFIX_PROBE_TAIL)
+        except Logplex1Error:
+            return None
+        seconds[prefix] = (probe.pri, probe.ts_us)
+    routes: dict[bytes, tuple[bytes, bytes]] = {}
+    channel = None
+    for key in set(keys):
+        try:
+            probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" - - ")
+        except Logplex1Error:
+            return None
+        token = probe.app_name
+        info = lookup_token(token.decode("ascii", "replace")) if token else None
+        if info is None or (channel is not None and info.channel != channel):
+            return None
+        channel = info.channel
+        routes[key] = (info.source, probe.ps)
+    blob = b"".join(msgs)
+    if _LF in blob or BOM[0] in blob:
+        msgs = [_clean_msg(msg) for msg in msgs]
+    if len(seconds) == 1:
+        pri, second_us = seconds[prefixes[0]]
+        timestamps = list(map(second_us.__add__, map(int, fractions)))
+        pris: Iterable[int] = repeat(pri)
+    else:
+        pri_seconds = list(map(seconds.__getitem__, prefixes))
+        timestamps = list(map(add, map(itemgetter(1), pri_seconds), map(int, fractions)))
+        pris = map(itemgetter(0), pri_seconds)
+    if len(routes) == 1:
+        source, ps = routes[keys[0]]
+        records = list(zip(timestamps, pris, repeat(source), repeat(ps), msgs, strict=False))
+    else:
+        source_ps = list(map(routes.__getitem__, keys))
+        sources = map(itemgetter(0), source_ps)
+        records = list(
+            zip(timestamps, pris, sources, map(itemgetter(1), source_ps), msgs, strict=False)
+        )
+    if _LF in blob:
+        records = split_embedded_lines(records)
+    return ReadOutcome([(cast("str", channel), records)]), taken
+
+
+def read_batches(
+    data: bytes,
+    max_frame_bytes: int,
+    lookup_token: Callable[[str], TokenInfo | None],
+    now_us: int,
+) -> tuple[ReadOutcome, int]:
+    """Cut and parse the whole octet-counted frames at the start of ``data`` in one pass.
+
+    Returns what ``frames_to_batches`` returns for those frames, and how many bytes they
+    took. It stops before anything that is not a complete frame of at most
+    ``max_frame_bytes`` with a count of the b"1".."10240" table (garbage, a frame still
+    arriving, a longer count): ``OctetFrameDecoder`` goes on from there with its policy.
+
+    A frame is read without being cut out when it starts with the ``<PRI>1 YYYY-MM-DDTHH:MM:SS.``
+    of a frame read before through ``parse_input_frame`` and goes on with six fraction
+    digits, ``+00:00``, then a header key ``HOSTNAME APP-NAME PROCID`` already met in this
+    call (its token looked up once) and `` - - ``: the PRI, the second, the validation and
+    the route are the earlier frame's. Every other frame goes the way of ``frames_to_batches``.
+    """
+    common = read_common_frames(data, max_frame_bytes, lookup_token)
+    if common is None:
+        return _read_frame_by_frame(data, max_frame_bytes, lookup_token, now_us)
+    outcome, taken = common
+    if taken == len(data):
+        return common
+    rest, rest_taken = _read_frame_by_frame(data[taken:], max_frame_bytes, lookup_token, now_us)
+    return merge_outcomes(outcome, rest), taken + rest_taken
+
+
+def _read_frame_by_frame(
+    data: bytes,
+    max_frame_bytes: int,
+    lookup_token: Callable[[str], TokenInfo | None],
+    now_us: int,
+) -> tuple[ReadOutcome, int]:
+    """``read_batches`` one frame at a time (see there)."""
+    counts = _octet_counts()
+    find = data.find
+    startswith = data.startswith
+    size = len(data)
+    window = len(str(max_frame_bytes)) + 1
+    outcome = ReadOutcome([])
+    batches = outcome.batches
+    routes: dict[bytes, Route | None] = {}
+    sources: dict[bytes | None, TokenInfo | None] = {}
+    prefix, pri, second_us = _NO_PREFIX
+    prefix_bytes = len(prefix)
+    channel = ""
+    current: list[Message] = []
+    append = current.append
+    has_lf = False
+    position = 0
+    while position < size:
+        space = find(b" ", position, position + window)
+        length = counts.get(data[position:space]) if space > position else None
+        if length is None or length > max_frame_bytes:
+            break
+        start = space + 1
+        end = start + length
+        if end > size:
+            break
+        position = end
+        if startswith(prefix, start):
+            tail = start + prefix_bytes  # the fraction digits
+            key_end = find(_NIL_MSGID_AND_SD, tail + 13, end)
+            # key_end > 0 also proves every byte looked at below lies inside the frame.
+            if key_end > 0 and startswith(_UTC_AND_SPACE, tail + 6):
+                fraction = data[tail : tail + 6]
+                route = routes.get(data[tail + 13 : key_end], _NOT_ROUTED)
+                if route is not _NOT_ROUTED and fraction.isdigit():
+                    if route is None:
+                        outcome.unknown_tokens += 1
+                        continue
+                    msg = data[key_end + 5 : end]
+                    if _LF in msg:
+                        if msg[-1] == _LF:
+                            msg = msg[:-1]
+                        has_lf = has_lf or _LF in msg
+                    if startswith(BOM, key_end + 5, end):
+                        msg = msg[3:]
+                    if route[0] != channel:
+                        if current:
+                            batches.append((channel, current))
+                        channel = route[0]
+                        current = []
+                        append = current.append
+                    append((second_us + int(fraction, 10), pri, route[1], route[2], msg))
+                    continue
+        # Any other frame: the parsers of frames_to_batches, and what this one teaches.
+        frame = data[start:end]
+        key = None
+        try:
+            parsed = parse_input_frame(frame)
+        except Logplex1Error:
+            try:
+                frame_pri, ts_us, token, ps, msg = _parse_frame_leniently(frame, now_us)
+            except ProtocolError:
+                outcome.malformed += 1
+                continue
+        else:
+            frame_pri, ts_us, token, ps, msg = (
+                parsed.pri,
+                parsed.ts_us,
+                parsed.app_name,
+                parsed.ps,
+                parsed.msg,
+            )
+            new_prefix, key = _fast_keys(frame, parsed)
+            if new_prefix is not _NO_PREFIX:
+                prefix, pri, second_us = new_prefix
+                prefix_bytes = len(prefix)
+        if token not in sources:
+            sources[token] = lookup_token(token.decode("ascii", "replace")) if token else None
+        info = sources[token]
+        if key is not None:
+            routes[key] = None if info is None else (info.channel, info.source, ps)
+        if info is None:
+            outcome.unknown_tokens += 1
+            continue
+        if info.channel != channel:
+            if current:
+                batches.append((channel, current))
+            channel = info.channel
+            current = []
+            append = current.append
+        append((ts_us, frame_pri, info.source, ps or NIL_PS, msg))
+        if _LF in msg:
+            has_lf = True
+    if current:
+        batches.append((channel, current))
+    if has_lf:
+        outcome.batches = [(name, split_embedded_lines(messages)) for name, messages in batches]
+    return outcome, position
+
+
+def merge_outcomes(first: ReadOutcome, second: ReadOutcome) -> ReadOutcome:
+    """``first`` then ``second``, as if one read: a channel's batch continues across them."""
+    batches = first.batches + second.batches
+    joint = len(first.batches)
+    if first.batches and second.batches and batches[joint - 1][0] == batches[joint][0]:
+        batches[joint - 1 : joint + 1] = [
+            (batches[joint][0], batches[joint - 1][1] + batches[joint][1])
+        ]
+    return ReadOutcome(
+        batches,
+        first.unknown_tokens + second.unknown_tokens,
+        first.malformed + second.malformed,
+    )
+
+
+def read_decoder(
+    decoder: OctetFrameDecoder,
+    lookup_token: Callable[[str], TokenInfo | None],
+    now_us: int,
+) -> ReadOutcome:
+    """Every complete frame buffered in ``decoder``, read into batches.
+
+    The whole frames at the start go through ``read_batches`` in one pass; whatever it
+    leaves (garbage, a long count, a frame still arriving) goes through the decoder with
+    its policy and ``frames_to_batches``: the result is that of ``decoder.frames()`` then
+    ``frames_to_batches``.
+    """
+    outcome, taken = read_batches(
+        decoder.complete_bytes(), decoder.max_frame_bytes, lookup_token, now_us
+    )
+    decoder.consume(taken)
+    frames = decoder.frames()
+    if frames:
+        outcome = merge_outcomes(outcome, frames_to_batches(frames, lookup_token, now_us))
+    return outcome
+
+
 class SyslogListener:
     """Serves octet-counted syslog connections into a ``Router``."""
 
@@ -194,13 +537,10 @@ class SyslogListener:
                 if not data:
                     return "eof"
                 decoder.feed(bytes(data))
-                frames = decoder.frames()
+                outcome = read_decoder(decoder, lookup_token, time.time_ns() // 1000)
                 if decoder.resyncs != resyncs:
                     _MALFORMED.inc(decoder.resyncs - resyncs)
                     resyncs = decoder.resyncs
-                if not frames:
-                    continue
-                outcome = frames_to_batches(frames, lookup_token, time.time_ns() // 1000)
                 published = 0
                 message_bytes = 0
                 for channel, messages in outcome.batches:

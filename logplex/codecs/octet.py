@@ -18,6 +18,11 @@ frames) or ``next_frame()`` (one). Two policies for garbage:
   in sight only the last D+1 bytes are kept (plus one byte of context for the look-behind),
   since a candidate may start there.
 
+A caller with a faster reader of its own (the syslog listener reads and parses frames in
+one pass) takes ``complete_bytes()``, cuts the whole frames it can by the rules above, and
+hands back their length with ``consume(count)``; it stops where anything else begins, and
+``frames()`` goes on from there, with the policy.
+
 Cost: the decoder never looks at more than D+1 bytes to read a header, and once a header
 is read it does nothing until the buffer holds the whole frame, so feeding one byte at a
 time stays linear. Frames are cut from one ``bytes`` snapshot of the buffer per call, taken
@@ -93,6 +98,10 @@ class OctetFrameDecoder:
         self.resyncs = 0
 
     @property
+    def max_frame_bytes(self) -> int:
+        return self._max_frame_bytes
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not yet returned as frames (nor skipped)."""
         return len(self._buffer) - self._resyncing + sum(map(len, self._ready))
@@ -114,6 +123,31 @@ class OctetFrameDecoder:
             frames.extend(self._decode())
             return frames
         return self._decode()
+
+    def complete_bytes(self) -> bytes:
+        """The buffered bytes from the next frame start on, for a caller that cuts whole
+        frames itself (by the rules of this module) and then ``consume``s them.
+
+        Empty while decoding is not at a frame start (resyncing, or frames already decoded
+        and waiting for ``next_frame``) and while the frame whose header was read is still
+        incomplete: then ``frames()`` is the way on, and waiting stays free per byte.
+        """
+        buffer = self._buffer
+        if self._resyncing or self._ready or self._frame_end > len(buffer):
+            return b""
+        return bytes(buffer)
+
+    def consume(self, count: int) -> None:
+        """Drop the first ``count`` bytes of ``complete_bytes()``: whole frames taken."""
+        if not 0 <= count <= len(self._buffer):
+            raise ValueError(
+                f"cannot consume {count} bytes: {len(self._buffer)} are buffered "
+                "(consume only whole frames read from complete_bytes())"
+            )
+        if count:
+            del self._buffer[:count]
+            self._consumed += count
+            self._frame_end = 0
 
     def _decode(self) -> list[bytes]:
         buffer = self._buffer

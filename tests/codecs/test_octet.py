@@ -188,3 +188,34 @@ def test_resync_look_behind_works_across_feeds() -> None:
     decoder.feed(b"2345 <1>")
     assert decoder.frames() == []
     assert decoder.resyncs == 0
+
+
+def test_complete_bytes_and_consume_hand_whole_frames_to_a_reader() -> None:
+    decoder = OctetFrameDecoder(100, "resync")
+    decoder.feed(b"1 a2 bc3 d")
+    data = decoder.complete_bytes()
+    assert data == b"1 a2 bc3 d"
+    decoder.consume(3)  # the reader took "1 a"
+    assert decoder.frames() == [b"bc"]
+    decoder.consume(0)
+    assert decoder.complete_bytes() == b""  # "3 d" is still arriving: nothing to re-read
+    decoder.feed(b"ef")
+    assert decoder.complete_bytes() == b"3 def"
+    with pytest.raises(ValueError, match="consume only whole frames"):
+        decoder.consume(6)
+    decoder.consume(5)
+    assert decoder.buffered == 0
+    assert decoder.max_frame_bytes == 100
+
+
+def test_complete_bytes_is_empty_while_not_at_a_frame_start() -> None:
+    decoder = OctetFrameDecoder(100, "resync")
+    decoder.feed(b"garbage")
+    assert decoder.frames() == []
+    assert decoder.complete_bytes() == b""  # resyncing
+    decoder.feed(b" 1 <")
+    assert decoder.next_frame() == b"<"
+    decoder.feed(b"1 x1 y")
+    assert decoder.next_frame() == b"x"
+    assert decoder.complete_bytes() == b""  # "y" waits in the queue of next_frame
+    assert decoder.frames() == [b"y"]

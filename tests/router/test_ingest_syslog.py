@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,8 +16,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from logplex import metrics
-from logplex.codecs.octet import encode_octet_frame
-from logplex.ingest_syslog import SyslogListener, SyslogListenerSettings, frames_to_batches
+from logplex.codecs.octet import OctetFrameDecoder, encode_octet_frame
+from logplex.codecs.records import Message
+from logplex.ingest_syslog import (
+    ReadOutcome,
+    SyslogListener,
+    SyslogListenerSettings,
+    frames_to_batches,
+    merge_outcomes,
+    read_batches,
+    read_common_frames,
+    read_decoder,
+)
 from logplex.model import ChannelConfig, TokenInfo
 from logplex.router import Router
 
@@ -243,3 +254,148 @@ async def test_connections_past_the_limit_are_closed_and_counted() -> None:
         assert await wait_for_history(router, "a", 2) == [b"admitted", b"still served"]
         await first.aclose()
         await second.aclose()
+
+
+# --- the one-pass readers: equal to the frame-by-frame path on any input -----------------
+
+BOM = b"\xef\xbb\xbf"
+# Frames the fast readers take, and near misses each of them must hand back.
+VARIED_FRAMES = [
+    frame(TOKEN_A, b"plain"),
+    frame(TOKEN_A, b"other ps", ps=b"worker.7"),
+    frame(TOKEN_A, b"other pri", pri=13),
+    frame(TOKEN_A, b"next second", ts=b"2026-11-27T20:39:34.000001+00:00"),
+    frame(TOKEN_A, b"zulu", ts=b"2026-11-27T20:39:33.123456Z"),
+    frame(TOKEN_A, b"nil ts", ts=b"-"),
+    frame(TOKEN_A, b"nil ps", ps=b"-"),
+    frame(TOKEN_B, b"channel b"),
+    frame("t.unknown", b"unknown token"),
+    frame(TOKEN_A, b"trailing lf\n"),
+    frame(TOKEN_A, b"two\nlines"),
+    frame(TOKEN_A, BOM + b"bom"),
+    frame(TOKEN_A, b""),
+    frame(TOKEN_A, b"x" * 1000),  # a four-digit MSG-LEN
+    # a header inside a MSG: it must never start a frame of its own
+    frame(TOKEN_A, b"96 " + frame(TOKEN_B, b"injected")),
+    frame(TOKEN_A, b"<190>1 2026-11-27T20:39:33.000000+00:00 h a p - - "),
+    b"<190>1 %s host %s web.1 ID1 - with msgid" % (TS, TOKEN_A.encode()),
+    b'<190>1 %s host %s web.1 - [a@1 b="c"] with sd' % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 - -" % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 - drain layout" % (TS, TOKEN_A.encode()),
+    b"<999>1 %s host %s web.1 - - bad pri" % (TS, TOKEN_A.encode()),
+    b"<190>1 2026-02-30T00:00:00.000000+00:00 host %s web.1 - - bad date" % TOKEN_A.encode(),
+    b"<190>1 %s host %s w\x01b - - bad ps" % (TS, TOKEN_A.encode()),
+    b"garbage frame",
+]
+
+
+def flat(outcome: ReadOutcome) -> tuple[list[tuple[str, Message]], int, int]:
+    messages = [(channel, m) for channel, batch in outcome.batches for m in batch]
+    return messages, outcome.unknown_tokens, outcome.malformed
+
+
+def joined(frames: list[bytes]) -> bytes:
+    return b"".join(map(encode_octet_frame, frames))
+
+
+@pytest.mark.parametrize("frames", [[f] * 3 for f in VARIED_FRAMES] + [VARIED_FRAMES])
+def test_read_batches_equals_frames_to_batches(frames: list[bytes]) -> None:
+    outcome, taken = read_batches(joined(frames), 10240, TOKENS.get, NOW_US)
+    assert taken == len(joined(frames))
+    assert outcome == frames_to_batches(frames, TOKENS.get, NOW_US)
+
+
+@pytest.mark.parametrize(
+    ("frames", "common"),
+    [
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", ps=b"w.2")], True),
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", pri=13)], True),
+        ([frame(TOKEN_A, b"aaaaaa\n"), frame(TOKEN_A, BOM + b"b\nc")], True),  # 3 digits
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_B, b"2")], False),  # two channels
+        ([frame(TOKEN_A, b"1"), frame("t.unknown", b"2")], False),  # unknown token
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"x" * 1000)], False),  # MSG-LEN digits
+        ([frame(TOKEN_A, b"96 " + frame(TOKEN_B, b"injected"))], False),  # header in MSG
+        ([frame(TOKEN_A, b"1", ts=b"-")], False),
+        ([frame(TOKEN_A, b"1", pri=999)], False),
+    ],
+)
+def test_read_common_frames_takes_only_the_common_shape(frames: list[bytes], common: bool) -> None:
+    data = joined(frames)
+    result = read_common_frames(data, 10240, TOKENS.get)
+    assert (result is not None) == common
+    if result is not None:
+        assert result == (frames_to_batches(frames, TOKENS.get, NOW_US), len(data))
+
+
+def test_read_common_frames_leaves_a_cut_frame_and_what_follows() -> None:
+    whole = joined([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2")])
+    third = encode_octet_frame(frame(TOKEN_A, b"3"))
+    for cut in range(len(third)):
+        result = read_batches(whole + third[:cut], 10240, TOKENS.get, NOW_US)
+        assert result[1] == len(whole)
+        assert [m[4] for m in result[0].batches[0][1]] == [b"1", b"2"]
+    assert read_common_frames(third[:-1], 10240, TOKENS.get) is None
+    # a count over the limit is the decoder's to refuse
+    assert read_batches(whole, 50, TOKENS.get, NOW_US)[1] == 0
+
+
+@given(
+    picks=st.lists(
+        st.one_of(st.sampled_from(VARIED_FRAMES), st.binary(min_size=1, max_size=120)),
+        max_size=30,
+    )
+)
+def test_read_batches_equals_frames_to_batches_on_any_frames(picks: list[bytes]) -> None:
+    data = joined(picks)
+    outcome, taken = read_batches(data, 10240, TOKENS.get, NOW_US)
+    assert taken == len(data)
+    assert outcome == frames_to_batches(picks, TOKENS.get, NOW_US)
+
+
+@given(
+    picks=st.lists(
+        st.one_of(
+            st.sampled_from([encode_octet_frame(f) for f in VARIED_FRAMES]),
+            st.binary(max_size=40),  # garbage between frames
+        ),
+        max_size=30,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=5),
+)
+def test_read_decoder_equals_the_decoder_then_frames_to_batches(
+    picks: list[bytes], cuts: list[int]
+) -> None:
+    data = b"".join(picks)
+    fast = OctetFrameDecoder(10240, "resync")
+    slow = OctetFrameDecoder(10240, "resync")
+    fast_messages: list[tuple[str, Message]] = []
+    slow_messages: list[tuple[str, Message]] = []
+    counts = [0, 0, 0, 0]
+    edges = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
+    for start, end in itertools.pairwise(edges):
+        fast.feed(data[start:end])
+        slow.feed(data[start:end])
+        messages, unknown, malformed = flat(read_decoder(fast, TOKENS.get, NOW_US))
+        fast_messages += messages
+        counts[0] += unknown
+        counts[1] += malformed
+        messages, unknown, malformed = flat(frames_to_batches(slow.frames(), TOKENS.get, NOW_US))
+        slow_messages += messages
+        counts[2] += unknown
+        counts[3] += malformed
+    assert fast_messages == slow_messages
+    assert counts[:2] == counts[2:]
+    assert (fast.resyncs, fast.skipped_bytes, fast.buffered) == (
+        slow.resyncs,
+        slow.skipped_bytes,
+        slow.buffered,
+    )
+
+
+def test_merge_outcomes_continues_a_channel_batch() -> None:
+    a1, a2, b1 = ((1, 1, b"s", b"p", m) for m in (b"a1", b"a2", b"b1"))
+    merged = merge_outcomes(ReadOutcome([("a", [a1])], 1, 0), ReadOutcome([("a", [a2])], 0, 2))
+    assert merged == ReadOutcome([("a", [a1, a2])], 1, 2)
+    merged = merge_outcomes(ReadOutcome([("a", [a1])]), ReadOutcome([("b", [b1])]))
+    assert merged == ReadOutcome([("a", [a1]), ("b", [b1])])
+    assert merge_outcomes(ReadOutcome([]), ReadOutcome([("b", [b1])])).batches == [("b", [b1])]
