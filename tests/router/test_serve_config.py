@@ -219,3 +219,19 @@ def test_signal_during_shutdown(
     first: signal.Signals, again: signal.Signals, seconds_later: float, duplicate: bool
 ) -> None:
     assert is_duplicate_signal(first, 100.0, again, 100.0 + seconds_later) is duplicate
+
+
+def test_tune_gc_makes_collections_rare_and_freezes_start_up_objects() -> None:
+    import gc
+
+    from logplex.serve import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_threshold()[0] >= 10_000
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
