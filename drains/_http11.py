@@ -26,6 +26,7 @@ only moves bytes.
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,98 @@ def _header_line(name: str, value: str) -> bytes:
             "and no leading or trailing whitespace"
         )
     return b"%s: %s\r\n" % (name_bytes, value_bytes)
+
+
+class TlsOverSocket(trio.abc.AsyncResource):
+    """TLS (``ssl.SSLObject`` over memory BIOs) driven straight over a connected socket.
+
+    What ``trio.SSLStream`` does for a drain, without its per-call bookkeeping (conflict
+    detectors, the retry loop and a scheduler round trip per socket call): measured on a
+    100 KiB post, 400-500 µs of CPU instead of 550-770 µs. Sufficient for a client that
+    alternates one send with reading the answer, which is all ``Http11Client`` does; not a
+    general stream (no concurrent send and receive, no ``send_eof``).
+
+    Errors are what the ``ssl`` module and the socket raise (``ssl.SSLError`` and other
+    ``OSError``), certificate failures included; the peer closing without close_notify
+    reads as ``ssl.SSLEOFError``, a clean close_notify as end of stream (``b""``).
+    """
+
+    def __init__(
+        self, tcp: trio.SocketStream, context: ssl.SSLContext, *, server_hostname: str
+    ) -> None:
+        # The socket leaves trio's wrapper: sends and receives are plain non-blocking calls,
+        # waiting only when the kernel says so (wait_readable / wait_writable).
+        self._socket = socket.socket(fileno=tcp.socket.detach())
+        self._socket.setblocking(False)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_hostname=server_hostname
+        )
+
+    async def do_handshake(self) -> None:
+        """The TLS handshake, certificate and host name verification included."""
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                await self._send_outgoing()
+                await self._receive_incoming()
+                continue
+            await self._send_outgoing()
+            return
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._tls.write(view)
+            view = view[written:]
+        await self._send_outgoing()
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        while True:
+            try:
+                return self._tls.read(max_bytes)
+            except ssl.SSLWantReadError:
+                await self._send_outgoing()  # e.g. the answer to a TLS 1.3 KeyUpdate
+                await self._receive_incoming()
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    async def aclose(self) -> None:
+        if self._socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self._socket)
+            self._socket.close()
+        await trio.lowlevel.checkpoint()
+
+    async def _send_outgoing(self) -> None:
+        if not self._outgoing.pending:
+            return
+        view = memoryview(self._outgoing.read())
+        while view:
+            try:
+                sent = self._socket.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._socket)
+                continue
+            view = view[sent:]
+
+    async def _receive_incoming(self) -> None:
+        while True:
+            try:
+                data = self._socket.recv(READ_BYTES)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._socket)
+                continue
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
+            return
+
+
+# A connection of the client: plain TCP, or TLS over it.
+Transport = trio.SocketStream | TlsOverSocket
 
 
 class PostEncoder:
@@ -157,7 +250,7 @@ class Http11Client:
         self._host_header = host_header
         self._connect_timeout_s = connect_timeout_s
         self._max_response_bytes = max_response_bytes
-        self._stream: trio.abc.Stream | None = None
+        self._stream: Transport | None = None
         self._conn: h11.Connection | None = None
         self.connects = 0
         self.last_connect_s = 0.0
@@ -172,13 +265,13 @@ class Http11Client:
         try:
             with trio.fail_after(self._connect_timeout_s):
                 tcp = await trio.open_tcp_stream(self._host, self._port)
-                stream: trio.abc.Stream = tcp
+                stream: Transport = tcp
                 if self._tls is not None:
-                    tls_stream = trio.SSLStream(tcp, self._tls, server_hostname=self._host)
+                    tls_stream = TlsOverSocket(tcp, self._tls, server_hostname=self._host)
                     try:
                         await tls_stream.do_handshake()
                     except BaseException:
-                        await trio.aclose_forcefully(tcp)
+                        await trio.aclose_forcefully(tls_stream)
                         raise
                     stream = tls_stream
         except trio.TooSlowError as exc:
@@ -226,7 +319,7 @@ class Http11Client:
 
     async def _exchange(
         self,
-        stream: trio.abc.Stream,
+        stream: Transport,
         conn: h11.Connection,
         post: PreparedPost,
     ) -> tuple[int, dict[str, str]]:
