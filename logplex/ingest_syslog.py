@@ -189,6 +189,16 @@ _KEY_PROBE_HEAD: Final = b"<0>1 1970-01-01T00:00:00.000000+00:00 "
 _PREFIX_PROBE_TAIL: Final = b"000000+00:00 h - - - - "
 
 
+_count_space_table: dict[bytes, int] = {}
+
+
+def _counts_with_space() -> dict[bytes, int]:
+    """b"1 ".."10240 " -> int, built on first use from the octet module's table."""
+    if not _count_space_table:
+        _count_space_table.update((count + b" ", n) for count, n in _octet_counts().items())
+    return _count_space_table
+
+
 def _clean_msg(msg: bytes) -> bytes:
     """MSG as the input-layout parser leaves it: one trailing LF and a leading BOM off."""
     if msg[-1:] == b"\n":
@@ -223,38 +233,50 @@ def read_common_frames(
     keys = parts[3::_GROUPS]
     first = pieces[0]
     digits = len(first) - 1
-    if not first.endswith(b" ") or not 1 <= digits <= 5:
+    if not 1 <= digits <= 5:
         return None
-    between = pieces[1:-1]  # MSG of one frame, then MSG-LEN SP of the next
-    if not all(map(bytes.endswith, between, repeat(b" "))):
-        return None
-    count_slice = slice(-digits - 1, -1)
+    # "MSG-LEN SP" ends every piece but the last: one lookup checks the digits and the space
+    count_slice = slice(-digits - 1, None)
     msg_slice = slice(0, -digits - 1)
     slice_all = cast("Callable[[bytes, slice], bytes]", getitem)
-    counts = [first[:-1], *map(slice_all, between, repeat(count_slice))]
+    between = pieces[1:-1]  # MSG of one frame, then MSG-LEN SP of the next
+    counts = [first, *map(slice_all, between, repeat(count_slice))]
     msgs = [*map(slice_all, between, repeat(msg_slice)), pieces[-1]]
-    declared = list(map(_octet_counts().get, counts))
+    declared = list(map(_counts_with_space().get, counts))
     if None in declared:
         return None
     lengths = cast("list[int]", declared)
     if max(lengths) > max_frame_bytes:
         return None
-    # MSG-LEN - len(prefix) - len(key) - len(MSG): _FIXED_BYTES wherever the cut is right
-    spare = list(
-        map(sub, map(sub, map(sub, lengths, map(len, prefixes)), map(len, keys)), map(len, msgs))
-    )
+    distinct_prefixes = set(prefixes)
+    distinct_keys = set(keys)
+    prefix_bytes = set(map(len, distinct_prefixes))
+    key_bytes = set(map(len, distinct_keys))
+    # MSG-LEN - len(MSG) - len(prefix) - len(key) is _FIXED_BYTES wherever the cut is right
+    if len(prefix_bytes) == 1 and len(key_bytes) == 1:  # one header length: no per-frame len
+        fixed_bytes = _FIXED_BYTES + prefix_bytes.pop() + key_bytes.pop()
+        spare = list(map(sub, lengths, map(len, msgs)))
+    else:
+        fixed_bytes = _FIXED_BYTES
+        spare = list(
+            map(
+                sub,
+                map(sub, map(sub, lengths, map(len, prefixes)), map(len, keys)),
+                map(len, msgs),
+            )
+        )
     last = spare.pop()
-    if spare.count(_FIXED_BYTES) != len(spare):
+    if spare.count(fixed_bytes) != len(spare):
         return None
     taken = len(data)
-    if last != _FIXED_BYTES:
+    if last != fixed_bytes:
         # The last piece also holds what follows the last frame, or that frame is cut.
         tail = msgs[-1]
-        msg_bytes = len(tail) + last - _FIXED_BYTES
+        msg_bytes = len(tail) + last - fixed_bytes
         if msg_bytes < 0 or (msg_bytes > len(tail) and len(msgs) == 1):
             return None
         if msg_bytes > len(tail):  # still arriving: leave it, with its header, for later
-            taken -= len(counts[-1]) + 1 + len(prefixes[-1]) + len(keys[-1]) + len(tail)
+            taken -= len(counts[-1]) + len(prefixes[-1]) + len(keys[-1]) + len(tail)
             taken -= _FIXED_BYTES
             for column in (prefixes, fractions, keys, msgs):
                 column.pop()
@@ -262,7 +284,7 @@ def read_common_frames(
             taken -= len(tail) - msg_bytes
             msgs[-1] = tail[:msg_bytes]
     seconds: dict[bytes, tuple[int, int]] = {}
-    for prefix in set(prefixes):
+    for prefix in distinct_prefixes:
         try:
             probe = parse_input_frame(prefix + _PREFIX_PROBE_TAIL)
         except Logplex1Error:
@@ -270,7 +292,7 @@ def read_common_frames(
         seconds[prefix] = (probe.pri, probe.ts_us)
     routes: dict[bytes, tuple[bytes, bytes]] = {}
     channel = None
-    for key in set(keys):
+    for key in distinct_keys:
         try:
             probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" - - ")
         except Logplex1Error:

@@ -329,7 +329,7 @@ def profile_syslog(lines: int) -> None:
     import pstats
 
     from logplex.codecs.octet import OctetFrameDecoder
-    from logplex.ingest_syslog import frames_to_batches
+    from logplex.ingest_syslog import read_decoder
 
     router, _ = make_router()
     data = b"".join(
@@ -344,7 +344,7 @@ def profile_syslog(lines: int) -> None:
         decoder = OctetFrameDecoder(10240, policy="resync")
         for start in range(0, len(data), 256 * 1024):
             decoder.feed(data[start : start + 256 * 1024])
-            outcome = frames_to_batches(decoder.frames(), router.lookup_token, 0)
+            outcome = read_decoder(decoder, router.lookup_token, 0)
             for channel, messages in outcome.batches:
                 router.publish(channel, messages)
 
