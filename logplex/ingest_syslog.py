@@ -482,18 +482,27 @@ def read_decoder(
     decoder: OctetFrameDecoder,
     lookup_token: Callable[[str], TokenInfo | None],
     now_us: int,
+    data: bytes = b"",
 ) -> ReadOutcome:
-    """Every complete frame buffered in ``decoder``, read into batches.
+    """Feed ``data`` to ``decoder`` and read every complete frame buffered into batches.
 
     The whole frames at the start go through ``read_batches`` in one pass; whatever it
     leaves (garbage, a long count, a frame still arriving) goes through the decoder with
-    its policy and ``frames_to_batches``: the result is that of ``decoder.frames()`` then
-    ``frames_to_batches``.
+    its policy and ``frames_to_batches``: the result is that of ``decoder.feed(data)``,
+    ``decoder.frames()`` then ``frames_to_batches``. When the decoder holds nothing, ``data``
+    is read where it is and only what is left is fed (no copy of the whole read).
     """
-    outcome, taken = read_batches(
-        decoder.complete_bytes(), decoder.max_frame_bytes, lookup_token, now_us
-    )
-    decoder.consume(taken)
+    max_frame_bytes = decoder.max_frame_bytes
+    if decoder.is_empty:
+        outcome, taken = read_batches(data, max_frame_bytes, lookup_token, now_us)
+        decoder.advance(taken)
+        decoder.feed(data[taken:] if taken else data)
+    else:
+        decoder.feed(data)
+        outcome, taken = read_batches(
+            decoder.complete_bytes(), max_frame_bytes, lookup_token, now_us
+        )
+        decoder.consume(taken)
     frames = decoder.frames()
     if frames:
         outcome = merge_outcomes(outcome, frames_to_batches(frames, lookup_token, now_us))
@@ -558,8 +567,7 @@ class SyslogListener:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return "eof"
-                decoder.feed(bytes(data))
-                outcome = read_decoder(decoder, lookup_token, time.time_ns() // 1000)
+                outcome = read_decoder(decoder, lookup_token, time.time_ns() // 1000, bytes(data))
                 if decoder.resyncs != resyncs:
                     _MALFORMED.inc(decoder.resyncs - resyncs)
                     resyncs = decoder.resyncs

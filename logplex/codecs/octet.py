@@ -21,7 +21,8 @@ frames) or ``next_frame()`` (one). Two policies for garbage:
 A caller with a faster reader of its own (the syslog listener reads and parses frames in
 one pass) takes ``complete_bytes()``, cuts the whole frames it can by the rules above, and
 hands back their length with ``consume(count)``; it stops where anything else begins, and
-``frames()`` goes on from there, with the policy.
+``frames()`` goes on from there, with the policy. While ``is_empty`` such a caller may read a
+new chunk before feeding it, ``advance`` by what it took and ``feed`` only the rest.
 
 Cost: the decoder never looks at more than D+1 bytes to read a header, and once a header
 is read it does nothing until the buffer holds the whole frame, so feeding one byte at a
@@ -148,6 +149,21 @@ class OctetFrameDecoder:
             del self._buffer[:count]
             self._consumed += count
             self._frame_end = 0
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing buffered nor queued: the next byte fed starts a frame."""
+        return not self._buffer and not self._ready
+
+    def advance(self, count: int) -> None:
+        """Count ``count`` stream bytes that a caller read as whole frames without feeding
+        them (only while ``is_empty``): byte offsets in later errors stay exact."""
+        if not self.is_empty:
+            raise ValueError(
+                "advance() is only for frames read while the decoder is empty; "
+                "feed() the bytes and use complete_bytes() and consume() instead"
+            )
+        self._consumed += count
 
     def _decode(self) -> list[bytes]:
         buffer = self._buffer

@@ -219,3 +219,17 @@ def test_complete_bytes_is_empty_while_not_at_a_frame_start() -> None:
     assert decoder.next_frame() == b"x"
     assert decoder.complete_bytes() == b""  # "y" waits in the queue of next_frame
     assert decoder.frames() == [b"y"]
+
+
+def test_advance_counts_frames_read_before_feeding() -> None:
+    decoder = OctetFrameDecoder(100)
+    assert decoder.is_empty
+    decoder.advance(10)  # ten bytes of whole frames read by the caller
+    decoder.feed(b"1 a")
+    assert not decoder.is_empty
+    with pytest.raises(ValueError, match="only for frames read while the decoder is empty"):
+        decoder.advance(1)
+    assert decoder.frames() == [b"a"]
+    decoder.feed(b"x")
+    with pytest.raises(OctetFramingError, match="at byte 13"):
+        decoder.frames()

@@ -373,9 +373,8 @@ def test_read_decoder_equals_the_decoder_then_frames_to_batches(
     counts = [0, 0, 0, 0]
     edges = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
     for start, end in itertools.pairwise(edges):
-        fast.feed(data[start:end])
         slow.feed(data[start:end])
-        messages, unknown, malformed = flat(read_decoder(fast, TOKENS.get, NOW_US))
+        messages, unknown, malformed = flat(read_decoder(fast, TOKENS.get, NOW_US, data[start:end]))
         fast_messages += messages
         counts[0] += unknown
         counts[1] += malformed
