@@ -317,6 +317,8 @@ def test_read_batches_equals_frames_to_batches(frames: list[bytes]) -> None:
         ([frame(TOKEN_A, b"96 " + frame(TOKEN_B, b"injected"))], False),  # header in MSG
         ([frame(TOKEN_A, b"1", ts=b"-")], False),
         ([frame(TOKEN_A, b"1", pri=999)], False),
+        ([frame(TOKEN_A, b"1", ps=b"w\x01b")], False),  # the regex only delimits fields
+        ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:3x:33.123456+00:00")], False),
     ],
 )
 def test_read_common_frames_takes_only_the_common_shape(frames: list[bytes], common: bool) -> None:
