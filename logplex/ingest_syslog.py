@@ -13,6 +13,13 @@ answered (syslog has no acknowledgement). Frames of one read are grouped by chan
 arrival order and published as lists (``frames_to_batches``, a plain function). A
 connection that sends nothing for ``idle_timeout_s`` is closed; each connection is its own
 task, so one client can never stall another.
+
+Speed (issue 3): ``read_decoder`` reads the whole frames at the start of a read in one pass
+and leaves only the rest to the decoder. ``read_common_frames`` takes a read whose frames
+all have the common shape (MSGID and SD ``-``, ``+00:00`` with six fraction digits, one
+channel) with one regex split and C-level passes, the counts proving every cut;
+``read_batches`` falls back to a frame loop that reuses the PRI, second and route of earlier
+frames. Both give exactly what ``frames_to_batches`` gives (hypothesis properties say so).
 """
 
 from __future__ import annotations
