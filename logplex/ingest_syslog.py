@@ -496,10 +496,14 @@ def read_decoder(
     The whole frames at the start go through ``read_batches`` in one pass; whatever it
     leaves (garbage, a long count, a frame still arriving) goes through the decoder with
     its policy and ``frames_to_batches``: the result is that of ``decoder.feed(data)``,
-    ``decoder.frames()`` then ``frames_to_batches``. When the decoder holds nothing, ``data``
-    is read where it is and only what is left is fed (no copy of the whole read).
+    ``decoder.frames()`` then ``frames_to_batches``. When the decoder is at a frame start, what
+    it holds is taken back and read in front of ``data``, and only what is left is fed (one
+    copy of the read instead of two).
     """
     max_frame_bytes = decoder.max_frame_bytes
+    held = decoder.take_back()  # the start of a frame cut by the previous read, mostly
+    if held:
+        data = held + data
     if decoder.is_empty:
         outcome, taken = read_batches(data, max_frame_bytes, lookup_token, now_us)
         decoder.advance(taken)

@@ -150,6 +150,16 @@ class OctetFrameDecoder:
             self._consumed += count
             self._frame_end = 0
 
+    def take_back(self) -> bytes:
+        """``complete_bytes()``, handed back: the buffer is emptied without advancing the
+        stream offset, so a caller reads them in front of its next chunk, then ``advance``s
+        by what it took and ``feed``s the rest."""
+        held = self.complete_bytes()
+        if held:
+            self._buffer.clear()
+            self._frame_end = 0
+        return held
+
     @property
     def is_empty(self) -> bool:
         """Nothing buffered nor queued: the next byte fed starts a frame."""

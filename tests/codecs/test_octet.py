@@ -233,3 +233,20 @@ def test_advance_counts_frames_read_before_feeding() -> None:
     decoder.feed(b"x")
     with pytest.raises(OctetFramingError, match="at byte 13"):
         decoder.frames()
+
+
+def test_take_back_returns_the_held_bytes_without_moving_the_offset() -> None:
+    decoder = OctetFrameDecoder(100)
+    decoder.feed(b"3 a")
+    assert decoder.take_back() == b"3 a"
+    assert decoder.is_empty
+    decoder.advance(3)  # the caller read "3 a" and "b" with its next chunk: no frame
+    decoder.feed(b"b")
+    with pytest.raises(OctetFramingError, match="at byte 3"):
+        decoder.frames()
+    waiting = OctetFrameDecoder(100)
+    waiting.feed(b"5 ab")
+    assert waiting.frames() == []
+    assert waiting.take_back() == b""  # a frame still arriving stays where it is
+    waiting.feed(b"cde")
+    assert waiting.frames() == [b"abcde"]
