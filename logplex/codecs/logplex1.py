@@ -40,12 +40,14 @@ from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.octet import _counts as _octet_counts  # the shared b"1".."10240" table
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import (
+    _LENGTH_PREFIXES,
     APP_NAME_MAX,
     BOM,
     HOSTNAME_MAX,
     MSGID_MAX,
     PRI_MAX,
     PROCID_MAX,
+    _frames_with_headers,
     check_header_field,
     check_pri,
     parse_structured_data,
@@ -115,11 +117,6 @@ def https_frame(m: Message, host: bytes = b"host") -> bytes:
     )
 
 
-# b"N " for every frame length a 10000-byte line can produce: one list index per frame
-# instead of formatting an int.
-_LENGTH_PREFIXES: Final = [b"%d " % n for n in range(MAX_FRAME_BYTES + 1024)]
-
-
 def encode_https_body(messages: list[Message], host: bytes = b"host") -> tuple[bytes, int]:
     """The logplex-1 body of ``messages`` and its message count (``Logplex-Msg-Count``).
 
@@ -161,51 +158,9 @@ def https_frames(messages: list[Message], host: bytes = b"host") -> list[bytes]:
     """``[https_frame(m, host) for m in messages]``, for a whole batch at once.
 
     A drain buffer keeps one frame per message (it cuts posts and counts losses by frame),
-    so this returns the list, not the joined body. The header parts are looked up only when
-    (PRI, source, ps) differs from the previous message's and the timestamp prefix only when
-    the millisecond does: in a router batch both mostly repeat, and what is left per message
-    is one join of seven parts.
+    so this returns the list, not the joined body.
     """
-    headers = _https_headers
-    length_prefixes = _LENGTH_PREFIXES
-    longest = len(length_prefixes)
-    ts_prefixes = _prefix_by_millisecond
-    ts_tails = _MICROS_UTC
-    frames: list[bytes] = []
-    append = frames.append
-    join = b"".join
-    # None never equals a field: the first message looks its header up (and validates it).
-    last_pri: int | None = None
-    last_source = last_ps = b""
-    last_ms: int | None = None
-    head = middle = ts_prefix = b""
-    fixed = 0
-    for ts_us, pri, source, ps, msg in messages:
-        if ps != last_ps or source != last_source or pri != last_pri:
-            parts = headers.get((host, pri, source, ps))
-            if parts is None:
-                parts = _https_header((host, pri, source, ps))
-            head, middle, fixed = parts
-            last_pri, last_source, last_ps = pri, source, ps
-        ts_ms = ts_us // 1000
-        if ts_ms != last_ms:
-            ts_prefix = ts_prefixes.get(ts_ms) or _millisecond_prefix(ts_ms)
-            last_ms = ts_ms
-        length = fixed + len(msg)
-        append(
-            join(
-                (
-                    length_prefixes[length] if length < longest else b"%d " % length,
-                    head,
-                    ts_prefix,
-                    ts_tails[ts_us % 1000],
-                    middle,
-                    msg,
-                    b"\n",
-                )
-            )
-        )
-    return frames
+    return _frames_with_headers(messages, host, _https_headers, _https_header)
 
 
 # --- input layout -----------------------------------------------------------------------

@@ -37,6 +37,7 @@ starts MSG. Only a missing or malformed PRI makes ``parse_lenient`` raise.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -143,12 +144,28 @@ def syslog_frames(messages: list[Message], drain_token: bytes) -> list[bytes]:
     """``[syslog_frame(m, drain_token) for m in messages]``, for a whole batch at once.
 
     A drain buffer keeps one frame per message (it cuts writes and counts acknowledged
-    frames by frame), so this returns the list. The header parts are looked up only when
-    (PRI, source, ps) differs from the previous message's and the timestamp prefix only when
-    the millisecond does: in a router batch both mostly repeat, and what is left per message
-    is one join of seven parts.
+    frames by frame), so this returns the list.
     """
-    headers = _syslog_headers
+    return _frames_with_headers(messages, drain_token, _syslog_headers, _syslog_header)
+
+
+HeaderParts = tuple[bytes, bytes, int]
+HeaderKey = tuple[bytes, int, bytes, bytes]
+
+
+def _frames_with_headers(
+    messages: list[Message],
+    first_field: bytes,
+    headers: dict[HeaderKey, HeaderParts],
+    make_header: Callable[[HeaderKey], HeaderParts],
+) -> list[bytes]:
+    """Octet-counted frames ``LEN SP head TS middle MSG LF`` of a batch, for both drain
+    layouts (``first_field`` is the syslog drain token or the HTTPS ``host``).
+
+    The header parts are looked up only when (PRI, source, ps) differs from the previous
+    message's and the timestamp prefix only when the millisecond does: in a router batch both
+    mostly repeat, and what is left per message is one join of seven parts.
+    """
     length_prefixes = _LENGTH_PREFIXES
     longest = len(length_prefixes)
     ts_prefixes = _prefix_by_millisecond
@@ -164,9 +181,9 @@ def syslog_frames(messages: list[Message], drain_token: bytes) -> list[bytes]:
     fixed = 0
     for ts_us, pri, source, ps, msg in messages:
         if ps != last_ps or source != last_source or pri != last_pri:
-            parts = headers.get((drain_token, pri, source, ps))
+            parts = headers.get((first_field, pri, source, ps))
             if parts is None:
-                parts = _syslog_header((drain_token, pri, source, ps))
+                parts = make_header((first_field, pri, source, ps))
             head, middle, fixed = parts
             last_pri, last_source, last_ps = pri, source, ps
         ts_ms = ts_us // 1000
