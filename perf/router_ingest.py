@@ -25,6 +25,7 @@ where the syslog read path spends its time.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
@@ -50,6 +51,7 @@ from logplex.ingest_shim import ShimListener  # noqa: E402
 from logplex.ingest_syslog import SyslogListener  # noqa: E402
 from logplex.model import ChannelConfig, DrainConfig  # noqa: E402
 from logplex.router import Router  # noqa: E402
+from logplex.serve import tune_gc  # noqa: E402
 from perf.results import append_results  # noqa: E402
 
 TOKEN = "t.7d0f6f8e-3c4b-4a51-9d6e-2b1a0c9e8f7a"
@@ -362,6 +364,9 @@ def main() -> None:
     parser.add_argument(
         "--profile-syslog", action="store_true", help="profile the syslog read path in-process"
     )
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
+    )
     args = parser.parse_args()
     if args.profile_syslog:
         profile_syslog(200_000)
@@ -377,7 +382,10 @@ def main() -> None:
         return
     shim_batches = 500 if args.quick else 5000
     syslog_lines = 500_000 if args.quick else 3_000_000
+    if not args.default_gc:
+        tune_gc()  # as `logplex serve` does at start-up
     results: dict[str, Any] = {
+        "gc_thresholds": list(gc.get_threshold()),
         "calibration_loop_ns_per_iteration": calibration_ns_per_iteration(),
         "shim": trio.run(bench_shim, shim_batches),
         "syslog": trio.run(bench_syslog, syslog_lines),
@@ -392,7 +400,7 @@ def main() -> None:
     }
     print(json.dumps(results))
     if not args.quick:
-        append_results("perf/router_ingest.py", results)
+        append_results(" ".join(["perf/router_ingest.py", *sys.argv[1:]]), results)
 
 
 if __name__ == "__main__":
