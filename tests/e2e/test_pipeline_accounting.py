@@ -27,6 +27,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from processes import read_listening
 
 from logplex.codecs.octet import OctetFrameDecoder
 
@@ -44,29 +45,14 @@ def child_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-async def read_listening(process: trio.Process, names: int) -> dict[str, str]:
-    """Read ``listening NAME=ADDR`` lines until ``names`` of them arrived."""
-    assert process.stdout is not None
-    output = b""
-    with trio.fail_after(30):
-        while output.count(b"listening ") < names:
-            chunk = await process.stdout.receive_some(4096)
-            assert chunk, f"process exited early: {output!r}"
-            output += chunk
-    return dict(
-        line.removeprefix("listening ").split("=", 1)
-        for line in output.decode().splitlines()
-        if line.startswith("listening ")
-    )
-
-
 @asynccontextmanager
 async def running(
     argv: list[str], env: dict[str, str], names: int
 ) -> AsyncIterator[dict[str, str]]:
     process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, env=env)
     try:
-        yield await read_listening(process, names)
+        assert process.stdout is not None
+        yield await read_listening(process.stdout, names)
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(30):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from processes import read_listening
 
 LOGPLEX = str(Path(sys.executable).with_name("logplex"))
 LOGSHIM = str(Path(sys.executable).with_name("logshim"))
@@ -41,17 +42,7 @@ async def logplex_serve(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
     )
     assert process.stdout is not None
     try:
-        output = b""
-        with trio.fail_after(30):
-            while output.count(b"listening ") < 3:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, f"logplex serve exited early: {output!r}"
-                output += chunk
-        addresses = dict(
-            line.removeprefix("listening ").split("=", 1)
-            for line in output.decode().splitlines()
-            if line.startswith("listening ")
-        )
+        addresses = await read_listening(process.stdout, 3)
         yield {**env, "LOGPLEX_API_URL": f"http://{addresses['http']}", "shim": addresses["shim"]}
     finally:
         process.send_signal(signal.SIGTERM)

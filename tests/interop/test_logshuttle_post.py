@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from processes import read_listening
 
 pytestmark = pytest.mark.slow  # real subprocesses, seconds each
 
@@ -59,17 +60,7 @@ async def logplex_serve(tmp_path: Path) -> AsyncIterator[Router]:
     )
     assert process.stdout is not None
     try:
-        output = b""
-        with trio.fail_after(30):
-            while output.count(b"listening ") < 3:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, f"logplex serve exited early: {output!r}"
-                output += chunk
-        addresses = dict(
-            line.removeprefix("listening ").split("=", 1)
-            for line in output.decode().splitlines()
-            if line.startswith("listening ")
-        )
+        addresses = await read_listening(process.stdout, 3)
         http_url = f"http://{addresses['http']}"
         router = Router(http_url, {**env, "LOGPLEX_API_URL": http_url})
         async with httpx.AsyncClient() as client:

@@ -26,6 +26,7 @@ import httpx
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+from processes import read_listening
 
 from drains import parse_drain_url
 from logplex.api import ApiConfig, ApiState, create_app
@@ -230,17 +231,7 @@ async def logplex_serve(tmp_path: Path) -> AsyncIterator[ServeProcess]:
     )
     assert process.stdout is not None
     try:
-        output = b""
-        with trio.fail_after(30):
-            while output.count(b"listening ") < 3:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, f"logplex serve exited early: {output!r}"
-                output += chunk
-        addresses = dict(
-            line.removeprefix("listening ").split("=", 1)
-            for line in output.decode().splitlines()
-            if line.startswith("listening ")
-        )
+        addresses = await read_listening(process.stdout, 3)
         http_url = f"http://{addresses['http']}"
         async with httpx.AsyncClient() as client:
             with trio.fail_after(10):
