@@ -48,21 +48,11 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "perf":
 from drains import Drain, DrainContext, DrainSettings, open_drain  # noqa: E402
 from logplex.codecs.records import Batch, Message  # noqa: E402
 from perf.results import append_results  # noqa: E402
+from perf.workload import line  # noqa: E402
 
 T0_US = 1_795_000_000_000_000
 BATCH_MESSAGES = 1000
 HIGH_WATER = 20_000
-LINE_BYTES = 100
-
-
-def line(n: int) -> bytes:
-    head = b"%08d GET /api/v1/items/%d status=200 bytes=%d duration_ms=%d " % (
-        n,
-        n % 9973,
-        n % 65536,
-        n % 997,
-    )
-    return (head + b"x" * LINE_BYTES)[:LINE_BYTES]
 
 
 def make_batches(total: int) -> list[list[Message]]:

@@ -53,20 +53,10 @@ from logplex.model import ChannelConfig, DrainConfig  # noqa: E402
 from logplex.router import Router  # noqa: E402
 from logplex.serve import tune_gc  # noqa: E402
 from perf.results import append_results  # noqa: E402
+from perf.workload import LINE_BYTES, line  # noqa: E402
 
 TOKEN = "t.7d0f6f8e-3c4b-4a51-9d6e-2b1a0c9e8f7a"
-LINE_BYTES = 100
 LINES_PER_BATCH = 1000
-
-
-def line(n: int) -> bytes:
-    head = b"%08d GET /api/v1/items/%d status=200 bytes=%d duration_ms=%d " % (
-        n,
-        n % 9973,
-        n % 65536,
-        n % 997,
-    )
-    return (head + b"x" * LINE_BYTES)[:LINE_BYTES]
 
 
 # -- in-router consumer -------------------------------------------------------------------
