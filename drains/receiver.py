@@ -92,7 +92,7 @@ def check_headers(headers: Mapping[str, str], body_length: int | None = None) ->
     return PostHeaders(int(count_text), frame_id, drain_token)
 
 
-def check_line_count(body: bytes, msg_count: int) -> None:
+def check_line_count(body: bytes | bytearray, msg_count: int) -> None:
     """The line-splitting receiver's check: one LF-terminated line per message."""
     lines = body.count(b"\n")
     if body and not body.endswith(b"\n"):

@@ -10,7 +10,10 @@ to ``--jsonl`` or stdout. ``--blackhole`` checks the headers and the line count 
 counts, for benchmarks.
 
 The bound address is printed first as ``listening http=HOST:PORT`` (flushed), so scripts
-can use port 0. Every connection has an idle timeout; request heads and bodies are bounded.
+can use port 0. TLS is ``drains._http11.TlsOverSocket`` on the server side; h11 parses each
+request head and a ``Content-Length`` body is read straight into one buffer (the cost per
+100 KiB post matters: a benchmark's sink must not be the bottleneck). Every connection has a
+handshake deadline, an idle timeout and a deadline per request; heads and bodies are bounded.
 SIGINT/SIGTERM stop it with exit code 0 and a one-line summary on stderr.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import signal
 import ssl
@@ -28,6 +32,7 @@ from typing import BinaryIO, Final
 import h11
 import trio
 
+from drains._http11 import TlsOverSocket
 from drains.receiver import (
     MAX_BODY_BYTES,
     ReceiverError,
@@ -38,7 +43,9 @@ from drains.receiver import (
 from logplex.codecs.timestamps import format_ts
 
 DEDUPE_WINDOW: Final = 10_000
-IDLE_TIMEOUT_S: Final = 60.0
+IDLE_TIMEOUT_S: Final = 60.0  # for the next request on a connection to begin
+REQUEST_TIMEOUT_S: Final = 60.0  # for a begun request to arrive whole and be answered
+HANDSHAKE_TIMEOUT_S: Final = 10.0
 MAX_HEAD_BYTES: Final = 64 * 1024
 READ_BYTES: Final = 256 * 1024
 
@@ -88,14 +95,14 @@ class Sink:
         self.stats = SinkStats()
         self.window = FrameIdWindow()
 
-    def accept(self, headers: dict[str, str], body: bytes) -> None:
+    def accept(self, headers: dict[str, str], body: bytes | bytearray) -> None:
         """Verify, de-duplicate and write one post; raises ``ReceiverError`` to refuse it."""
         if self.blackhole:
             checked = check_headers(headers, len(body))
             check_line_count(body, checked.msg_count)
             self._count(checked.frame_id, checked.msg_count)
             return
-        post = verify_post(headers, body)
+        post = verify_post(headers, bytes(body))
         if not self._count(post.frame_id, len(post.frames)) or self.output is None:
             return
         lines = [
@@ -126,66 +133,116 @@ class Sink:
         self.stats.messages += message_count
         return True
 
-    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+    async def handle_connection(
+        self, tcp: trio.SocketStream, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Serve one connection: keep-alive requests in turn until the peer leaves or fails.
+
+        The TLS handshake must finish in ``HANDSHAKE_TIMEOUT_S``, the next request must start
+        within ``IDLE_TIMEOUT_S``, and once its first byte is here the whole request (head,
+        body and our answer) must be done in ``REQUEST_TIMEOUT_S``: one deadline per
+        request, not one per read.
+        """
+        transport: ServerTransport = PlainSocket(tcp)
+        try:
+            if tls is not None:
+                transport = TlsOverSocket(tcp, tls, server_side=True, read_bytes=READ_BYTES)
+                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                    await transport.do_handshake()
+            reader = RequestReader(transport)
+            while True:
+                with trio.CancelScope(deadline=trio.current_time() + IDLE_TIMEOUT_S) as scope:
+                    if not await reader.wait_for_request():
+                        return
+                    scope.deadline = trio.current_time() + REQUEST_TIMEOUT_S
+                    # A peer sending without pause never blocks a read: let the other
+                    # connections (and cancellation) in once per request.
+                    await trio.lowlevel.checkpoint()
+                    if not await self._serve_request(reader):
+                        return
+                if scope.cancelled_caught:
+                    return  # idle, or too slow to send a request: the peer gets no answer
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+            return  # TooSlowError: the TLS handshake did not finish in time
+        finally:
+            await trio.aclose_forcefully(transport)
+
+    async def _serve_request(self, reader: RequestReader) -> bool:
+        """Read, check and answer one request; False when the connection must close."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
-            while True:
-                request = await self._read_request(conn, stream)
-                if request is None:
-                    return
-                status, reason = request
-                await self._respond(conn, stream, status, reason)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
-            return
-        except h11.RemoteProtocolError:
-            return
-        finally:
-            await trio.aclose_forcefully(stream)
+            head = await reader.read_head()
+            if head is None:
+                return False
+            conn.receive_data(head)
+            request = conn.next_event()
+            if not isinstance(request, h11.Request):  # a head is complete by construction
+                raise h11.RemoteProtocolError("incomplete request head", error_status_hint=400)
+            if request.method != b"POST":
+                return await self._respond(conn, reader, 405, "only POST is accepted", close=True)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+            if "transfer-encoding" in headers:
+                body = await self._read_chunked_body(conn, reader)
+            else:
+                length = int(headers.get("content-length", "0"))  # h11 checked the digits
+                if length > MAX_BODY_BYTES:
+                    reason = f"body of {length} bytes is over {MAX_BODY_BYTES}"
+                    return await self._respond(conn, reader, 413, reason, close=True)
+                body = await reader.read_body(length)
+        except _HeadTooLarge:
+            reason = f"request head is over {MAX_HEAD_BYTES} bytes"
+            return await self._respond(conn, reader, 431, reason, close=True)
+        except _BodyTooLarge:
+            reason = f"body is over {MAX_BODY_BYTES} bytes"
+            return await self._respond(conn, reader, 413, reason, close=True)
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            return await self._respond(conn, reader, status, f"bad request: {exc}", close=True)
+        if body is None:
+            return False  # the peer left in the middle of the request
+        try:
+            self.accept(headers, body)
+        except ReceiverError as exc:
+            self.stats.rejected += 1
+            return await self._respond(conn, reader, exc.status, exc.reason, close=False)
+        if request.http_version == b"1.1" and "connection" not in headers:
+            # What h11 answers to any such request (see _NO_CONTENT), without its per-event
+            # validation: this is the answer to nearly every post.
+            await reader.transport.send_all(_NO_CONTENT)
+            return True
+        return await self._respond(conn, reader, 204, "", close=False)
 
-    async def _read_request(
-        self, conn: h11.Connection, stream: trio.abc.Stream
-    ) -> tuple[int, str] | None:
-        """Read one request; returns (status, reason) to answer, or None when the peer left."""
-        head: h11.Request | None = None
+    async def _read_chunked_body(
+        self, conn: h11.Connection, reader: RequestReader
+    ) -> bytearray | None:
+        """A body without Content-Length: h11 decodes the chunks (drains never send these)."""
         body = bytearray()
+        if reader.pending:  # (an empty receive_data would tell h11 the peer closed)
+            conn.receive_data(bytes(reader.pending))
+            reader.pending.clear()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                with trio.fail_after(IDLE_TIMEOUT_S):
-                    data = await stream.receive_some(READ_BYTES)
-                conn.receive_data(bytes(data))
-                if not data and conn.their_state is h11.IDLE:
+                if not await reader.fill():
                     return None
-                continue
-            if isinstance(event, h11.Request):
-                head = event
-                if event.method != b"POST":
-                    return 405, "only POST is accepted"
-                length = dict(event.headers).get(b"content-length")
-                if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-                    return 413, f"body of {int(length)} bytes is over {MAX_BODY_BYTES}"
+                conn.receive_data(bytes(reader.pending))
+                reader.pending.clear()
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_BODY_BYTES:
-                    return 413, f"body is over {MAX_BODY_BYTES} bytes"
+                    raise _BodyTooLarge
             elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in head.headers}
-                try:
-                    self.accept(headers, bytes(body))
-                except ReceiverError as exc:
-                    self.stats.rejected += 1
-                    return exc.status, exc.reason
-                return 204, ""
-            else:  # ConnectionClosed or PAUSED
+                reader.pending[:0] = conn.trailing_data[0]  # a pipelined next request
+                return body
+            else:  # ConnectionClosed
                 return None
 
     async def _respond(
-        self, conn: h11.Connection, stream: trio.abc.Stream, status: int, reason: str
-    ) -> None:
+        self, conn: h11.Connection, reader: RequestReader, status: int, reason: str, *, close: bool
+    ) -> bool:
+        """Answer with h11; True when the connection can serve another request."""
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return False
         if status == 204:
             data = conn.send(h11.Response(status_code=204, headers=[]))
         else:
@@ -194,12 +251,113 @@ class Sink:
                 ("Content-Type", "application/json"),
                 ("Content-Length", str(len(payload))),
             ]
-            if conn.their_state is not h11.DONE:
+            if close:
                 headers.append(("Connection", "close"))
             data = conn.send(h11.Response(status_code=status, headers=headers))
             data += conn.send(h11.Data(data=payload))
         data += conn.send(h11.EndOfMessage())
-        await stream.send_all(data)
+        await reader.transport.send_all(data)
+        return not close and conn.states[h11.SERVER] is h11.DONE
+
+
+def _no_content_answer() -> bytes:
+    """h11's 204 answer to an HTTP/1.1 request without a ``Connection`` header."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: sink\r\nContent-Length: 0\r\n\r\n")
+    conn.next_event()
+    return conn.send(h11.Response(status_code=204, headers=[])) + conn.send(h11.EndOfMessage())
+
+
+_NO_CONTENT: Final = _no_content_answer()
+
+
+class _HeadTooLarge(Exception):
+    """The request head is over ``MAX_HEAD_BYTES``."""
+
+
+class _BodyTooLarge(Exception):
+    """A chunked body went over ``MAX_BODY_BYTES``."""
+
+
+class PlainSocket(trio.abc.AsyncResource):
+    """A plain TCP connection with the two calls the sink reads and answers through."""
+
+    def __init__(self, tcp: trio.SocketStream) -> None:
+        self._tcp = tcp
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        return await self._tcp.socket.recv_into(buffer)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._tcp.send_all(data)
+
+    async def aclose(self) -> None:
+        await self._tcp.aclose()
+
+
+ServerTransport = PlainSocket | TlsOverSocket
+
+
+class RequestReader:
+    """The bytes of one connection: heads are found in ``pending``, bodies read in place.
+
+    Reads are ``READ_BYTES`` at a time while looking for a head; once a head gives the
+    body's length, the body is read straight into one buffer of that size (only the part
+    that came with the head is copied), so a 100 KiB body costs a few reads, not one per
+    16 KiB TLS record, and nothing after the body is consumed: a pipelined next request
+    stays where it is.
+    """
+
+    def __init__(self, transport: ServerTransport) -> None:
+        self.transport = transport
+        self.pending = bytearray()
+        self._scratch = bytearray(READ_BYTES)
+
+    async def fill(self) -> bool:
+        """Append what arrives next to ``pending``; False at end of stream."""
+        view = memoryview(self._scratch)
+        got = await self.transport.receive_into(view)
+        if not got:
+            return False
+        self.pending += view[:got]
+        return True
+
+    async def wait_for_request(self) -> bool:
+        """Wait for the first byte of the next request; False when the peer closed."""
+        return bool(self.pending) or await self.fill()
+
+    async def read_head(self) -> bytes | None:
+        """The next request head through its empty line; None when the peer left first."""
+        while True:
+            # RFC 9112 section 2.2: empty lines before a request line are ignored.
+            while self.pending[:2] == b"\r\n":
+                del self.pending[:2]
+            end = self.pending.find(b"\r\n\r\n")
+            if end >= 0:
+                if end + 4 > MAX_HEAD_BYTES:
+                    raise _HeadTooLarge
+                head = bytes(self.pending[: end + 4])
+                del self.pending[: end + 4]
+                return head
+            if len(self.pending) > MAX_HEAD_BYTES:
+                raise _HeadTooLarge
+            if not await self.fill():
+                return None
+
+    async def read_body(self, length: int) -> bytearray | None:
+        """Exactly ``length`` body bytes; None when the peer left before they all came."""
+        body = bytearray(length)
+        have = min(len(self.pending), length)
+        if have:
+            body[:have] = self.pending[:have]
+            del self.pending[:have]
+        view = memoryview(body)
+        while have < length:
+            got = await self.transport.receive_into(view[have:])
+            if not got:
+                return None
+            have += got
+        return body
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -220,11 +378,10 @@ async def serve_sink(
     """Serve ``sink`` on HOST:PORT until cancelled; ``task_status`` gets the bound address."""
     listeners: list[trio.SocketListener] = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()
-    served: list[trio.abc.Listener[trio.abc.Stream]] = list(listeners)
-    if ssl_context is not None:
-        served = [trio.SSLListener(listener, ssl_context) for listener in listeners]
     task_status.started((str(bound[0]), int(bound[1])))
-    await trio.serve_listeners(sink.handle_connection, served)
+    await trio.serve_listeners(
+        functools.partial(sink.handle_connection, tls=ssl_context), listeners
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
