@@ -17,6 +17,9 @@ dropped; the clock runs from the first push until every drain reports everything
 Besides the wall-clock rate, each case reports the drain process's CPU time per delivered
 message (``*_cpu_us_per_msg``): on a machine shared with other work the wall rate mostly
 measures scheduling, while 2 µs of CPU per message is what 500,000/s on one core needs.
+``*_receiver_cpu_us_per_msg`` is the receiver process's CPU (user plus system, from
+``/proc/PID/stat`` before and after the case) per message: the sink for the HTTPS cases,
+the discarding reader for syslog. A receiver slower than the drain caps the wall rate.
 Prints one JSON line and appends a row to perf/RESULTS.md.
 Usage: ``.venv/bin/python perf/drains.py [--quick] [--profile NAME]``.
 """
@@ -91,6 +94,13 @@ class Receiver:
         self.process.terminate()
         _, err = self.process.communicate(timeout=10)
         return err.decode().strip()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def tcp_discard(port_file: None = None) -> None:
@@ -224,9 +234,14 @@ def main() -> None:
         results: dict[str, Any] = {}
         try:
             for name, (url, drains, messages) in cases.items():
+                receiver = sink if url == https_url else discard
+                receiver_cpu_s = process_cpu_s(receiver.process.pid)
                 rate, cpu_us = measure(url, drains, messages, ca_file, args.profile == name)
+                receiver_cpu_s = process_cpu_s(receiver.process.pid) - receiver_cpu_s
                 results[f"{name}_msgs_per_s"] = round(rate)
                 results[f"{name}_cpu_us_per_msg"] = round(cpu_us, 2)
+                receiver_us = receiver_cpu_s / (messages * drains) * 1e6
+                results[f"{name}_receiver_cpu_us_per_msg"] = round(receiver_us, 2)
         finally:
             results["sink"] = sink.stop()
             discard.stop()
