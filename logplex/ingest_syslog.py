@@ -215,25 +215,26 @@ def _clean_msg(msg: bytes) -> bytes:
     return msg
 
 
-def read_common_frames(
-    data: bytes,
-    max_frame_bytes: int,
-    lookup_token: Callable[[str], TokenInfo | None],
-) -> tuple[ReadOutcome, int] | None:
-    """``read_batches`` for a read whose frames all have the common shape; else None.
+ScanResult = tuple[int, list[bytes], list[int], list[bytes], list[bytes], int]
+Scanner = Callable[[bytes, int], ScanResult]
+# ScanResult flags: some MSG holds an LF; some MSG may start with a BOM
+_HAS_LF: Final = 1
+_HAS_BOM: Final = 2
+_NOTHING_SCANNED: Final[ScanResult] = (0, [], [], [], [], 0)
 
-    The common shape: every frame's header matches ``_COMMON_HEADER`` (MSGID and
-    STRUCTURED-DATA ``-``, a ``+00:00`` TIMESTAMP with six fraction digits), every MSG-LEN
-    has as many digits as the first, every token is known and all name one channel. One
-    regex ``split`` cuts the whole read, and the counts prove that each header sits exactly
-    at a frame start (each MSG must be as long as its MSG-LEN says, so a header-like text
-    inside a MSG refutes the read instead of starting a frame). Each distinct prefix and
-    header key is validated once by ``parse_input_frame``; the records are zipped in C.
-    Anything else returns None and the frame-by-frame reader takes the read.
+
+def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
+    """The frames of ``data`` in the common shape, cut with one regex ``split``.
+
+    What ``logplex._syslogscan.scan_common`` gives, in pure Python: ``(end, prefixes,
+    fractions, keys, msgs, flags)`` for the whole frames at the start of ``data`` (see
+    ``read_common_frames``). Unlike the C scanner it takes the frames of a read all or none
+    (and then leaves a frame cut at the end of the read): the split finds header-like text
+    anywhere, so the counts must prove every cut, and one refuted cut refutes the read.
     """
     parts = _COMMON_HEADER.split(data)
     if len(parts) == 1:
-        return None
+        return _NOTHING_SCANNED
     pieces = parts[0::_GROUPS]
     prefixes = parts[1::_GROUPS]
     fractions = parts[2::_GROUPS]
@@ -241,7 +242,7 @@ def read_common_frames(
     first = pieces[0]
     digits = len(first) - 1
     if not 1 <= digits <= 5:
-        return None
+        return _NOTHING_SCANNED
     # "MSG-LEN SP" ends every piece but the last: one lookup checks the digits and the space
     count_slice = slice(-digits - 1, None)
     msg_slice = slice(0, -digits - 1)
@@ -251,14 +252,12 @@ def read_common_frames(
     msgs = [*map(slice_all, between, repeat(msg_slice)), pieces[-1]]
     declared = list(map(_counts_with_space().get, counts))
     if None in declared:
-        return None
+        return _NOTHING_SCANNED
     lengths = cast("list[int]", declared)
     if max(lengths) > max_frame_bytes:
-        return None
-    distinct_prefixes = set(prefixes)
-    distinct_keys = set(keys)
-    prefix_bytes = set(map(len, distinct_prefixes))
-    key_bytes = set(map(len, distinct_keys))
+        return _NOTHING_SCANNED
+    prefix_bytes = set(map(len, set(prefixes)))
+    key_bytes = set(map(len, set(keys)))
     # MSG-LEN - len(MSG) - len(prefix) - len(key) is _FIXED_BYTES wherever the cut is right
     if len(prefix_bytes) == 1 and len(key_bytes) == 1:  # one header length: no per-frame len
         fixed_bytes = _FIXED_BYTES + prefix_bytes.pop() + key_bytes.pop()
@@ -274,14 +273,14 @@ def read_common_frames(
         )
     last = spare.pop()
     if spare.count(fixed_bytes) != len(spare):
-        return None
+        return _NOTHING_SCANNED
     taken = len(data)
     if last != fixed_bytes:
         # The last piece also holds what follows the last frame, or that frame is cut.
         tail = msgs[-1]
         msg_bytes = len(tail) + last - fixed_bytes
         if msg_bytes < 0 or (msg_bytes > len(tail) and len(msgs) == 1):
-            return None
+            return _NOTHING_SCANNED
         if msg_bytes > len(tail):  # still arriving: leave it, with its header, for later
             taken -= len(counts[-1]) + len(prefixes[-1]) + len(keys[-1]) + len(tail)
             taken -= _FIXED_BYTES
@@ -290,49 +289,117 @@ def read_common_frames(
         else:
             taken -= len(tail) - msg_bytes
             msgs[-1] = tail[:msg_bytes]
+    blob = b"".join(msgs)
+    flags = (_HAS_LF if _LF in blob else 0) | (_HAS_BOM if BOM[0] in blob else 0)
+    return taken, prefixes, list(map(int, fractions)), keys, msgs, flags
+
+
+def _c_scanner() -> Scanner | None:
+    try:
+        from logplex._syslogscan import scan_common
+    except ImportError:  # built without a C compiler (setup.py): the regex cut serves
+        return None
+    return scan_common
+
+
+C_SCANNER: Final = _c_scanner()
+SCANNER: Final[Scanner] = C_SCANNER or scan_common_python
+
+
+def read_common_frames(
+    data: bytes,
+    max_frame_bytes: int,
+    lookup_token: Callable[[str], TokenInfo | None],
+    scan: Scanner = SCANNER,
+) -> tuple[ReadOutcome, int] | None:
+    """``read_batches`` for the frames at the start of a read that have the common shape.
+
+    The common shape: ``MSG-LEN SP <PRI>1 SECOND.FRACTION+00:00 HOST APP PROCID - - MSG``
+    with six fraction digits and MSGID and STRUCTURED-DATA ``-``. ``scan`` (the C scanner
+    of ``logplex._syslogscan``, or ``scan_common_python``) cuts those frames by their
+    counts, so a header-like text inside a MSG never starts a frame. Each distinct prefix
+    (``<PRI>1 SECOND.``) and header key (``HOST APP PROCID``) is then validated once by
+    ``parse_input_frame`` and its token looked up once; the records are zipped in C when the
+    read is one known channel, and grouped by channel runs otherwise. Returns the outcome
+    and the bytes taken, or None when no frame was taken or a prefix or key is invalid
+    (the frame-by-frame reader then takes the whole read).
+    """
+    taken, prefixes, fractions, keys, msgs, flags = scan(data, max_frame_bytes)
+    if not msgs:
+        return None
     seconds: dict[bytes, tuple[int, int]] = {}
-    for prefix in distinct_prefixes:
+    for prefix in set(prefixes):
         try:
             probe = parse_input_frame(prefix + _PREFIX_PROBE_TAIL)
         except Logplex1Error:
             return None
         seconds[prefix] = (probe.pri, probe.ts_us)
-    routes: dict[bytes, tuple[bytes, bytes]] = {}
-    channel = None
-    for key in distinct_keys:
+    routes: dict[bytes, Route | None] = {}
+    channels: set[str | None] = set()
+    for key in set(keys):
         try:
             probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" - - ")
         except Logplex1Error:
             return None
         token = probe.app_name
         info = lookup_token(token.decode("ascii", "replace")) if token else None
-        if info is None or (channel is not None and info.channel != channel):
-            return None
-        channel = info.channel
-        routes[key] = (info.source, probe.ps)
-    blob = b"".join(msgs)
-    if _LF in blob or BOM[0] in blob:
+        route = None if info is None else (info.channel, info.source, probe.ps)
+        routes[key] = route
+        channels.add(None if route is None else route[0])
+    if flags:
         msgs = [_clean_msg(msg) for msg in msgs]
     if len(seconds) == 1:
         pri, second_us = seconds[prefixes[0]]
-        timestamps = list(map(second_us.__add__, map(int, fractions)))
+        timestamps = list(map(second_us.__add__, fractions))
         pris: Iterable[int] = repeat(pri)
     else:
         pri_seconds = list(map(seconds.__getitem__, prefixes))
-        timestamps = list(map(add, map(itemgetter(1), pri_seconds), map(int, fractions)))
+        timestamps = list(map(add, map(itemgetter(1), pri_seconds), fractions))
         pris = map(itemgetter(0), pri_seconds)
-    if len(routes) == 1:
-        source, ps = routes[keys[0]]
-        records = list(zip(timestamps, pris, repeat(source), repeat(ps), msgs, strict=False))
+    outcome = ReadOutcome([])
+    if len(channels) == 1 and None not in channels:
+        if len(routes) == 1:
+            channel, source, ps = cast("Route", routes[keys[0]])
+            records = list(zip(timestamps, pris, repeat(source), repeat(ps), msgs, strict=False))
+        else:
+            channel = cast("str", channels.pop())
+            route_of = list(map(routes.__getitem__, keys))
+            sources = map(itemgetter(1), cast("list[Route]", route_of))
+            ps_of = map(itemgetter(2), cast("list[Route]", route_of))
+            records = list(zip(timestamps, pris, sources, ps_of, msgs, strict=False))
+        outcome.batches.append((channel, records))
     else:
-        source_ps = list(map(routes.__getitem__, keys))
-        sources = map(itemgetter(0), source_ps)
-        records = list(
-            zip(timestamps, pris, sources, map(itemgetter(1), source_ps), msgs, strict=False)
-        )
-    if _LF in blob:
-        records = split_embedded_lines(records)
-    return ReadOutcome([(cast("str", channel), records)]), taken
+        _group_by_channel(outcome, zip(timestamps, pris, keys, msgs, strict=False), routes)
+    if flags & _HAS_LF:
+        outcome.batches = [(name, split_embedded_lines(batch)) for name, batch in outcome.batches]
+    return outcome, taken
+
+
+def _group_by_channel(
+    outcome: ReadOutcome,
+    frames: Iterable[tuple[int, int, bytes, bytes]],
+    routes: dict[bytes, Route | None],
+) -> None:
+    """Append the records of ``frames`` (ts, pri, key, msg) to ``outcome`` as one batch per
+    run of a channel; frames of an unknown token are counted and skipped."""
+    batches = outcome.batches
+    channel = ""
+    current: list[Message] = []
+    append = current.append
+    for ts_us, pri, key, msg in frames:
+        route = routes[key]
+        if route is None:
+            outcome.unknown_tokens += 1
+            continue
+        if route[0] != channel:
+            if current:
+                batches.append((channel, current))
+            channel = route[0]
+            current = []
+            append = current.append
+        append((ts_us, pri, route[1], route[2], msg))
+    if current:
+        batches.append((channel, current))
 
 
 def read_batches(
@@ -340,6 +407,7 @@ def read_batches(
     max_frame_bytes: int,
     lookup_token: Callable[[str], TokenInfo | None],
     now_us: int,
+    scan: Scanner = SCANNER,
 ) -> tuple[ReadOutcome, int]:
     """Cut and parse the whole octet-counted frames at the start of ``data`` in one pass.
 
@@ -354,7 +422,7 @@ def read_batches(
     call (its token looked up once) and `` - - ``: the PRI, the second, the validation and
     the route are the earlier frame's. Every other frame goes the way of ``frames_to_batches``.
     """
-    common = read_common_frames(data, max_frame_bytes, lookup_token)
+    common = read_common_frames(data, max_frame_bytes, lookup_token, scan)
     if common is None:
         return _read_frame_by_frame(data, max_frame_bytes, lookup_token, now_us)
     outcome, taken = common
@@ -490,6 +558,7 @@ def read_decoder(
     lookup_token: Callable[[str], TokenInfo | None],
     now_us: int,
     data: bytes = b"",
+    scan: Scanner = SCANNER,
 ) -> ReadOutcome:
     """Feed ``data`` to ``decoder`` and read every complete frame buffered into batches.
 
@@ -505,13 +574,13 @@ def read_decoder(
     if held:
         data = held + data
     if decoder.is_empty:
-        outcome, taken = read_batches(data, max_frame_bytes, lookup_token, now_us)
+        outcome, taken = read_batches(data, max_frame_bytes, lookup_token, now_us, scan)
         decoder.advance(taken)
         decoder.feed(data[taken:] if taken else data)
     else:
         decoder.feed(data)
         outcome, taken = read_batches(
-            decoder.complete_bytes(), max_frame_bytes, lookup_token, now_us
+            decoder.complete_bytes(), max_frame_bytes, lookup_token, now_us, scan
         )
         decoder.consume(taken)
     frames = decoder.frames()
@@ -539,6 +608,12 @@ class SyslogListener:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept connections on ``listeners`` until cancelled."""
+        if C_SCANNER is None:
+            log.warning(
+                "logplex._syslogscan is not built (no C compiler at install time): syslog "
+                "ingest uses the pure-Python reader, about a third of the speed; install a "
+                "C compiler and reinstall logplex for full speed"
+            )
         await self._accept_loop.serve(
             listeners,
             self.handle_connection,

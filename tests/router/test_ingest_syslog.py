@@ -19,14 +19,18 @@ from logplex import metrics
 from logplex.codecs.octet import OctetFrameDecoder, encode_octet_frame
 from logplex.codecs.records import Message
 from logplex.ingest_syslog import (
+    C_SCANNER,
     ReadOutcome,
+    Scanner,
     SyslogListener,
     SyslogListenerSettings,
+    _read_frame_by_frame,
     frames_to_batches,
     merge_outcomes,
     read_batches,
     read_common_frames,
     read_decoder,
+    scan_common_python,
 )
 from logplex.model import ChannelConfig, TokenInfo
 from logplex.router import Router
@@ -289,6 +293,17 @@ VARIED_FRAMES = [
 ]
 
 
+def test_the_c_scanner_is_built() -> None:
+    assert C_SCANNER is not None, (
+        "logplex._syslogscan is not built: the venv was installed without a C compiler. "
+        "Install gcc (apt-get install -y gcc) and reinstall: make clean test"
+    )
+
+
+# Both cuts of the common shape: the C scanner and the regex one it stands in for.
+SCANNERS = pytest.mark.parametrize("scan", [C_SCANNER, scan_common_python], ids=["c", "python"])
+
+
 def flat(outcome: ReadOutcome) -> tuple[list[tuple[str, Message]], int, int]:
     messages = [(channel, m) for channel, batch in outcome.batches for m in batch]
     return messages, outcome.unknown_tokens, outcome.malformed
@@ -298,47 +313,60 @@ def joined(frames: list[bytes]) -> bytes:
     return b"".join(map(encode_octet_frame, frames))
 
 
+@SCANNERS
 @pytest.mark.parametrize("frames", [[f] * 3 for f in VARIED_FRAMES] + [VARIED_FRAMES])
-def test_read_batches_equals_frames_to_batches(frames: list[bytes]) -> None:
-    outcome, taken = read_batches(joined(frames), 10240, TOKENS.get, NOW_US)
+def test_read_batches_equals_frames_to_batches(frames: list[bytes], scan: Scanner) -> None:
+    outcome, taken = read_batches(joined(frames), 10240, TOKENS.get, NOW_US, scan)
     assert taken == len(joined(frames))
     assert outcome == frames_to_batches(frames, TOKENS.get, NOW_US)
 
 
 @pytest.mark.parametrize(
-    ("frames", "common"),
+    ("frames", "by_c", "by_python"),
     [
-        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", ps=b"w.2")], True),
-        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", pri=13)], True),
-        ([frame(TOKEN_A, b"aaaaaa\n"), frame(TOKEN_A, BOM + b"b\nc")], True),  # 3 digits
-        ([frame(TOKEN_A, b"1"), frame(TOKEN_B, b"2")], False),  # two channels
-        ([frame(TOKEN_A, b"1"), frame("t.unknown", b"2")], False),  # unknown token
-        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"x" * 1000)], False),  # MSG-LEN digits
-        ([frame(TOKEN_A, b"96 " + frame(TOKEN_B, b"injected"))], False),  # header in MSG
-        ([frame(TOKEN_A, b"1", ts=b"-")], False),
-        ([frame(TOKEN_A, b"1", pri=999)], False),
-        ([frame(TOKEN_A, b"1", ps=b"w\x01b")], False),  # the regex only delimits fields
-        ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:3x:33.123456+00:00")], False),
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", ps=b"w.2")], 2, 2),
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", pri=13)], 2, 2),
+        ([frame(TOKEN_A, b"aaaaaa\n"), frame(TOKEN_A, BOM + b"b\nc")], 2, 2),  # 3 digits
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_B, b"2"), frame(TOKEN_A, b"3")], 3, 3),
+        ([frame(TOKEN_A, b"1"), frame("t.unknown", b"2"), frame(TOKEN_A, b"3")], 3, 3),
+        # MSG-LEN widths differ: the regex cut proves cuts with one width only
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"x" * 1000)], 2, 0),
+        # a header inside a MSG: the C scanner walks by the counts and never sees it
+        ([frame(TOKEN_A, b"96 " + frame(TOKEN_B, b"injected"))], 1, 0),
+        # the C scanner stops before the first frame of another shape
+        ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", ts=b"-"), frame(TOKEN_A, b"3")], 1, 0),
+        ([frame(TOKEN_A, b"1", ts=b"-")], 0, 0),
+        ([frame(TOKEN_A, b"1", pri=999)], 0, 0),  # cut, then refused by the validation
+        ([frame(TOKEN_A, b"1", ps=b"w\x01b")], 0, 0),  # the cut only delimits fields
+        ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:3x:33.123456+00:00")], 0, 0),
     ],
 )
-def test_read_common_frames_takes_only_the_common_shape(frames: list[bytes], common: bool) -> None:
-    data = joined(frames)
-    result = read_common_frames(data, 10240, TOKENS.get)
-    assert (result is not None) == common
-    if result is not None:
-        assert result == (frames_to_batches(frames, TOKENS.get, NOW_US), len(data))
+def test_read_common_frames_takes_only_the_common_shape(
+    frames: list[bytes], by_c: int, by_python: int
+) -> None:
+    for scan, expected in ((C_SCANNER, by_c), (scan_common_python, by_python)):
+        assert scan is not None
+        result = read_common_frames(joined(frames), 10240, TOKENS.get, scan)
+        if not expected:
+            assert result is None
+            continue
+        assert result == (
+            frames_to_batches(frames[:expected], TOKENS.get, NOW_US),
+            len(joined(frames[:expected])),
+        )
 
 
-def test_read_common_frames_leaves_a_cut_frame_and_what_follows() -> None:
+@SCANNERS
+def test_read_common_frames_leaves_a_cut_frame_and_what_follows(scan: Scanner) -> None:
     whole = joined([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2")])
     third = encode_octet_frame(frame(TOKEN_A, b"3"))
     for cut in range(len(third)):
-        result = read_batches(whole + third[:cut], 10240, TOKENS.get, NOW_US)
+        result = read_batches(whole + third[:cut], 10240, TOKENS.get, NOW_US, scan)
         assert result[1] == len(whole)
         assert [m[4] for m in result[0].batches[0][1]] == [b"1", b"2"]
-    assert read_common_frames(third[:-1], 10240, TOKENS.get) is None
+    assert read_common_frames(third[:-1], 10240, TOKENS.get, scan) is None
     # a count over the limit is the decoder's to refuse
-    assert read_batches(whole, 50, TOKENS.get, NOW_US)[1] == 0
+    assert read_batches(whole, 50, TOKENS.get, NOW_US, scan)[1] == 0
 
 
 @given(
@@ -349,9 +377,12 @@ def test_read_common_frames_leaves_a_cut_frame_and_what_follows() -> None:
 )
 def test_read_batches_equals_frames_to_batches_on_any_frames(picks: list[bytes]) -> None:
     data = joined(picks)
-    outcome, taken = read_batches(data, 10240, TOKENS.get, NOW_US)
-    assert taken == len(data)
-    assert outcome == frames_to_batches(picks, TOKENS.get, NOW_US)
+    expected = frames_to_batches(picks, TOKENS.get, NOW_US)
+    for scan in (C_SCANNER, scan_common_python):
+        assert scan is not None
+        outcome, taken = read_batches(data, 10240, TOKENS.get, NOW_US, scan)
+        assert taken == len(data)
+        assert outcome == expected
 
 
 @given(
@@ -363,10 +394,13 @@ def test_read_batches_equals_frames_to_batches_on_any_frames(picks: list[bytes])
         max_size=30,
     ),
     cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=5),
+    use_c=st.booleans(),
 )
 def test_read_decoder_equals_the_decoder_then_frames_to_batches(
-    picks: list[bytes], cuts: list[int]
+    picks: list[bytes], cuts: list[int], use_c: bool
 ) -> None:
+    scan = C_SCANNER if use_c else scan_common_python
+    assert scan is not None
     data = b"".join(picks)
     fast = OctetFrameDecoder(10240, "resync")
     slow = OctetFrameDecoder(10240, "resync")
@@ -376,7 +410,9 @@ def test_read_decoder_equals_the_decoder_then_frames_to_batches(
     edges = [0, *sorted(c for c in cuts if c < len(data)), len(data)]
     for start, end in itertools.pairwise(edges):
         slow.feed(data[start:end])
-        messages, unknown, malformed = flat(read_decoder(fast, TOKENS.get, NOW_US, data[start:end]))
+        messages, unknown, malformed = flat(
+            read_decoder(fast, TOKENS.get, NOW_US, data[start:end], scan)
+        )
         fast_messages += messages
         counts[0] += unknown
         counts[1] += malformed
@@ -391,6 +427,45 @@ def test_read_decoder_equals_the_decoder_then_frames_to_batches(
         slow.skipped_bytes,
         slow.buffered,
     )
+
+
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.lists(
+            st.one_of(
+                st.sampled_from([encode_octet_frame(f) for f in VARIED_FRAMES]),
+                st.binary(max_size=12),
+            ),
+            max_size=12,
+        ).map(b"".join),
+    ),
+    cut=st.integers(min_value=0, max_value=3000),
+    max_frame_bytes=st.integers(min_value=1, max_value=20000),
+)
+def test_the_scanners_read_any_bytes_as_the_frame_loop_does(
+    data: bytes, cut: int, max_frame_bytes: int
+) -> None:
+    data = data[:cut] if cut < len(data) else data  # also reads cut anywhere
+    expected = _read_frame_by_frame(data, max_frame_bytes, TOKENS.get, NOW_US)
+    for scan in (C_SCANNER, scan_common_python):
+        assert scan is not None
+        assert read_batches(data, max_frame_bytes, TOKENS.get, NOW_US, scan) == expected
+        end, prefixes, fractions, keys, msgs, _ = scan(data, max_frame_bytes)
+        assert 0 <= end <= len(data)
+        assert len(prefixes) == len(fractions) == len(keys) == len(msgs)
+
+
+def test_the_c_scanner_checks_its_arguments() -> None:
+    assert C_SCANNER is not None
+    with pytest.raises(TypeError, match="bytes"):
+        C_SCANNER(bytearray(b"1 x"), 10240)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="2 arguments"):
+        C_SCANNER(b"1 x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        C_SCANNER(b"1 x", "10240")  # type: ignore[arg-type]
+    assert C_SCANNER(b"", 10240) == (0, [], [], [], [], 0)
+    assert C_SCANNER(joined([frame(TOKEN_A, b"m")]), 0)[0] == 0  # nothing fits a zero cap
 
 
 def test_merge_outcomes_continues_a_channel_batch() -> None:

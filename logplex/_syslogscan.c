@@ -1,0 +1,252 @@
+/*
+ * logplex._syslogscan: cut the octet-counted syslog frames of one read (RFC 6587, RFC 5424)
+ * in the common shape of Logplex's input layout, in one pass at C speed.
+ *
+ * scan_common(data: bytes, max_frame_bytes: int, /)
+ *     -> tuple[int, list[bytes], list[int], list[bytes], list[bytes], int]
+ *
+ * Walks the frames from the start of `data` by their MSG-LEN and returns
+ * (end, prefixes, fractions, keys, msgs, flags) for the frames in the common shape:
+ *
+ *     MSG-LEN SP "<" PRI "1 " SECOND "." FRACTION "+00:00 " HOST SP APP SP PROCID " - - " MSG
+ *
+ * MSG-LEN is 1..5 digits without a leading zero, at most 10240 and `max_frame_bytes`; PRI
+ * is 1..3 digits; SECOND is 19 bytes without a space; FRACTION is six digits; HOST, APP and
+ * PROCID are non-empty and space-free. Per frame it gives the prefix `<PRI>1 SECOND.`, the
+ * fraction as an int, the key `HOST SP APP SP PROCID` and the MSG (everything after
+ * " - - " up to the frame's end). Consecutive frames with equal prefixes (or keys) share one
+ * bytes object. `end` is the offset just past the last frame taken: the scan stops before
+ * the first frame that is incomplete or not in this shape, and the caller reads the rest.
+ * flags: bit 0 set when some MSG holds an LF, bit 1 when some MSG starts with a UTF-8 BOM.
+ *
+ * This module only delimits. The caller validates every distinct prefix and key with the
+ * input-layout parser before it uses a frame (logplex/ingest_syslog.py). Every index is
+ * checked against the frame's end before it is read: the input is untrusted.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define COUNT_MAX 10240
+#define COUNT_DIGITS_MAX 5
+#define SECOND_BYTES 19
+#define FRACTION_DIGITS 6
+
+static const char UTC_AND_SPACE[] = "+00:00 ";
+#define UTC_AND_SPACE_BYTES 7
+static const char NIL_MSGID_AND_SD[] = " - - ";
+#define NIL_MSGID_AND_SD_BYTES 5
+static const unsigned char BOM[] = {0xEF, 0xBB, 0xBF};
+
+#define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
+
+/* A bytes object for data[start:end], the previous one again when the bytes are equal. */
+static PyObject *
+shared_slice(const char *data, Py_ssize_t start, Py_ssize_t end, PyObject **previous)
+{
+    Py_ssize_t size = end - start;
+    if (*previous != NULL && PyBytes_GET_SIZE(*previous) == size &&
+        memcmp(PyBytes_AS_STRING(*previous), data + start, (size_t)size) == 0) {
+        Py_INCREF(*previous);
+        return *previous;
+    }
+    PyObject *made = PyBytes_FromStringAndSize(data + start, size);
+    if (made == NULL) {
+        return NULL;
+    }
+    Py_XDECREF(*previous);
+    Py_INCREF(made);
+    *previous = made;
+    return made;
+}
+
+/* Append `item` to `list` and drop the caller's reference; -1 on error. */
+static int
+append_stolen(PyObject *list, PyObject *item)
+{
+    if (item == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(list, item);
+    Py_DECREF(item);
+    return failed;
+}
+
+static PyObject *
+scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "scan_common(data, max_frame_bytes) takes 2 arguments");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "scan_common: data must be bytes");
+        return NULL;
+    }
+    long max_frame_bytes = PyLong_AsLong(args[1]);
+    if (max_frame_bytes == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_frame_bytes > COUNT_MAX) {
+        max_frame_bytes = COUNT_MAX;
+    }
+    const char *data = PyBytes_AS_STRING(args[0]);
+    const unsigned char *bytes = (const unsigned char *)data;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+
+    PyObject *prefixes = PyList_New(0);
+    PyObject *fractions = PyList_New(0);
+    PyObject *keys = PyList_New(0);
+    PyObject *msgs = PyList_New(0);
+    PyObject *last_prefix = NULL;
+    PyObject *last_key = NULL;
+    long flags = 0;
+    Py_ssize_t position = 0;
+    if (prefixes == NULL || fractions == NULL || keys == NULL || msgs == NULL) {
+        goto error;
+    }
+
+    while (position < size) {
+        /* MSG-LEN SP: 1..5 digits, no leading zero, within the limits */
+        Py_ssize_t at = position;
+        long length = 0;
+        while (at < size && at - position <= COUNT_DIGITS_MAX && IS_DIGIT(bytes[at])) {
+            length = length * 10 + (bytes[at] - '0');
+            at++;
+        }
+        Py_ssize_t digits = at - position;
+        if (digits == 0 || digits > COUNT_DIGITS_MAX || bytes[position] == '0') {
+            break;
+        }
+        if (at >= size || bytes[at] != ' ' || length > max_frame_bytes) {
+            break;
+        }
+        Py_ssize_t start = at + 1;
+        if (length > size - start) {
+            break; /* still arriving */
+        }
+        Py_ssize_t end = start + length;
+
+        /* "<" PRI ">1 " */
+        at = start;
+        if (at >= end || bytes[at] != '<') {
+            break;
+        }
+        at++;
+        Py_ssize_t pri_start = at;
+        while (at < end && at - pri_start <= 3 && IS_DIGIT(bytes[at])) {
+            at++;
+        }
+        Py_ssize_t pri_digits = at - pri_start;
+        if (pri_digits < 1 || pri_digits > 3) {
+            break;
+        }
+        if (end - at < 3 || bytes[at] != '>' || bytes[at + 1] != '1' || bytes[at + 2] != ' ') {
+            break;
+        }
+        at += 3;
+
+        /* SECOND "." FRACTION "+00:00 " */
+        if (end - at < SECOND_BYTES + 1 + FRACTION_DIGITS + UTC_AND_SPACE_BYTES) {
+            break;
+        }
+        if (memchr(data + at, ' ', SECOND_BYTES) != NULL || bytes[at + SECOND_BYTES] != '.') {
+            break;
+        }
+        Py_ssize_t prefix_end = at + SECOND_BYTES + 1;
+        long fraction = 0;
+        int fraction_ok = 1;
+        for (Py_ssize_t i = 0; i < FRACTION_DIGITS; i++) {
+            unsigned char c = bytes[prefix_end + i];
+            if (!IS_DIGIT(c)) {
+                fraction_ok = 0;
+                break;
+            }
+            fraction = fraction * 10 + (c - '0');
+        }
+        if (!fraction_ok) {
+            break;
+        }
+        at = prefix_end + FRACTION_DIGITS;
+        if (memcmp(data + at, UTC_AND_SPACE, UTC_AND_SPACE_BYTES) != 0) {
+            break;
+        }
+        at += UTC_AND_SPACE_BYTES;
+
+        /* HOST SP APP SP PROCID, each non-empty and space-free, then " - - " */
+        Py_ssize_t key_start = at;
+        int key_ok = 1;
+        for (int field = 0; field < 3; field++) {
+            Py_ssize_t field_start = at;
+            const char *space = memchr(data + at, ' ', (size_t)(end - at));
+            at = space == NULL ? end : (Py_ssize_t)(space - data);
+            if (at == field_start || at >= end) {
+                key_ok = 0; /* an empty field, or no space after it */
+                break;
+            }
+            if (field < 2) {
+                at++;
+            }
+        }
+        if (!key_ok || end - at < NIL_MSGID_AND_SD_BYTES ||
+            memcmp(data + at, NIL_MSGID_AND_SD, NIL_MSGID_AND_SD_BYTES) != 0) {
+            break;
+        }
+        Py_ssize_t key_end = at;
+        Py_ssize_t msg_start = at + NIL_MSGID_AND_SD_BYTES;
+
+        if (memchr(data + msg_start, '\n', (size_t)(end - msg_start)) != NULL) {
+            flags |= 1;
+        }
+        if (end - msg_start >= 3 && memcmp(data + msg_start, BOM, 3) == 0) {
+            flags |= 2;
+        }
+        if (append_stolen(prefixes, shared_slice(data, start, prefix_end, &last_prefix)) < 0 ||
+            append_stolen(fractions, PyLong_FromLong(fraction)) < 0 ||
+            append_stolen(keys, shared_slice(data, key_start, key_end, &last_key)) < 0 ||
+            append_stolen(msgs, PyBytes_FromStringAndSize(data + msg_start, end - msg_start)) < 0) {
+            goto error;
+        }
+        position = end;
+    }
+    Py_XDECREF(last_prefix);
+    Py_XDECREF(last_key);
+    return Py_BuildValue("(nNNNNl)", position, prefixes, fractions, keys, msgs, flags);
+
+error:
+    Py_XDECREF(last_prefix);
+    Py_XDECREF(last_key);
+    Py_XDECREF(prefixes);
+    Py_XDECREF(fractions);
+    Py_XDECREF(keys);
+    Py_XDECREF(msgs);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_common", (PyCFunction)(void (*)(void))scan_common, METH_FASTCALL,
+     "scan_common(data, max_frame_bytes, /) -> (end, prefixes, fractions, keys, msgs, flags)\n\n"
+     "Cut the octet-counted frames at the start of data that have the common input shape."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef_Slot slots[] = {
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "logplex._syslogscan",
+    .m_doc = "Cut octet-counted syslog frames of the common input shape (C).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__syslogscan(void)
+{
+    return PyModuleDef_Init(&module_def);
+}
