@@ -9,6 +9,10 @@ Three measurements, each printed as part of one JSON line and appended to perf/R
 - ``syslog``: lines/s through the syslog TCP listener. A separate process pre-builds
   octet-counted RFC 5424 frames (100-byte messages) and writes them in 256 KiB chunks; the
   rate is lines published per second, first line to last. Target >= 500,000 lines/s.
+- ``syslog_rsyslogd``: the same client and frames into Debian's rsyslogd (imptcp, one byte
+  per message to omfile), side by side: ``syslog_cpu_ratio_to_rsyslogd`` is the router's
+  CPU per line over rsyslogd's. ``--python-scanner`` runs the syslog case through the
+  pure-Python cut (a machine without a C compiler) for comparison.
 - ``rss``: in a fresh process, RSS growth after filling 1,000 channels' histories with 1,500
   lines of 100 bytes each and one compaction sweep (what the router runs about once a
   second), against the raw bytes held. Target <= 2x. The growth before the sweep (lines
@@ -28,9 +32,11 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +54,11 @@ from logplex.codecs import shimproto  # noqa: E402
 from logplex.codecs.octet import encode_octet_frame  # noqa: E402
 from logplex.codecs.records import Batch  # noqa: E402
 from logplex.ingest_shim import ShimListener  # noqa: E402
-from logplex.ingest_syslog import SyslogListener  # noqa: E402
+from logplex.ingest_syslog import (  # noqa: E402
+    SyslogListener,
+    read_decoder,
+    scan_common_python,
+)
 from logplex.model import ChannelConfig, DrainConfig  # noqa: E402
 from logplex.router import Router  # noqa: E402
 from logplex.serve import tune_gc  # noqa: E402
@@ -241,6 +251,82 @@ async def bench_syslog(lines: int) -> dict[str, Any]:
     }
 
 
+RSYSLOG_CONF = """
+global(workDirectory="{work}")
+module(load="imptcp")
+template(name="one_byte_per_message" type="string" string="x")
+ruleset(name="bench" queue.type="FixedArray" queue.size="100000" queue.dequeueBatchSize="4096") {{
+  action(type="omfile" file="{work}/out" template="one_byte_per_message" ioBufferSize="1m")
+}}
+input(type="imptcp" address="127.0.0.1" port="{port}" ruleset="bench"
+      SupportOctetCountedFraming="on")
+"""
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its threads (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_rsyslog(lines: int) -> dict[str, Any]:
+    """rsyslog receiving the same frames through imptcp, side by side with the router.
+
+    The same client process writes the same octet-counted frames to rsyslogd's imptcp
+    (Debian's rsyslog, a C relay; imptcp is its faster plain-TCP input, 1.3x imtcp here),
+    which parses each one and writes one byte per message through a FixedArray queue to
+    omfile: the cheapest output, so the figure is its ingest.
+    The rate is messages written per second of wall time; CPU is rsyslogd's, all threads.
+    """
+    rsyslogd = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    if not os.path.exists(rsyslogd):
+        return {"skipped": "rsyslogd is not installed (Debian: apt-get install rsyslog)"}
+    with tempfile.TemporaryDirectory() as work:
+        with socket.socket() as probe:  # a free port for imptcp (it cannot report port 0)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        conf = Path(work) / "rsyslog.conf"
+        conf.write_text(RSYSLOG_CONF.format(work=work, port=port))
+        out = Path(work) / "out"
+        server = subprocess.Popen(
+            [rsyslogd, "-n", "-f", str(conf), "-i", f"{work}/rsyslogd.pid"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise SystemExit("rsyslogd did not start") from None
+                    time.sleep(0.05)
+            cpu_before = process_cpu_s(server.pid)
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, __file__, "--syslog-client", str(port), str(lines)], check=True
+            )
+            while not out.exists() or out.stat().st_size < lines:
+                if time.perf_counter() - started > 600:
+                    raise SystemExit("rsyslogd did not write every message within 600 s")
+                time.sleep(0.005)
+            elapsed = time.perf_counter() - started
+            cpu = process_cpu_s(server.pid) - cpu_before
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    return {
+        "lines": lines,
+        "seconds": round(elapsed, 3),
+        "lines_per_s": round(lines / elapsed),
+        "rsyslogd_cpu_s": round(cpu, 3),
+        "lines_per_rsyslogd_cpu_s": round(lines / cpu),
+    }
+
+
 def calibration_ns_per_iteration() -> float:
     """CPU ns per iteration of a trivial Python loop: how fast this machine is right now.
 
@@ -321,7 +407,6 @@ def profile_syslog(lines: int) -> None:
     import pstats
 
     from logplex.codecs.octet import OctetFrameDecoder
-    from logplex.ingest_syslog import read_decoder
 
     router, _ = make_router()
     data = b"".join(
@@ -357,6 +442,11 @@ def main() -> None:
     parser.add_argument(
         "--default-gc", action="store_true", help="keep CPython's GC thresholds (for comparison)"
     )
+    parser.add_argument(
+        "--python-scanner",
+        action="store_true",
+        help="syslog through the pure-Python cut, as on a machine without a C compiler",
+    )
     args = parser.parse_args()
     if args.profile_syslog:
         profile_syslog(200_000)
@@ -374,14 +464,25 @@ def main() -> None:
     syslog_lines = 500_000 if args.quick else 3_000_000
     if not args.default_gc:
         tune_gc()  # as `logplex serve` does at start-up
+    if args.python_scanner:
+        # the listener calls read_decoder with its default scanner: swap that default
+        read_decoder.__defaults__ = (b"", scan_common_python)
     results: dict[str, Any] = {
         "gc_thresholds": list(gc.get_threshold()),
         "calibration_loop_ns_per_iteration": calibration_ns_per_iteration(),
         "shim": trio.run(bench_shim, shim_batches),
         "syslog": trio.run(bench_syslog, syslog_lines),
+        "syslog_rsyslogd": bench_rsyslog(syslog_lines),
         "rss": run_rss(100),
         "rss_line_by_line": run_rss(1),
     }
+    if "lines_per_rsyslogd_cpu_s" in results["syslog_rsyslogd"]:
+        # CPU per line, router over rsyslogd: how far the router is from a C relay
+        results["syslog_cpu_ratio_to_rsyslogd"] = round(
+            results["syslog_rsyslogd"]["lines_per_rsyslogd_cpu_s"]
+            / results["syslog"]["lines_per_router_cpu_s"],
+            2,
+        )
     results["load_average_1m"] = os.getloadavg()[0]
     results["targets_met"] = {
         "shim_1M_lines_per_s": results["shim"]["lines_per_s"] >= 1_000_000,
