@@ -6,20 +6,22 @@
  *     -> tuple[int, list[bytes], list[int], list[bytes], list[bytes], int]
  *
  * Walks the frames from the start of `data` by their MSG-LEN and returns
- * (end, prefixes, fractions, keys, msgs, flags) for the frames in the common shape:
+ * (end, stamps, fractions, keys, msgs, flags) for the frames in the common shape:
  *
- *     MSG-LEN SP "<" PRI "1 " SECOND "." FRACTION "+00:00 " HOST SP APP SP PROCID " - - " MSG
+ *     MSG-LEN SP "<" PRI "1 " SECOND [ "." DIGITS ] ZONE SP HOST SP APP SP PROCID " - - " MSG
  *
  * MSG-LEN is 1..5 digits without a leading zero, at most 10240 and `max_frame_bytes`; PRI
- * is 1..3 digits; SECOND is 19 bytes without a space; FRACTION is six digits; HOST, APP and
- * PROCID are non-empty and space-free. Per frame it gives the prefix `<PRI>1 SECOND.`, the
- * fraction as an int, the key `HOST SP APP SP PROCID` and the MSG (everything after
- * " - - " up to the frame's end). Consecutive frames with equal prefixes (or keys) share one
+ * is 1..3 digits; SECOND is 19 bytes and ZONE one or more, neither with a space; HOST, APP
+ * and PROCID are non-empty and space-free. Per frame it gives the stamp `<PRI>1 SECOND`
+ * + `.` + DIGITS with every digit turned to 0 + ZONE (the header up to the TIMESTAMP's
+ * end, without its fraction), the fraction in microseconds (the first six digits, as RFC
+ * 5424 TIME-SECFRAC reads), the key `HOST SP APP SP PROCID` and the MSG (everything after
+ * " - - " up to the frame's end). Consecutive frames with equal stamps (or keys) share one
  * bytes object. `end` is the offset just past the last frame taken: the scan stops before
  * the first frame that is incomplete or not in this shape, and the caller reads the rest.
  * flags: bit 0 set when some MSG holds an LF, bit 1 when some MSG starts with a UTF-8 BOM.
  *
- * This module only delimits. The caller validates every distinct prefix and key with the
+ * This module only delimits. The caller validates every distinct stamp and key with the
  * input-layout parser before it uses a frame (logplex/ingest_syslog.py). Every index is
  * checked against the frame's end before it is read: the input is untrusted.
  */
@@ -32,26 +34,23 @@
 #define COUNT_DIGITS_MAX 5
 #define SECOND_BYTES 19
 #define FRACTION_DIGITS 6
-
-static const char UTC_AND_SPACE[] = "+00:00 ";
-#define UTC_AND_SPACE_BYTES 7
+#define STAMP_BYTES_MAX 64 /* "<191>1 " + SECOND + "." + digits + ZONE; longer: not common */
 static const char NIL_MSGID_AND_SD[] = " - - ";
 #define NIL_MSGID_AND_SD_BYTES 5
 static const unsigned char BOM[] = {0xEF, 0xBB, 0xBF};
 
 #define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
 
-/* A bytes object for data[start:end], the previous one again when the bytes are equal. */
+/* A bytes object holding `size` bytes at `bytes`, or the previous one when they are equal. */
 static PyObject *
-shared_slice(const char *data, Py_ssize_t start, Py_ssize_t end, PyObject **previous)
+shared_bytes(const char *bytes, Py_ssize_t size, PyObject **previous)
 {
-    Py_ssize_t size = end - start;
     if (*previous != NULL && PyBytes_GET_SIZE(*previous) == size &&
-        memcmp(PyBytes_AS_STRING(*previous), data + start, (size_t)size) == 0) {
+        memcmp(PyBytes_AS_STRING(*previous), bytes, (size_t)size) == 0) {
         Py_INCREF(*previous);
         return *previous;
     }
-    PyObject *made = PyBytes_FromStringAndSize(data + start, size);
+    PyObject *made = PyBytes_FromStringAndSize(bytes, size);
     if (made == NULL) {
         return NULL;
     }
@@ -96,15 +95,15 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *bytes = (const unsigned char *)data;
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
 
-    PyObject *prefixes = PyList_New(0);
+    PyObject *stamps = PyList_New(0);
     PyObject *fractions = PyList_New(0);
     PyObject *keys = PyList_New(0);
     PyObject *msgs = PyList_New(0);
-    PyObject *last_prefix = NULL;
+    PyObject *last_stamp = NULL;
     PyObject *last_key = NULL;
     long flags = 0;
     Py_ssize_t position = 0;
-    if (prefixes == NULL || fractions == NULL || keys == NULL || msgs == NULL) {
+    if (stamps == NULL || fractions == NULL || keys == NULL || msgs == NULL) {
         goto error;
     }
 
@@ -148,32 +147,45 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         at += 3;
 
-        /* SECOND "." FRACTION "+00:00 " */
-        if (end - at < SECOND_BYTES + 1 + FRACTION_DIGITS + UTC_AND_SPACE_BYTES) {
+        /* SECOND [ "." DIGITS ] ZONE SP: the stamp is the header to here, digits zeroed */
+        if (end - at < SECOND_BYTES + 2) {
             break;
         }
-        if (memchr(data + at, ' ', SECOND_BYTES) != NULL || bytes[at + SECOND_BYTES] != '.') {
+        if (memchr(data + at, ' ', SECOND_BYTES) != NULL) {
             break;
         }
-        Py_ssize_t prefix_end = at + SECOND_BYTES + 1;
+        at += SECOND_BYTES;
+        const char *stamp_space = memchr(data + at, ' ', (size_t)(end - at));
+        if (stamp_space == NULL) {
+            break;
+        }
+        Py_ssize_t stamp_end = (Py_ssize_t)(stamp_space - data);
+        Py_ssize_t stamp_bytes = stamp_end - start;
+        if (stamp_bytes > STAMP_BYTES_MAX) {
+            break;
+        }
+        char stamp[STAMP_BYTES_MAX];
+        memcpy(stamp, data + start, (size_t)stamp_bytes);
         long fraction = 0;
-        int fraction_ok = 1;
-        for (Py_ssize_t i = 0; i < FRACTION_DIGITS; i++) {
-            unsigned char c = bytes[prefix_end + i];
-            if (!IS_DIGIT(c)) {
-                fraction_ok = 0;
-                break;
+        Py_ssize_t zone_start = at;
+        if (bytes[at] == '.') {
+            Py_ssize_t digit_at = at + 1;
+            while (digit_at < stamp_end && IS_DIGIT(bytes[digit_at])) {
+                if (digit_at - at <= FRACTION_DIGITS) {
+                    fraction = fraction * 10 + (bytes[digit_at] - '0');
+                }
+                stamp[digit_at - start] = '0';
+                digit_at++;
             }
-            fraction = fraction * 10 + (c - '0');
+            for (Py_ssize_t digits = digit_at - at - 1; digits < FRACTION_DIGITS; digits++) {
+                fraction *= 10; /* ".5" is 500000 microseconds */
+            }
+            zone_start = digit_at;
         }
-        if (!fraction_ok) {
-            break;
+        if (zone_start == stamp_end) {
+            break; /* no ZONE */
         }
-        at = prefix_end + FRACTION_DIGITS;
-        if (memcmp(data + at, UTC_AND_SPACE, UTC_AND_SPACE_BYTES) != 0) {
-            break;
-        }
-        at += UTC_AND_SPACE_BYTES;
+        at = stamp_end + 1;
 
         /* HOST SP APP SP PROCID, each non-empty and space-free, then " - - " */
         Py_ssize_t key_start = at;
@@ -203,22 +215,22 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         if (end - msg_start >= 3 && memcmp(data + msg_start, BOM, 3) == 0) {
             flags |= 2;
         }
-        if (append_stolen(prefixes, shared_slice(data, start, prefix_end, &last_prefix)) < 0 ||
+        if (append_stolen(stamps, shared_bytes(stamp, stamp_bytes, &last_stamp)) < 0 ||
             append_stolen(fractions, PyLong_FromLong(fraction)) < 0 ||
-            append_stolen(keys, shared_slice(data, key_start, key_end, &last_key)) < 0 ||
+            append_stolen(keys, shared_bytes(data + key_start, key_end - key_start, &last_key)) < 0 ||
             append_stolen(msgs, PyBytes_FromStringAndSize(data + msg_start, end - msg_start)) < 0) {
             goto error;
         }
         position = end;
     }
-    Py_XDECREF(last_prefix);
+    Py_XDECREF(last_stamp);
     Py_XDECREF(last_key);
-    return Py_BuildValue("(nNNNNl)", position, prefixes, fractions, keys, msgs, flags);
+    return Py_BuildValue("(nNNNNl)", position, stamps, fractions, keys, msgs, flags);
 
 error:
-    Py_XDECREF(last_prefix);
+    Py_XDECREF(last_stamp);
     Py_XDECREF(last_key);
-    Py_XDECREF(prefixes);
+    Py_XDECREF(stamps);
     Py_XDECREF(fractions);
     Py_XDECREF(keys);
     Py_XDECREF(msgs);
@@ -227,7 +239,7 @@ error:
 
 static PyMethodDef methods[] = {
     {"scan_common", (PyCFunction)(void (*)(void))scan_common, METH_FASTCALL,
-     "scan_common(data, max_frame_bytes, /) -> (end, prefixes, fractions, keys, msgs, flags)\n\n"
+     "scan_common(data, max_frame_bytes, /) -> (end, stamps, fractions, keys, msgs, flags)\n\n"
      "Cut the octet-counted frames at the start of data that have the common input shape."},
     {NULL, NULL, 0, NULL},
 };

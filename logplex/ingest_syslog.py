@@ -193,7 +193,8 @@ _GROUPS: Final = 4  # pieces per header in _COMMON_HEADER.split: 3 groups, then 
 # Header bytes besides the prefix and key groups: six fraction digits, "+00:00 ", " - - ".
 _FIXED_BYTES: Final = 6 + 7 + 5
 _KEY_PROBE_HEAD: Final = b"<0>1 1970-01-01T00:00:00.000000+00:00 "
-_PREFIX_PROBE_TAIL: Final = b"000000+00:00 h - - - - "
+_STAMP_PROBE_TAIL: Final = b" h - - - - "
+_ZEROED_FRACTION_AND_UTC: Final = b"000000+00:00"
 
 
 _count_space_table: dict[bytes, int] = {}
@@ -226,10 +227,11 @@ _NOTHING_SCANNED: Final[ScanResult] = (0, [], [], [], [], 0)
 def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
     """The frames of ``data`` in the common shape, cut with one regex ``split``.
 
-    What ``logplex._syslogscan.scan_common`` gives, in pure Python: ``(end, prefixes,
+    What ``logplex._syslogscan.scan_common`` gives, in pure Python: ``(end, stamps,
     fractions, keys, msgs, flags)`` for the whole frames at the start of ``data`` (see
-    ``read_common_frames``). Unlike the C scanner it takes the frames of a read all or none
-    (and then leaves a frame cut at the end of the read): the split finds header-like text
+    ``read_common_frames``), for the narrower shape of a ``+00:00`` TIMESTAMP with six
+    fraction digits. Unlike the C scanner it takes the frames of a read all or none (and
+    then leaves a frame cut at the end of the read): the split finds header-like text
     anywhere, so the counts must prove every cut, and one refuted cut refutes the read.
     """
     parts = _COMMON_HEADER.split(data)
@@ -291,7 +293,9 @@ def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
             msgs[-1] = tail[:msg_bytes]
     blob = b"".join(msgs)
     flags = (_HAS_LF if _LF in blob else 0) | (_HAS_BOM if BOM[0] in blob else 0)
-    return taken, prefixes, list(map(int, fractions)), keys, msgs, flags
+    stamp_of = {prefix: prefix + _ZEROED_FRACTION_AND_UTC for prefix in set(prefixes)}
+    stamps = list(map(stamp_of.__getitem__, prefixes))
+    return taken, stamps, list(map(int, fractions)), keys, msgs, flags
 
 
 def _c_scanner() -> Scanner | None:
@@ -314,26 +318,27 @@ def read_common_frames(
 ) -> tuple[ReadOutcome, int] | None:
     """``read_batches`` for the frames at the start of a read that have the common shape.
 
-    The common shape: ``MSG-LEN SP <PRI>1 SECOND.FRACTION+00:00 HOST APP PROCID - - MSG``
-    with six fraction digits and MSGID and STRUCTURED-DATA ``-``. ``scan`` (the C scanner
-    of ``logplex._syslogscan``, or ``scan_common_python``) cuts those frames by their
-    counts, so a header-like text inside a MSG never starts a frame. Each distinct prefix
-    (``<PRI>1 SECOND.``) and header key (``HOST APP PROCID``) is then validated once by
-    ``parse_input_frame`` and its token looked up once; the records are zipped in C when the
-    read is one known channel, and grouped by channel runs otherwise. Returns the outcome
-    and the bytes taken, or None when no frame was taken or a prefix or key is invalid
-    (the frame-by-frame reader then takes the whole read).
+    The common shape: ``MSG-LEN SP <PRI>1 TIMESTAMP HOST APP PROCID - - MSG`` with MSGID and
+    STRUCTURED-DATA ``-``. ``scan`` (the C scanner of ``logplex._syslogscan``, or
+    ``scan_common_python``) cuts those frames by their counts, so a header-like text inside
+    a MSG never starts a frame, and gives each frame's stamp (``<PRI>1 TIMESTAMP`` with the
+    fraction digits zeroed), fraction in microseconds, key (``HOST APP PROCID``) and MSG.
+    Each distinct stamp and key is then validated once by ``parse_input_frame``, which also
+    gives the stamp's PRI and second (its zone applied), and each token is looked up once;
+    the records are zipped in C when the read is one known channel, and grouped by channel
+    runs otherwise. Returns the outcome and the bytes taken, or None when no frame was
+    taken or a stamp or key is invalid (the frame-by-frame reader then takes the whole read).
     """
-    taken, prefixes, fractions, keys, msgs, flags = scan(data, max_frame_bytes)
+    taken, stamps, fractions, keys, msgs, flags = scan(data, max_frame_bytes)
     if not msgs:
         return None
     seconds: dict[bytes, tuple[int, int]] = {}
-    for prefix in set(prefixes):
+    for stamp in set(stamps):
         try:
-            probe = parse_input_frame(prefix + _PREFIX_PROBE_TAIL)
+            probe = parse_input_frame(stamp + _STAMP_PROBE_TAIL)
         except Logplex1Error:
             return None
-        seconds[prefix] = (probe.pri, probe.ts_us)
+        seconds[stamp] = (probe.pri, probe.ts_us)
     routes: dict[bytes, Route | None] = {}
     channels: set[str | None] = set()
     for key in set(keys):
@@ -349,11 +354,11 @@ def read_common_frames(
     if flags:
         msgs = [_clean_msg(msg) for msg in msgs]
     if len(seconds) == 1:
-        pri, second_us = seconds[prefixes[0]]
+        pri, second_us = seconds[stamps[0]]
         timestamps = list(map(second_us.__add__, fractions))
         pris: Iterable[int] = repeat(pri)
     else:
-        pri_seconds = list(map(seconds.__getitem__, prefixes))
+        pri_seconds = list(map(seconds.__getitem__, stamps))
         timestamps = list(map(add, map(itemgetter(1), pri_seconds), fractions))
         pris = map(itemgetter(0), pri_seconds)
     outcome = ReadOutcome([])

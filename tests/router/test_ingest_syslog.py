@@ -270,6 +270,15 @@ VARIED_FRAMES = [
     frame(TOKEN_A, b"other pri", pri=13),
     frame(TOKEN_A, b"next second", ts=b"2026-11-27T20:39:34.000001+00:00"),
     frame(TOKEN_A, b"zulu", ts=b"2026-11-27T20:39:33.123456Z"),
+    frame(TOKEN_A, b"offset", ts=b"2026-11-27T21:39:33.5+01:00"),
+    frame(TOKEN_A, b"west", ts=b"2026-11-27T18:09:33.123-02:30"),
+    frame(TOKEN_A, b"no fraction", ts=b"2026-11-27T20:39:33Z"),
+    frame(TOKEN_A, b"nine digits", ts=b"2026-11-27T20:39:33.123456789+00:00"),
+    frame(TOKEN_A, b"dot only", ts=b"2026-11-27T20:39:33.+00:00"),
+    frame(TOKEN_A, b"bad zone", ts=b"2026-11-27T20:39:33.1+25:00"),
+    frame(TOKEN_A, b"no zone", ts=b"2026-11-27T20:39:33.123"),
+    frame(TOKEN_A, b"before 1970", ts=b"1970-01-01T00:00:00.5+00:01"),
+    frame(TOKEN_A, b"last second", ts=b"9999-12-31T23:59:59.999999Z"),
     frame(TOKEN_A, b"nil ts", ts=b"-"),
     frame(TOKEN_A, b"nil ps", ps=b"-"),
     frame(TOKEN_B, b"channel b"),
@@ -336,6 +345,10 @@ def test_read_batches_equals_frames_to_batches(frames: list[bytes], scan: Scanne
         # the C scanner stops before the first frame of another shape
         ([frame(TOKEN_A, b"1"), frame(TOKEN_A, b"2", ts=b"-"), frame(TOKEN_A, b"3")], 1, 0),
         ([frame(TOKEN_A, b"1", ts=b"-")], 0, 0),
+        # other zones and fraction widths: the C scanner's stamp keeps them
+        ([frame(TOKEN_A, b"1", ts=b"2026-11-27T21:39:33.5+01:00")], 1, 0),
+        ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:39:33Z"), frame(TOKEN_A, b"2")], 2, 0),
+        ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:39:33.1+25:00")], 0, 0),  # then refused
         ([frame(TOKEN_A, b"1", pri=999)], 0, 0),  # cut, then refused by the validation
         ([frame(TOKEN_A, b"1", ps=b"w\x01b")], 0, 0),  # the cut only delimits fields
         ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:3x:33.123456+00:00")], 0, 0),
