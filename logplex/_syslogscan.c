@@ -8,17 +8,21 @@
  * Walks the frames from the start of `data` by their MSG-LEN and returns
  * (end, stamps, fractions, keys, msgs, flags) for the frames in the common shape:
  *
- *     MSG-LEN SP "<" PRI "1 " SECOND [ "." DIGITS ] ZONE SP HOST SP APP SP PROCID " - - " MSG
+ *     MSG-LEN SP "<" PRI "1 " SECOND [ "." DIGITS ] ZONE SP HOST SP APP SP PROCID SP MSGID
+ *         SP ( "-" | SD-ELEMENT... ) [ SP MSG ]
  *
  * MSG-LEN is 1..5 digits without a leading zero, at most 10240 and `max_frame_bytes`; PRI
- * is 1..3 digits; SECOND is 19 bytes and ZONE one or more, neither with a space; HOST, APP
- * and PROCID are non-empty and space-free. Per frame it gives the stamp `<PRI>1 SECOND`
- * + `.` + DIGITS with every digit turned to 0 + ZONE (the header up to the TIMESTAMP's
- * end, without its fraction), the fraction in microseconds (the first six digits, as RFC
- * 5424 TIME-SECFRAC reads), the key `HOST SP APP SP PROCID` and the MSG (everything after
- * " - - " up to the frame's end). Consecutive frames with equal stamps (or keys) share one
- * bytes object. `end` is the offset just past the last frame taken: the scan stops before
- * the first frame that is incomplete or not in this shape, and the caller reads the rest.
+ * is 1..3 digits; SECOND is 19 bytes and ZONE one or more, neither with a space; HOST, APP,
+ * PROCID and MSGID are non-empty and space-free; STRUCTURED-DATA is "-" or elements "[...]"
+ * (delimited only: quoted values may hold "]" and backslash escapes); with MSGID "-" it may
+ * also be absent, MSG following MSGID (Heroku's drain layout). Per frame it gives the stamp
+ * `<PRI>1 SECOND` + `.` + DIGITS with every digit turned to 0 + ZONE (the header up to the
+ * TIMESTAMP's end, without its fraction), the fraction in microseconds (the first six
+ * digits, as RFC 5424 TIME-SECFRAC reads), the key `HOST APP PROCID MSGID STRUCTURED-DATA`
+ * and the MSG (everything after the key and a space, up to the frame's end). Consecutive
+ * frames with equal stamps (or keys) share one bytes object. `end` is the offset just past
+ * the last frame taken: the scan stops before the first frame that is incomplete or not in
+ * this shape, and the caller reads the rest.
  * flags: bit 0 set when some MSG holds an LF, bit 1 when some MSG starts with a UTF-8 BOM.
  *
  * This module only delimits. The caller validates every distinct stamp and key with the
@@ -35,8 +39,6 @@
 #define SECOND_BYTES 19
 #define FRACTION_DIGITS 6
 #define STAMP_BYTES_MAX 64 /* "<191>1 " + SECOND + "." + digits + ZONE; longer: not common */
-static const char NIL_MSGID_AND_SD[] = " - - ";
-#define NIL_MSGID_AND_SD_BYTES 5
 static const unsigned char BOM[] = {0xEF, 0xBB, 0xBF};
 
 #define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
@@ -58,6 +60,37 @@ shared_bytes(const char *bytes, Py_ssize_t size, PyObject **previous)
     Py_INCREF(made);
     *previous = made;
     return made;
+}
+
+/* The offset just past the SD-ELEMENTs starting at `at` (a "["), or -1 when one is not
+ * closed before `end`. Only delimits: inside a quoted PARAM-VALUE a backslash takes the
+ * next byte with it and "]" does not close; the caller's parser validates the rest. */
+static Py_ssize_t
+structured_data_end(const unsigned char *bytes, Py_ssize_t at, Py_ssize_t end)
+{
+    while (at < end && bytes[at] == '[') {
+        int quoted = 0;
+        at++;
+        while (at < end) {
+            unsigned char c = bytes[at];
+            if (quoted && c == '\\') {
+                at += 2;
+                continue;
+            }
+            if (c == '"') {
+                quoted = !quoted;
+            }
+            else if (c == ']' && !quoted) {
+                break;
+            }
+            at++;
+        }
+        if (at >= end) {
+            return -1;
+        }
+        at++; /* past "]" */
+    }
+    return at;
 }
 
 /* Append `item` to `list` and drop the caller's reference; -1 on error. */
@@ -187,10 +220,10 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         at = stamp_end + 1;
 
-        /* HOST SP APP SP PROCID, each non-empty and space-free, then " - - " */
+        /* HOST SP APP SP PROCID SP MSGID SP, each non-empty and space-free */
         Py_ssize_t key_start = at;
         int key_ok = 1;
-        for (int field = 0; field < 3; field++) {
+        for (int field = 0; field < 4; field++) {
             Py_ssize_t field_start = at;
             const char *space = memchr(data + at, ' ', (size_t)(end - at));
             at = space == NULL ? end : (Py_ssize_t)(space - data);
@@ -198,16 +231,32 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 key_ok = 0; /* an empty field, or no space after it */
                 break;
             }
-            if (field < 2) {
-                at++;
-            }
+            at++;
         }
-        if (!key_ok || end - at < NIL_MSGID_AND_SD_BYTES ||
-            memcmp(data + at, NIL_MSGID_AND_SD, NIL_MSGID_AND_SD_BYTES) != 0) {
+        if (!key_ok || at >= end) {
             break;
         }
-        Py_ssize_t key_end = at;
-        Py_ssize_t msg_start = at + NIL_MSGID_AND_SD_BYTES;
+        /* STRUCTURED-DATA: "-", or elements; with MSGID "-" and neither, no SD at all */
+        Py_ssize_t key_end;
+        Py_ssize_t msg_start;
+        if (bytes[at] == '-' && (at + 1 == end || bytes[at + 1] == ' ')) {
+            key_end = at + 1;
+            msg_start = key_end == end ? end : key_end + 1;
+        }
+        else if (bytes[at] == '[') {
+            key_end = structured_data_end(bytes, at, end);
+            if (key_end < 0 || (key_end < end && bytes[key_end] != ' ')) {
+                break;
+            }
+            msg_start = key_end == end ? end : key_end + 1;
+        }
+        else if (bytes[at - 2] == '-' && bytes[at - 3] == ' ') {
+            key_end = at - 1; /* Heroku's drain layout: MSG right after a "-" MSGID */
+            msg_start = at;
+        }
+        else {
+            break;
+        }
 
         if (memchr(data + msg_start, '\n', (size_t)(end - msg_start)) != NULL) {
             flags |= 1;

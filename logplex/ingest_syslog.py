@@ -195,6 +195,7 @@ _FIXED_BYTES: Final = 6 + 7 + 5
 _KEY_PROBE_HEAD: Final = b"<0>1 1970-01-01T00:00:00.000000+00:00 "
 _STAMP_PROBE_TAIL: Final = b" h - - - - "
 _ZEROED_FRACTION_AND_UTC: Final = b"000000+00:00"
+_NIL_MSGID_AND_SD_KEY: Final = b" - -"
 
 
 _count_space_table: dict[bytes, int] = {}
@@ -295,7 +296,9 @@ def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
     flags = (_HAS_LF if _LF in blob else 0) | (_HAS_BOM if BOM[0] in blob else 0)
     stamp_of = {prefix: prefix + _ZEROED_FRACTION_AND_UTC for prefix in set(prefixes)}
     stamps = list(map(stamp_of.__getitem__, prefixes))
-    return taken, stamps, list(map(int, fractions)), keys, msgs, flags
+    key_of = {key: key + _NIL_MSGID_AND_SD_KEY for key in set(keys)}
+    full_keys = list(map(key_of.__getitem__, keys))
+    return taken, stamps, list(map(int, fractions)), full_keys, msgs, flags
 
 
 def _c_scanner() -> Scanner | None:
@@ -318,13 +321,15 @@ def read_common_frames(
 ) -> tuple[ReadOutcome, int] | None:
     """``read_batches`` for the frames at the start of a read that have the common shape.
 
-    The common shape: ``MSG-LEN SP <PRI>1 TIMESTAMP HOST APP PROCID - - MSG`` with MSGID and
-    STRUCTURED-DATA ``-``. ``scan`` (the C scanner of ``logplex._syslogscan``, or
-    ``scan_common_python``) cuts those frames by their counts, so a header-like text inside
-    a MSG never starts a frame, and gives each frame's stamp (``<PRI>1 TIMESTAMP`` with the
-    fraction digits zeroed), fraction in microseconds, key (``HOST APP PROCID``) and MSG.
-    Each distinct stamp and key is then validated once by ``parse_input_frame``, which also
-    gives the stamp's PRI and second (its zone applied), and each token is looked up once;
+    The common shape: ``MSG-LEN SP <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG`` (see
+    logplex/_syslogscan.c; ``scan_common_python`` takes only ``+00:00`` six-digit timestamps
+    and ``-`` MSGID and SD). ``scan`` cuts those frames by their counts, so a header-like
+    text inside a MSG never starts a frame, and gives each frame's stamp (``<PRI>1
+    TIMESTAMP`` with the fraction digits zeroed), fraction in microseconds, key (``HOST APP
+    PROCID MSGID SD``) and MSG. Each distinct stamp and key is then validated once by
+    ``parse_input_frame``, which also gives the stamp's PRI and second (its zone applied)
+    and must end the key's STRUCTURED-DATA where the scanner did; each token is looked up
+    once;
     the records are zipped in C when the read is one known channel, and grouped by channel
     runs otherwise. Returns the outcome and the bytes taken, or None when no frame was
     taken or a stamp or key is invalid (the frame-by-frame reader then takes the whole read).
@@ -343,8 +348,10 @@ def read_common_frames(
     channels: set[str | None] = set()
     for key in set(keys):
         try:
-            probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" - - ")
+            probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" ")
         except Logplex1Error:
+            return None
+        if probe.msg:  # the parser ends STRUCTURED-DATA elsewhere than the scanner did
             return None
         token = probe.app_name
         info = lookup_token(token.decode("ascii", "replace")) if token else None

@@ -42,7 +42,7 @@ STAMPS = [
     b"-",
 ]
 MESSAGES = [b"hello", b"", b"two\nlines", b"\xef\xbb\xbfbom", b"x - - y", b"<190>1 fake header"]
-ALPHABET = b" 0123456789<>.-+:TZ\n\xef"
+ALPHABET = b' 0123456789<>.-+:TZ\n\xef[]"\\='
 
 
 def build(directory: str) -> str:
@@ -80,12 +80,27 @@ def runtime_libraries() -> str:
     return ":".join(paths)
 
 
+MSGID_AND_SD = [
+    b"- -",
+    b"- -",
+    b"ID47 -",
+    b'- [a@1 b="c"]',
+    b'ID [a@1 b="\\] \\" \\\\"][t@2]',
+    b'- [timeQuality tzKnown="1" isSynced="0"]',
+    b'- [a@1 b="]"]',
+    b"- [a@1 b=c]",
+    b"-",  # Heroku's drain layout: MSG right after MSGID
+    b"ID",
+]
+
+
 def frame(rng: random.Random) -> bytes:
-    header = b"<%d>1 %s host %s web.%d - - " % (
+    header = b"<%d>1 %s host %s web.%d %s " % (
         rng.choice([190, 13, 0, 191, 999]),
         rng.choice(STAMPS),
         rng.choice([TOKEN, b"t.unknown"]),
         rng.randrange(3),
+        rng.choice(MSGID_AND_SD),
     )
     payload = bytearray(header + rng.choice(MESSAGES))
     for _ in range(rng.choice([0, 0, 1, 2, 4])):

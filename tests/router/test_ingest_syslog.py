@@ -295,6 +295,16 @@ VARIED_FRAMES = [
     b'<190>1 %s host %s web.1 - [a@1 b="c"] with sd' % (TS, TOKEN_A.encode()),
     b"<190>1 %s host %s web.1 - -" % (TS, TOKEN_A.encode()),
     b"<190>1 %s host %s web.1 - drain layout" % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 - [INFO] drain layout or SD" % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 - -" % (TS, TOKEN_A.encode()),
+    b'<190>1 %s host %s web.1 - [a@1 b="c] \\" d"][e@1] two elements' % (TS, TOKEN_A.encode()),
+    b'<13>1 %s host %s - - [timeQuality tzKnown="1" isSynced="0"] from logger'
+    % (TS, TOKEN_A.encode()),
+    b'<190>1 %s host %s web.1 - [a@1 b="c"]glued' % (TS, TOKEN_A.encode()),
+    b'<190>1 %s host %s web.1 - [a@1 b="c" unterminated' % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 - [a@1 b=unquoted] msg" % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 ID1 [a@1] msgid and sd" % (TS, TOKEN_A.encode()),
+    b"<190>1 %s host %s web.1 ID1 no sd after a msgid" % (TS, TOKEN_A.encode()),
     b"<999>1 %s host %s web.1 - - bad pri" % (TS, TOKEN_A.encode()),
     b"<190>1 2026-02-30T00:00:00.000000+00:00 host %s web.1 - - bad date" % TOKEN_A.encode(),
     b"<190>1 %s host %s w\x01b - - bad ps" % (TS, TOKEN_A.encode()),
@@ -349,6 +359,16 @@ def test_read_batches_equals_frames_to_batches(frames: list[bytes], scan: Scanne
         ([frame(TOKEN_A, b"1", ts=b"2026-11-27T21:39:33.5+01:00")], 1, 0),
         ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:39:33Z"), frame(TOKEN_A, b"2")], 2, 0),
         ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:39:33.1+25:00")], 0, 0),  # then refused
+        # MSGID and STRUCTURED-DATA other than "-": the C scanner keeps them in the key
+        ([b'<13>1 %s h %s - ID [t@1 a="\\]"] m' % (TS, TOKEN_A.encode())], 1, 0),
+        ([b'<13>1 %s h %s - ID [t@1 a="]"] m' % (TS, TOKEN_A.encode())], 0, 0),  # strict: \]
+        ([b"<13>1 %s h %s - - drain layout" % (TS, TOKEN_A.encode())], 1, 0),
+        ([b"<13>1 %s h %s p - -" % (TS, TOKEN_A.encode())], 1, 0),  # SD "-", no MSG
+        ([b"<13>1 %s h %s - -" % (TS, TOKEN_A.encode())], 0, 0),  # no SD field
+        ([b'<13>1 %s h %s - - [t@1 a="1"]x' % (TS, TOKEN_A.encode())], 0, 0),  # glued MSG
+        ([b'<13>1 %s h %s - - [t@1 a="1"' % (TS, TOKEN_A.encode())], 0, 0),  # not closed
+        ([b"<13>1 %s h %s - - [t@1 a=1] m" % (TS, TOKEN_A.encode())], 0, 0),  # then refused
+        ([b"<13>1 %s h %s - ID no sd" % (TS, TOKEN_A.encode())], 0, 0),
         ([frame(TOKEN_A, b"1", pri=999)], 0, 0),  # cut, then refused by the validation
         ([frame(TOKEN_A, b"1", ps=b"w\x01b")], 0, 0),  # the cut only delimits fields
         ([frame(TOKEN_A, b"1", ts=b"2026-11-27T20:3x:33.123456+00:00")], 0, 0),
