@@ -2,10 +2,10 @@
  * logplex._syslogscan: cut the octet-counted syslog frames of one read (RFC 6587, RFC 5424)
  * in the common shape of Logplex's input layout, in one pass at C speed.
  *
- * scan_common(data: bytes, max_frame_bytes: int, /)
+ * scan_common(data: bytes, max_frame_bytes: int, start: int = 0, /)
  *     -> tuple[int, list[bytes], list[int], list[bytes], list[bytes], int]
  *
- * Walks the frames from the start of `data` by their MSG-LEN and returns
+ * Walks the frames from offset `start` of `data` by their MSG-LEN and returns
  * (end, stamps, fractions, keys, msgs, flags) for the frames in the common shape:
  *
  *     MSG-LEN SP "<" PRI "1 " SECOND [ "." DIGITS ] ZONE SP HOST SP APP SP PROCID SP MSGID
@@ -109,8 +109,9 @@ static PyObject *
 scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "scan_common(data, max_frame_bytes) takes 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "scan_common(data, max_frame_bytes, start=0) takes 2 or 3 arguments");
         return NULL;
     }
     if (!PyBytes_Check(args[0])) {
@@ -127,6 +128,17 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     const char *data = PyBytes_AS_STRING(args[0]);
     const unsigned char *bytes = (const unsigned char *)data;
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
+    Py_ssize_t position = 0;
+    if (nargs == 3) {
+        position = PyLong_AsSsize_t(args[2]);
+        if (position == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (position < 0 || position > size) {
+            PyErr_SetString(PyExc_ValueError, "scan_common: start is outside data");
+            return NULL;
+        }
+    }
 
     PyObject *stamps = PyList_New(0);
     PyObject *fractions = PyList_New(0);
@@ -135,7 +147,6 @@ scan_common(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *last_stamp = NULL;
     PyObject *last_key = NULL;
     long flags = 0;
-    Py_ssize_t position = 0;
     if (stamps == NULL || fractions == NULL || keys == NULL || msgs == NULL) {
         goto error;
     }
@@ -288,8 +299,9 @@ error:
 
 static PyMethodDef methods[] = {
     {"scan_common", (PyCFunction)(void (*)(void))scan_common, METH_FASTCALL,
-     "scan_common(data, max_frame_bytes, /) -> (end, stamps, fractions, keys, msgs, flags)\n\n"
-     "Cut the octet-counted frames at the start of data that have the common input shape."},
+     "scan_common(data, max_frame_bytes, start=0, /)\n"
+     "    -> (end, stamps, fractions, keys, msgs, flags)\n\n"
+     "Cut the octet-counted frames from data[start:] that have the common input shape."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,11 +15,13 @@ connection that sends nothing for ``idle_timeout_s`` is closed; each connection 
 task, so one client can never stall another.
 
 Speed (issue 3): ``read_decoder`` reads the whole frames at the start of a read in one pass
-and leaves only the rest to the decoder. ``read_common_frames`` takes a read whose frames
-all have the common shape (MSGID and SD ``-``, ``+00:00`` with six fraction digits, one
-channel) with one regex split and C-level passes, the counts proving every cut;
-``read_batches`` falls back to a frame loop that reuses the PRI, second and route of earlier
-frames. Both give exactly what ``frames_to_batches`` gives (hypothesis properties say so).
+and leaves only the rest to the decoder. ``read_common_frames`` takes the frames of the
+common shape (any RFC 5424 header whose fields split at spaces, see logplex/_syslogscan.c)
+through the C scanner, validating each distinct header part once and zipping the records in
+C; ``read_batches`` sends the frames it does not take, one at a time, through a frame loop
+that reuses the PRI, second and route of earlier frames. Without the C module a regex cut
+(``scan_common_python``) takes reads made only of ``- -``/``+00:00`` frames. All give exactly
+what ``frames_to_batches`` gives (hypothesis properties say so).
 """
 
 from __future__ import annotations
@@ -218,14 +220,14 @@ def _clean_msg(msg: bytes) -> bytes:
 
 
 ScanResult = tuple[int, list[bytes], list[int], list[bytes], list[bytes], int]
-Scanner = Callable[[bytes, int], ScanResult]
+Scanner = Callable[[bytes, int, int], ScanResult]
 # ScanResult flags: some MSG holds an LF; some MSG may start with a BOM
 _HAS_LF: Final = 1
 _HAS_BOM: Final = 2
 _NOTHING_SCANNED: Final[ScanResult] = (0, [], [], [], [], 0)
 
 
-def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
+def scan_common_python(data: bytes, max_frame_bytes: int, start: int = 0) -> ScanResult:
     """The frames of ``data`` in the common shape, cut with one regex ``split``.
 
     What ``logplex._syslogscan.scan_common`` gives, in pure Python: ``(end, stamps,
@@ -235,12 +237,16 @@ def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
     then leaves a frame cut at the end of the read): the split finds header-like text
     anywhere, so the counts must prove every cut, and one refuted cut refutes the read.
     """
+    if start:
+        rest = data[start:]
+        end, stamps, fractions, keys, msgs, flags = scan_common_python(rest, max_frame_bytes)
+        return start + end, stamps, fractions, keys, msgs, flags
     parts = _COMMON_HEADER.split(data)
     if len(parts) == 1:
         return _NOTHING_SCANNED
     pieces = parts[0::_GROUPS]
     prefixes = parts[1::_GROUPS]
-    fractions = parts[2::_GROUPS]
+    fraction_digits = parts[2::_GROUPS]
     keys = parts[3::_GROUPS]
     first = pieces[0]
     digits = len(first) - 1
@@ -287,7 +293,7 @@ def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
         if msg_bytes > len(tail):  # still arriving: leave it, with its header, for later
             taken -= len(counts[-1]) + len(prefixes[-1]) + len(keys[-1]) + len(tail)
             taken -= _FIXED_BYTES
-            for column in (prefixes, fractions, keys, msgs):
+            for column in (prefixes, fraction_digits, keys, msgs):
                 column.pop()
         else:
             taken -= len(tail) - msg_bytes
@@ -298,7 +304,7 @@ def scan_common_python(data: bytes, max_frame_bytes: int) -> ScanResult:
     stamps = list(map(stamp_of.__getitem__, prefixes))
     key_of = {key: key + _NIL_MSGID_AND_SD_KEY for key in set(keys)}
     full_keys = list(map(key_of.__getitem__, keys))
-    return taken, stamps, list(map(int, fractions)), full_keys, msgs, flags
+    return taken, stamps, list(map(int, fraction_digits)), full_keys, msgs, flags
 
 
 def _c_scanner() -> Scanner | None:
@@ -318,8 +324,9 @@ def read_common_frames(
     max_frame_bytes: int,
     lookup_token: Callable[[str], TokenInfo | None],
     scan: Scanner = SCANNER,
+    start: int = 0,
 ) -> tuple[ReadOutcome, int] | None:
-    """``read_batches`` for the frames at the start of a read that have the common shape.
+    """``read_batches`` for the frames from ``start`` that have the common shape.
 
     The common shape: ``MSG-LEN SP <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG`` (see
     logplex/_syslogscan.c; ``scan_common_python`` takes only ``+00:00`` six-digit timestamps
@@ -331,12 +338,13 @@ def read_common_frames(
     and must end the key's STRUCTURED-DATA where the scanner did; each token is looked up
     once;
     the records are zipped in C when the read is one known channel, and grouped by channel
-    runs otherwise. Returns the outcome and the bytes taken, or None when no frame was
-    taken or a stamp or key is invalid (the frame-by-frame reader then takes the whole read).
+    runs otherwise. Returns the outcome and the offset just past the frames taken (an
+    empty outcome and ``start`` when the first frame is not in the shape), or None when a
+    stamp or key is invalid (the frame-by-frame reader then takes the rest of the read).
     """
-    taken, stamps, fractions, keys, msgs, flags = scan(data, max_frame_bytes)
+    taken, stamps, fractions, keys, msgs, flags = scan(data, max_frame_bytes, start)
     if not msgs:
-        return None
+        return ReadOutcome([]), start
     seconds: dict[bytes, tuple[int, int]] = {}
     for stamp in set(stamps):
         try:
@@ -428,20 +436,49 @@ def read_batches(
     ``max_frame_bytes`` with a count of the b"1".."10240" table (garbage, a frame still
     arriving, a longer count): ``OctetFrameDecoder`` goes on from there with its policy.
 
-    A frame is read without being cut out when it starts with the ``<PRI>1 YYYY-MM-DDTHH:MM:SS.``
-    of a frame read before through ``parse_input_frame`` and goes on with six fraction
-    digits, ``+00:00``, then a header key ``HOSTNAME APP-NAME PROCID`` already met in this
-    call (its token looked up once) and `` - - ``: the PRI, the second, the validation and
-    the route are the earlier frame's. Every other frame goes the way of ``frames_to_batches``.
+    ``scan`` takes the frames of the common shape (``read_common_frames``); a frame it
+    does not take goes alone through the frame loop (``_read_frame_by_frame``, the parsers
+    of ``frames_to_batches`` plus the PRI, second and route of earlier frames), and the
+    scanner goes on after it. When the validation refuses what the scanner cut, the frame
+    loop reads the rest of the read.
     """
     common = read_common_frames(data, max_frame_bytes, lookup_token, scan)
     if common is None:
         return _read_frame_by_frame(data, max_frame_bytes, lookup_token, now_us)
-    outcome, taken = common
-    if taken == len(data):
-        return common
-    rest, rest_taken = _read_frame_by_frame(data[taken:], max_frame_bytes, lookup_token, now_us)
-    return merge_outcomes(outcome, rest), taken + rest_taken
+    outcome, position = common
+    size = len(data)
+    while position < size:
+        # A frame the scanner does not take goes through the frame loop on its own, then
+        # the scanner goes on: one odd frame does not slow the rest of the read.
+        odd, after = _read_frame_by_frame(
+            data, max_frame_bytes, lookup_token, now_us, start=position, max_frames=1
+        )
+        if after == position:  # garbage, a long count or a frame still arriving
+            break
+        _extend_outcome(outcome, odd)
+        common = read_common_frames(data, max_frame_bytes, lookup_token, scan, after)
+        if common is None:  # refused by the validation: the frame loop reads the rest
+            rest, position = _read_frame_by_frame(
+                data, max_frame_bytes, lookup_token, now_us, start=after
+            )
+            _extend_outcome(outcome, rest)
+            break
+        more, position = common
+        _extend_outcome(outcome, more)
+    return outcome, position
+
+
+def _extend_outcome(outcome: ReadOutcome, more: ReadOutcome) -> None:
+    """Append ``more`` to ``outcome`` in place, as one read (see ``merge_outcomes``)."""
+    if more.batches:
+        batches = outcome.batches
+        if batches and batches[-1][0] == more.batches[0][0]:
+            batches[-1][1].extend(more.batches[0][1])
+            batches.extend(more.batches[1:])
+        else:
+            batches.extend(more.batches)
+    outcome.unknown_tokens += more.unknown_tokens
+    outcome.malformed += more.malformed
 
 
 def _read_frame_by_frame(
@@ -449,8 +486,12 @@ def _read_frame_by_frame(
     max_frame_bytes: int,
     lookup_token: Callable[[str], TokenInfo | None],
     now_us: int,
+    *,
+    start: int = 0,
+    max_frames: int = -1,
 ) -> tuple[ReadOutcome, int]:
-    """``read_batches`` one frame at a time (see there)."""
+    """``read_batches`` one frame at a time (see there), from offset ``start`` and for at
+    most ``max_frames`` frames (-1: no limit); returns the offset where it stopped."""
     counts = _octet_counts()
     find = data.find
     startswith = data.startswith
@@ -466,8 +507,9 @@ def _read_frame_by_frame(
     current: list[Message] = []
     append = current.append
     has_lf = False
-    position = 0
-    while position < size:
+    position = start
+    while position < size and max_frames:
+        max_frames -= 1
         space = find(b" ", position, position + window)
         length = counts.get(data[position:space]) if space > position else None
         if length is None or length > max_frame_bytes:

@@ -22,6 +22,7 @@ from logplex.ingest_syslog import (
     C_SCANNER,
     ReadOutcome,
     Scanner,
+    ScanResult,
     SyslogListener,
     SyslogListenerSettings,
     _read_frame_by_frame,
@@ -380,8 +381,8 @@ def test_read_common_frames_takes_only_the_common_shape(
     for scan, expected in ((C_SCANNER, by_c), (scan_common_python, by_python)):
         assert scan is not None
         result = read_common_frames(joined(frames), 10240, TOKENS.get, scan)
-        if not expected:
-            assert result is None
+        if not expected:  # nothing taken, or refused by the validation
+            assert result in ((ReadOutcome([]), 0), None)
             continue
         assert result == (
             frames_to_batches(frames[:expected], TOKENS.get, NOW_US),
@@ -397,7 +398,7 @@ def test_read_common_frames_leaves_a_cut_frame_and_what_follows(scan: Scanner) -
         result = read_batches(whole + third[:cut], 10240, TOKENS.get, NOW_US, scan)
         assert result[1] == len(whole)
         assert [m[4] for m in result[0].batches[0][1]] == [b"1", b"2"]
-    assert read_common_frames(third[:-1], 10240, TOKENS.get, scan) is None
+    assert read_common_frames(third[:-1], 10240, TOKENS.get, scan) == (ReadOutcome([]), 0)
     # a count over the limit is the decoder's to refuse
     assert read_batches(whole, 50, TOKENS.get, NOW_US, scan)[1] == 0
 
@@ -489,12 +490,39 @@ def test_the_scanners_read_any_bytes_as_the_frame_loop_does(
         assert len(prefixes) == len(fractions) == len(keys) == len(msgs)
 
 
+def test_after_an_odd_frame_the_scanner_goes_on() -> None:
+    assert C_SCANNER is not None
+    scanned: list[int] = []
+
+    def counting_scanner(data: bytes, max_frame_bytes: int, start: int) -> ScanResult:
+        result = C_SCANNER(data, max_frame_bytes, start)
+        scanned.append(len(result[4]))
+        return result
+
+    odd = frame(TOKEN_A, b"odd", ts=b"-")  # a NIL timestamp: the frame loop's
+    frames = [frame(TOKEN_A, b"1"), odd, frame(TOKEN_A, b"2"), frame(TOKEN_A, b"3"), odd]
+    frames += [frame(TOKEN_A, b"4")]
+    data = joined(frames)
+    assert read_batches(data, 10240, TOKENS.get, NOW_US, counting_scanner) == (
+        frames_to_batches(frames, TOKENS.get, NOW_US),
+        len(data),
+    )
+    assert scanned == [1, 2, 1]  # the odd frames alone went through the frame loop
+
+
 def test_the_c_scanner_checks_its_arguments() -> None:
     assert C_SCANNER is not None
     with pytest.raises(TypeError, match="bytes"):
         C_SCANNER(bytearray(b"1 x"), 10240)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="2 arguments"):
+    with pytest.raises(TypeError, match="2 or 3 arguments"):
         C_SCANNER(b"1 x")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="outside"):
+        C_SCANNER(b"1 x", 10240, 4)
+    with pytest.raises(ValueError, match="outside"):
+        C_SCANNER(b"1 x", 10240, -1)
+    one = joined([frame(TOKEN_A, b"m")])
+    assert C_SCANNER(b"junk" + one, 10240, 4)[0] == 4 + len(one)
+    assert C_SCANNER(one, 10240, len(one)) == (len(one), [], [], [], [], 0)
     with pytest.raises(TypeError):
         C_SCANNER(b"1 x", "10240")  # type: ignore[arg-type]
     assert C_SCANNER(b"", 10240) == (0, [], [], [], [], 0)
