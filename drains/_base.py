@@ -148,7 +148,8 @@ class DrainCore:
     # -- outcomes, reported by the delivery loop ---------------------------------------
 
     def begin(self, taken: Taken) -> None:
-        self.in_flight_messages = taken.message_count
+        """``taken`` is in flight (a drain may have more than one batch out at a time)."""
+        self.in_flight_messages += taken.message_count
 
     def record_delivered(self, message_count: int, byte_count: int) -> None:
         self.delivered += message_count
@@ -177,7 +178,7 @@ class DrainCore:
         else:
             self.metrics.bytes_dropped.inc(taken.byte_count)
         self.queue.settle(taken, delivered=delivered)
-        self.in_flight_messages = 0
+        self.in_flight_messages -= taken.message_count
         if self.queue.dropped_total != self._dropped_reported:
             self._report_dropped()
         self.signal_progress()

@@ -58,6 +58,9 @@ class DrainQueue(Protocol):
     def queued_messages(self) -> int: ...
 
     @property
+    def queued_bytes(self) -> int: ...
+
+    @property
     def dropped_total(self) -> int: ...
 
     @property

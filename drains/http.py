@@ -1,11 +1,16 @@
 """HTTPS and HTTP drains: ``application/logplex-1`` posts (DESIGN sections 5.2 and 8).
 
-One keep-alive HTTP/1.1 connection per drain (``drains._http11``: h11 over trio, chosen over
-httpx for its measured per-request cost); connect timeout 3 s, whole request 10 s. The loop
-sends as soon as the drain is idle and lets the buffer accumulate while a request is in
-flight; each post carries at most 1000 messages or 100 KiB. A batch is encoded once into
-the exact request bytes (``drains._http11.PostEncoder``), and every retry resends
-those bytes.
+Up to two posts in flight, each on its own keep-alive HTTP/1.1 connection
+(``drains._http11``: h11 over trio, chosen over httpx for its measured per-request cost);
+connect timeout 3 s, whole request 10 s. The loop sends on the first connection as soon as
+the drain is idle and lets the buffer accumulate while a request is in flight; the second
+connection takes a post only while a full one (1000 messages or 100 KiB) is waiting
+(``lane_to_use``), so a receiver's round trip overlaps the next post's work under backlog
+while a lightly loaded drain keeps one connection and strict order. Not HTTP pipelining on
+one connection: RFC 9112 section 9.3.2 advises against pipelining after a non-idempotent
+method, and a failure would put every post behind it back in the buffer. Each post has its
+own Frame-Id, retries, backoff and accounting. A batch is encoded once into the exact
+request bytes (``drains._http11.PostEncoder``), and every retry resends those bytes.
 
 Request, byte for byte: ``POST`` to the URL's path and query with ``Content-Type:
 application/logplex-1``, ``Logplex-Msg-Count`` (frames in the body, the L10 notice
@@ -38,7 +43,7 @@ from drains._interface import DrainContext
 from drains._retry import Outcome, classify_status, next_retry_delay_s, parse_retry_after
 from drains._url import DrainURL
 from logplex.codecs.logplex1 import https_frames
-from logplex.codecs.records import Message
+from logplex.codecs.records import Batch, Message
 
 MAX_BATCH_MESSAGES: Final = 1000
 MAX_BATCH_BYTES: Final = 100 * 1024
@@ -47,6 +52,7 @@ REQUEST_TIMEOUT_S: Final = 10.0
 BACKOFF_BASE_S: Final = 0.5
 BACKOFF_CAP_S: Final = 30.0
 MAX_RESPONSE_BYTES: Final = 64 * 1024
+MAX_POSTS_IN_FLIGHT: Final = 2
 MEMO_KEY: Final = "drains.https"
 
 
@@ -64,6 +70,19 @@ def basic_auth_header(username: str, password: str) -> str:
     """``Basic base64(user ":" password)`` over UTF-8, as RFC 7617 with charset UTF-8."""
     credentials = f"{username}:{password}".encode()
     return "Basic " + base64.b64encode(credentials).decode("ascii")
+
+
+def lane_to_use(busy: list[bool], *, backlogged: bool) -> int | None:
+    """Which connection takes the next post, or None to wait (``busy``: one flag each).
+
+    The first free connection when none is busy; another one only while a full post is
+    waiting (``backlogged``), so a lightly loaded drain keeps one connection and strict order.
+    """
+    if not any(busy):
+        return 0
+    if backlogged and not all(busy):
+        return busy.index(False)
+    return None
 
 
 def new_frame_id() -> str:
@@ -97,30 +116,83 @@ class HttpDrain(DrainCore):
         tls = None
         if self.url.scheme == "https":
             tls = client_tls_context(self.url, ctx.settings.ca_file)
-        self._client = Http11Client(
-            self.url.host,
-            self.url.port,
-            tls=tls,
-            host_header=parts.netloc,
-            connect_timeout_s=CONNECT_TIMEOUT_S,
-            max_response_bytes=MAX_RESPONSE_BYTES,
+        # Two keep-alive connections, each carrying at most one post at a time; the second
+        # connects only when it is first needed (a backlog), like the first.
+        self._clients = [
+            Http11Client(
+                self.url.host,
+                self.url.port,
+                tls=tls,
+                host_header=parts.netloc,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                max_response_bytes=MAX_RESPONSE_BYTES,
+            )
+            for _ in range(MAX_POSTS_IN_FLIGHT)
+        ]
+        self._busy = [False] * MAX_POSTS_IN_FLIGHT
+        self._lane_wakeup = trio.Event()
+        self._wake_on_backlog = False
+
+    def push_batch(self, batch: Batch) -> None:
+        super().push_batch(batch)
+        if self._wake_on_backlog and self._backlogged():
+            self._lane_wakeup.set()
+
+    def _backlogged(self) -> bool:
+        """A full post is waiting: reason enough to use a second connection."""
+        return (
+            self.queue.queued_messages >= MAX_BATCH_MESSAGES
+            or self.queue.queued_bytes >= MAX_BATCH_BYTES
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            while True:
-                await self.queue.wait_takeable()
-                taken = self.queue.take(MAX_BATCH_MESSAGES, MAX_BATCH_BYTES)
-                if taken is None:
-                    continue
-                self.begin(taken)
-                delivered = await self._deliver(taken)
-                self.finish(taken, delivered=delivered)
+            async with trio.open_nursery() as nursery:
+                while True:
+                    lane = await self._free_lane()
+                    taken = self.queue.take(MAX_BATCH_MESSAGES, MAX_BATCH_BYTES)
+                    if taken is None:
+                        await trio.lowlevel.checkpoint()  # never spin on an empty queue
+                        continue
+                    self.begin(taken)
+                    self._busy[lane] = True
+                    nursery.start_soon(self._post_batch, lane, taken)
         finally:
-            await self._client.aclose()
+            # Shielded: in a cancelled task the first close would raise Cancelled and leave
+            # the other connection open (each close is forceful, so this cannot block).
+            with trio.CancelScope(shield=True):
+                for client in self._clients:
+                    await client.aclose()
 
-    async def _deliver(self, taken: Taken) -> bool:
+    async def _free_lane(self) -> int:
+        """The connection to send the next post on, once there is something to send.
+
+        With nothing in flight that is the first connection as soon as anything is takeable;
+        with one post in flight, the other connection only while a full post is waiting
+        (``lane_to_use``); with both in flight, the first to finish.
+        """
+        while True:
+            lane = lane_to_use(self._busy, backlogged=self._backlogged())
+            if lane == 0 and not any(self._busy):
+                await self.queue.wait_takeable()  # nothing in flight can change meanwhile
+                return lane
+            if lane is not None:
+                return lane
+            self._lane_wakeup = trio.Event()
+            self._wake_on_backlog = any(not busy for busy in self._busy)
+            try:
+                await self._lane_wakeup.wait()
+            finally:
+                self._wake_on_backlog = False
+
+    async def _post_batch(self, lane: int, taken: Taken) -> None:
+        delivered = await self._deliver(self._clients[lane], taken)
+        self.finish(taken, delivered=delivered)
+        self._busy[lane] = False
+        self._lane_wakeup.set()
+
+    async def _deliver(self, client: Http11Client, taken: Taken) -> bool:
         """Post one batch until it is delivered (True) or given up (False)."""
         post = self._encoder.encode(
             (str(len(taken.frames)), new_frame_id()), taken.frames, taken.byte_count
@@ -128,7 +200,7 @@ class HttpDrain(DrainCore):
         first_attempt_at = trio.current_time()
         attempt = 0
         while True:
-            outcome, retry_after_s, error = await self._post_once(post)
+            outcome, retry_after_s, error = await self._post_once(client, post)
             if outcome is Outcome.DELIVERED:
                 return True
             self.record_failure(error)
@@ -149,23 +221,25 @@ class HttpDrain(DrainCore):
             await trio.sleep(delay_s)
             attempt += 1
 
-    async def _post_once(self, post: PreparedPost) -> tuple[Outcome, float | None, str]:
+    async def _post_once(
+        self, client: Http11Client, post: PreparedPost
+    ) -> tuple[Outcome, float | None, str]:
         """One request: its outcome, the server's Retry-After, and an error text."""
         started = trio.current_time()
-        connects = self._client.connects
+        connects = client.connects
         where = self._where
         try:
             with trio.fail_after(REQUEST_TIMEOUT_S):
-                status, response_headers = await self._client.post(post)
+                status, response_headers = await client.post(post)
         except trio.TooSlowError:
-            await self._client.aclose()
+            await client.aclose()
             return Outcome.RETRY, None, f"request timed out after {REQUEST_TIMEOUT_S:g} s ({where})"
         except HttpTransportError as exc:
             return Outcome.RETRY, None, f"{describe_exception(exc)} ({where})"
         finally:
             self.metrics.request_seconds.observe(trio.current_time() - started)
-            if self._client.connects != connects:
-                self.metrics.connect_seconds.observe(self._client.last_connect_s)
+            if client.connects != connects:
+                self.metrics.connect_seconds.observe(client.last_connect_s)
                 self.record_connected()
         outcome = classify_status(status)
         retry_after_s = None

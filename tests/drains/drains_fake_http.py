@@ -63,6 +63,7 @@ class FakeHttpReceiver:
         self.read_byte_delay_s = read_byte_delay_s
         self.port = 0
         self.connections = 0
+        self.closed = 0  # connections that ended (either side closed)
         self.arrived = trio.Event()
 
     @property
@@ -127,6 +128,7 @@ class FakeHttpReceiver:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError, OSError):
             return
         finally:
+            self.closed += 1
             await trio.aclose_forcefully(conn_stream)
 
     async def _read_request(

@@ -193,8 +193,7 @@ async def test_stalled_receiver_while_5000_lines_are_published(io_clock: trio.ab
     stall = trio.Event()
 
     async def respond(request: Recorded, index: int) -> Reply:
-        if index == 0:
-            await stall.wait()
+        await stall.wait()  # every request, on either connection, until released
         return Reply(204)
 
     receiver = FakeHttpReceiver(respond)
@@ -202,7 +201,9 @@ async def test_stalled_receiver_while_5000_lines_are_published(io_clock: trio.ab
         for batch in batches(5000, 50):
             drain.push_batch(batch)
             await trio.sleep(0.01)
-        assert drain.status().buffered <= 1024 + 1000
+        # The buffer's 1024 plus two posts in flight, each at most 1000 messages.
+        assert drain.status().buffered <= 1024 + 2 * 1000
+        assert receiver.connections == 2
         stall.set()
         await drain.wait_flushed()
     delivered, lost = assert_accounted(receiver, 5000)
