@@ -319,6 +319,44 @@ C_SCANNER: Final = _c_scanner()
 SCANNER: Final[Scanner] = C_SCANNER or scan_common_python
 
 
+# What the input-layout parser said of the stamps and keys of earlier reads (None: invalid).
+# Pure functions of the bytes, so shared by all connections; cleared when they grow past
+# _CHECKED_LIMIT, as a sender with a new key per frame would make them.
+_stamp_cache: dict[bytes, tuple[int, int] | None] = {}
+_key_cache: dict[bytes, tuple[bytes | None, bytes] | None] = {}
+_CHECKED_LIMIT: Final = 4096
+_UNSEEN: Final = object()
+
+
+def _check_stamp(stamp: bytes) -> tuple[int, int] | None:
+    """(PRI, TIMESTAMP in µs) of a stamp ``<PRI>1 TIMESTAMP`` with a zeroed fraction."""
+    try:
+        probe = parse_input_frame(stamp + _STAMP_PROBE_TAIL)
+    except Logplex1Error:
+        result = None
+    else:
+        result = (probe.pri, probe.ts_us)
+    if len(_stamp_cache) >= _CHECKED_LIMIT:
+        _stamp_cache.clear()
+    _stamp_cache[stamp] = result
+    return result
+
+
+def _check_key(key: bytes) -> tuple[bytes | None, bytes] | None:
+    """(token, ps) of a key ``HOST APP PROCID MSGID SD``, None when the parser refuses it
+    or ends its STRUCTURED-DATA elsewhere than the scanner did."""
+    try:
+        probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" ")
+    except Logplex1Error:
+        result = None
+    else:
+        result = None if probe.msg else (probe.app_name, probe.ps)
+    if len(_key_cache) >= _CHECKED_LIMIT:
+        _key_cache.clear()
+    _key_cache[key] = result
+    return result
+
+
 def read_common_frames(
     data: bytes,
     max_frame_bytes: int,
@@ -347,23 +385,23 @@ def read_common_frames(
         return ReadOutcome([]), start
     seconds: dict[bytes, tuple[int, int]] = {}
     for stamp in set(stamps):
-        try:
-            probe = parse_input_frame(stamp + _STAMP_PROBE_TAIL)
-        except Logplex1Error:
+        pri_second = _stamp_cache.get(stamp, _UNSEEN)
+        if pri_second is _UNSEEN:
+            pri_second = _check_stamp(stamp)
+        if pri_second is None:
             return None
-        seconds[stamp] = (probe.pri, probe.ts_us)
+        seconds[stamp] = cast("tuple[int, int]", pri_second)
     routes: dict[bytes, Route | None] = {}
     channels: set[str | None] = set()
     for key in set(keys):
-        try:
-            probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" ")
-        except Logplex1Error:
+        token_ps = _key_cache.get(key, _UNSEEN)
+        if token_ps is _UNSEEN:
+            token_ps = _check_key(key)
+        if token_ps is None:
             return None
-        if probe.msg:  # the parser ends STRUCTURED-DATA elsewhere than the scanner did
-            return None
-        token = probe.app_name
+        token, ps = cast("tuple[bytes | None, bytes]", token_ps)
         info = lookup_token(token.decode("ascii", "replace")) if token else None
-        route = None if info is None else (info.channel, info.source, probe.ps)
+        route = None if info is None else (info.channel, info.source, ps)
         routes[key] = route
         channels.add(None if route is None else route[0])
     if flags:
@@ -607,6 +645,9 @@ def merge_outcomes(first: ReadOutcome, second: ReadOutcome) -> ReadOutcome:
     )
 
 
+_TAKE_BACK_BYTES: Final = 4096
+
+
 def read_decoder(
     decoder: OctetFrameDecoder,
     lookup_token: Callable[[str], TokenInfo | None],
@@ -621,10 +662,13 @@ def read_decoder(
     its policy and ``frames_to_batches``: the result is that of ``decoder.feed(data)``,
     ``decoder.frames()`` then ``frames_to_batches``. When the decoder is at a frame start, what
     it holds is taken back and read in front of ``data``, and only what is left is fed (one
-    copy of the read instead of two).
+    copy of the read instead of three). A frame still arriving is taken back only in front
+    of a read of at least ``_TAKE_BACK_BYTES``: a sender trickling a long frame byte by byte
+    must not cost a copy of it per byte.
     """
     max_frame_bytes = decoder.max_frame_bytes
-    held = decoder.take_back()  # the start of a frame cut by the previous read, mostly
+    # the start of a frame cut by the previous read, mostly
+    held = decoder.take_back(incomplete=len(data) >= _TAKE_BACK_BYTES)
     if held:
         data = held + data
     if decoder.is_empty:

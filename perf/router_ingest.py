@@ -9,6 +9,8 @@ Three measurements, each printed as part of one JSON line and appended to perf/R
 - ``syslog``: lines/s through the syslog TCP listener. A separate process pre-builds
   octet-counted RFC 5424 frames (100-byte messages) and writes them in 256 KiB chunks; the
   rate is lines published per second, first line to last. Target >= 500,000 lines/s.
+- ``syslog_sd_offset``: the same with logger's layout from a host at +01:00 (a
+  structured-data element, three fraction digits), which the C scanner also takes.
 - ``syslog_rsyslogd``: the same client and frames into Debian's rsyslogd (imptcp, one byte
   per message to omfile), side by side: ``syslog_cpu_ratio_to_rsyslogd`` is the router's
   CPU per line over rsyslogd's. ``--python-scanner`` runs the syslog case through the
@@ -167,14 +169,24 @@ def shim_client(port: int, batches: int) -> None:
     print(json.dumps({"lines": lines, "seconds": elapsed, "lines_per_s": lines / elapsed}))
 
 
-def syslog_client(port: int, lines: int) -> None:
+# Frame layouts of the syslog cases: what log-shuttle and UTC containers send, and what
+# logger sends from a host in another zone (a structured-data element, three fraction digits).
+SYSLOG_SHAPES = {  # name: (layout, fraction modulus)
+    "common": (b"<190>1 2026-11-27T20:39:33.%06d+00:00 host %s web.%d - - %s", 1_000_000),
+    "sd_offset": (
+        b"<13>1 2026-11-27T21:39:33.%03d+01:00 host %s web.%d - "
+        b'[timeQuality tzKnown="1" isSynced="0"] %s',
+        1000,
+    ),
+}
+
+
+def syslog_client(port: int, lines: int, shape: str = "common") -> None:
     """Write ``lines`` pre-built octet-counted frames as fast as the socket takes them."""
     distinct = 10_000
+    layout, modulus = SYSLOG_SHAPES[shape]
     frames = [
-        encode_octet_frame(
-            b"<190>1 2026-11-27T20:39:33.%06d+00:00 host %s web.%d - - %s"
-            % (n % 1_000_000, TOKEN.encode(), n % 8, line(n))
-        )
+        encode_octet_frame(layout % (n % modulus, TOKEN.encode(), n % 8, line(n)))
         for n in range(distinct)
     ]
     block = b"".join(frames)
@@ -214,7 +226,7 @@ async def bench_shim(batches: int) -> dict[str, Any]:
     return measured
 
 
-async def bench_syslog(lines: int) -> dict[str, Any]:
+async def bench_syslog(lines: int, shape: str = "common") -> dict[str, Any]:
     router, drains = make_router()
     first_at: list[float] = []
     done = trio.Event()
@@ -235,7 +247,8 @@ async def bench_syslog(lines: int) -> dict[str, Any]:
         port = listeners[0].socket.getsockname()[1]
         cpu_before = time.process_time()
         nursery.start_soon(
-            trio.run_process, [sys.executable, __file__, "--syslog-client", str(port), str(lines)]
+            trio.run_process,
+            [sys.executable, __file__, "--syslog-client", str(port), str(lines), shape],
         )
         with trio.fail_after(600):
             await done.wait()
@@ -307,7 +320,8 @@ def bench_rsyslog(lines: int) -> dict[str, Any]:
             cpu_before = process_cpu_s(server.pid)
             started = time.perf_counter()
             subprocess.run(
-                [sys.executable, __file__, "--syslog-client", str(port), str(lines)], check=True
+                [sys.executable, __file__, "--syslog-client", str(port), str(lines), "common"],
+                check=True,
             )
             while not out.exists() or out.stat().st_size < lines:
                 if time.perf_counter() - started > 600:
@@ -434,7 +448,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, no RESULTS.md row")
     parser.add_argument("--shim-client", nargs=2, type=int, metavar=("PORT", "BATCHES"))
-    parser.add_argument("--syslog-client", nargs=2, type=int, metavar=("PORT", "LINES"))
+    parser.add_argument("--syslog-client", nargs=3, metavar=("PORT", "LINES", "SHAPE"))
     parser.add_argument("--rss-child", type=int, metavar="BATCH")
     parser.add_argument(
         "--profile-syslog", action="store_true", help="profile the syslog read path in-process"
@@ -455,7 +469,8 @@ def main() -> None:
         shim_client(*args.shim_client)
         return
     if args.syslog_client:
-        syslog_client(*args.syslog_client)
+        port, lines, shape = args.syslog_client
+        syslog_client(int(port), int(lines), shape)
         return
     if args.rss_child:
         bench_rss(1000, 1500, args.rss_child)
@@ -473,6 +488,7 @@ def main() -> None:
         "shim": trio.run(bench_shim, shim_batches),
         "syslog": trio.run(bench_syslog, syslog_lines),
         "syslog_rsyslogd": bench_rsyslog(syslog_lines),
+        "syslog_sd_offset": trio.run(bench_syslog, syslog_lines, "sd_offset"),
         "rss": run_rss(100),
         "rss_line_by_line": run_rss(1),
     }

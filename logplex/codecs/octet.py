@@ -150,11 +150,19 @@ class OctetFrameDecoder:
             self._consumed += count
             self._frame_end = 0
 
-    def take_back(self) -> bytes:
+    def take_back(self, *, incomplete: bool = False) -> bytes:
         """``complete_bytes()``, handed back: the buffer is emptied without advancing the
         stream offset, so a caller reads them in front of its next chunk, then ``advance``s
-        by what it took and ``feed``s the rest."""
-        held = self.complete_bytes()
+        by what it took and ``feed``s the rest.
+
+        With ``incomplete`` a frame still arriving is handed back too (whenever decoding is
+        at a frame start): for a caller about to read a large chunk, one copy of the held
+        bytes in front of it costs less than feeding the chunk and copying it back out.
+        """
+        if incomplete and not self._resyncing and not self._ready:
+            held = bytes(self._buffer)
+        else:
+            held = self.complete_bytes()
         if held:
             self._buffer.clear()
             self._frame_end = 0

@@ -250,3 +250,26 @@ def test_take_back_returns_the_held_bytes_without_moving_the_offset() -> None:
     assert waiting.take_back() == b""  # a frame still arriving stays where it is
     waiting.feed(b"cde")
     assert waiting.frames() == [b"abcde"]
+
+
+def test_take_back_incomplete_hands_back_a_frame_still_arriving() -> None:
+    decoder = OctetFrameDecoder(100)
+    decoder.feed(b"2 ab5 cd")
+    assert decoder.frames() == [b"ab"]
+    assert decoder.take_back(incomplete=True) == b"5 cd"  # at a frame start: handed back
+    assert decoder.is_empty
+    decoder.advance(5)  # the caller read "5 cde" with its next chunk, then fed the rest
+    decoder.feed(b"1 x")
+    assert decoder.frames() == [b"x"]
+    decoder.feed(b"x")
+    with pytest.raises(OctetFramingError, match="at byte 12"):  # offsets still exact
+        decoder.frames()
+    resyncing = OctetFrameDecoder(100, "resync")
+    resyncing.feed(b"garbage 5 ab")
+    assert resyncing.frames() == []
+    assert resyncing.take_back(incomplete=True) == b""  # not at a frame start: kept
+    ready = OctetFrameDecoder(100)
+    ready.feed(b"1 a1 b")
+    assert ready.next_frame() == b"a"
+    assert ready.take_back(incomplete=True) == b""  # "b" waits in the queue of next_frame
+    assert OctetFrameDecoder(100).take_back(incomplete=True) == b""

@@ -7,6 +7,7 @@ import itertools
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from unittest import mock
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logplex import metrics
+from logplex import ingest_syslog, metrics
 from logplex.codecs.octet import OctetFrameDecoder, encode_octet_frame
 from logplex.codecs.records import Message
 from logplex.ingest_syslog import (
@@ -25,6 +26,9 @@ from logplex.ingest_syslog import (
     ScanResult,
     SyslogListener,
     SyslogListenerSettings,
+    _check_key,
+    _check_stamp,
+    _key_cache,
     _read_frame_by_frame,
     frames_to_batches,
     merge_outcomes,
@@ -429,12 +433,19 @@ def test_read_batches_equals_frames_to_batches_on_any_frames(picks: list[bytes])
     ),
     cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=5),
     use_c=st.booleans(),
+    take_back_bytes=st.sampled_from([0, 1, 4096]),
 )
 def test_read_decoder_equals_the_decoder_then_frames_to_batches(
-    picks: list[bytes], cuts: list[int], use_c: bool
+    picks: list[bytes], cuts: list[int], use_c: bool, take_back_bytes: int
 ) -> None:
     scan = C_SCANNER if use_c else scan_common_python
     assert scan is not None
+    # reads of the test are small: a lower threshold takes frames still arriving back too
+    with mock.patch.object(ingest_syslog, "_TAKE_BACK_BYTES", take_back_bytes):
+        check_read_decoder(picks, cuts, scan)
+
+
+def check_read_decoder(picks: list[bytes], cuts: list[int], scan: Scanner) -> None:
     data = b"".join(picks)
     fast = OctetFrameDecoder(10240, "resync")
     slow = OctetFrameDecoder(10240, "resync")
@@ -508,6 +519,19 @@ def test_after_an_odd_frame_the_scanner_goes_on() -> None:
         len(data),
     )
     assert scanned == [1, 2, 1]  # the odd frames alone went through the frame loop
+
+
+def test_checked_stamps_and_keys_are_remembered_within_a_bound() -> None:
+    for n in range(5000):
+        assert _check_key(b"h %s web.%d - -" % (TOKEN_A.encode(), n)) == (
+            TOKEN_A.encode(),
+            b"web.%d" % n,
+        )
+        assert len(_key_cache) <= 4096
+    assert _check_key(b"h t.a w\x01b - -") is None  # invalid PROCID: remembered as such
+    assert _key_cache[b"h t.a w\x01b - -"] is None
+    assert _check_stamp(b"<13>1 2026-11-27T20:39:33.000Z") == (13, TS_US - 123_456)
+    assert _check_stamp(b"<13>1 2026-02-30T20:39:33Z") is None
 
 
 def test_the_c_scanner_checks_its_arguments() -> None:
