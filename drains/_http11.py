@@ -1,19 +1,19 @@
-"""A minimal HTTP/1.1 client for drain posts: one keep-alive connection, h11 over trio.
+"""A minimal HTTP/1.1 client for drain posts: one keep-alive connection over trio.
 
 Why not ``httpx.AsyncClient``: measured on the same machine against the same receiver, a
 100 KiB post costs httpx about 1.7-2.3 ms of CPU and this client 0.4-0.6 ms (perf/drains.py
 and docs/drains.md). A drain spends that per batch of ~600 messages, so with httpx the HTTP
 layer alone would cap one drain near 300,000 messages/s of CPU, before any formatting.
-What a drain needs is small — POST a body, read a status, keep the connection — so the
-protocol work is h11's (the sans-IO state machine httpx itself builds on) and this module
-only moves bytes.
+What a drain needs is small — POST a body, read a status, keep the connection — so this
+module writes requests itself and reads responses with ``drains._response``.
 
 - ``PostEncoder`` turns a post into its wire bytes once (``PreparedPost``): the header lines
   that never change are validated and encoded when the drain starts, each post only formats
   its own values, and the request is joined once. A retry sends the same object again.
-  h11 is kept for what it is good at, reading the response: it is told the request's
-  framing (``POST``, ``Content-Length``) and given the body as a memoryview, so its
-  per-header validation and its copies of a 100 KiB body are not paid per post.
+  The header rules are h11's (the test suite compares the bytes with h11's).
+- The response is read by ``drains._response.ResponseReader`` (status, headers, framing:
+  Content-Length, chunked, or until close; 1xx skipped; head and body bounded). It
+  replaced h11 there, whose per-event bookkeeping was ~100 µs of CPU per post.
 - TLS is ``TlsOverSocket``: ``ssl.SSLObject`` driven straight over the socket, not
   ``trio.SSLStream``, whose per-call bookkeeping was a large share of a post's CPU.
 - ``post`` opens the connection when there is none (TCP connect and TLS handshake under
@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, cast
 
-import h11
 import trio
 
+from drains._response import ResponseError, ResponseReader
 from drains._url import DrainError
 
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
@@ -294,12 +294,11 @@ class Http11Client:
         self._connect_timeout_s = connect_timeout_s
         self._max_response_bytes = max_response_bytes
         self._stream: Transport | None = None
-        self._conn: h11.Connection | None = None
         self.connects = 0
         self.last_connect_s = 0.0
 
     async def aclose(self) -> None:
-        stream, self._stream, self._conn = self._stream, None, None
+        stream, self._stream = self._stream, None
         if stream is not None:
             await trio.aclose_forcefully(stream)
 
@@ -324,7 +323,6 @@ class Http11Client:
         except (OSError, trio.BrokenResourceError) as exc:
             raise HttpTransportError("connect failed") from exc
         self._stream = stream
-        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
         self.connects += 1
         self.last_connect_s = trio.current_time() - started
 
@@ -348,77 +346,45 @@ class Http11Client:
             if self._stream is None:
                 await self._connect()
             assert self._stream is not None
-            assert self._conn is not None
-            return await self._exchange(self._stream, self._conn, post)
+            return await self._exchange(self._stream, post)
         except _StaleConnection:
             raise
         except BaseException as exc:
             await self.aclose()
             if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
                 raise HttpTransportError("connection failed") from exc
-            if isinstance(exc, h11.ProtocolError):
+            if isinstance(exc, ResponseError):
                 raise HttpTransportError(f"bad HTTP response: {exc}") from exc
             raise
 
-    async def _exchange(
-        self,
-        stream: Transport,
-        conn: h11.Connection,
-        post: PreparedPost,
-    ) -> tuple[int, dict[str, str]]:
-        # h11 tracks the request only for its framing (what the response may look like and
-        # whether the connection can be reused); the bytes it would write are not sent:
-        # ``post.wire`` is the request. The body goes through as a memoryview, uncopied: with
-        # ``send_with_data_passthrough`` h11 only takes the length of a Data event's data.
-        framing = [("Host", self._host_header), ("Content-Length", str(post.body_bytes))]
-        conn.send(h11.Request(method="POST", target=post.target, headers=framing))
-        if post.body_bytes:
-            body = memoryview(post.wire)[len(post.wire) - post.body_bytes :]
-            conn.send_with_data_passthrough(h11.Data(data=body))  # type: ignore[arg-type]
-        conn.send(h11.EndOfMessage())
-        received_any = False
+    async def _exchange(self, stream: Transport, post: PreparedPost) -> tuple[int, dict[str, str]]:
+        # ``post.wire`` is the whole request; ``drains._response`` reads the answer.
         try:
             await stream.send_all(post.wire)
         except (trio.BrokenResourceError, OSError) as exc:
             raise _StaleConnection from exc
-        response: h11.Response | None = None
-        body_bytes = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    chunk = await stream.receive_some(READ_BYTES)
-                except (trio.BrokenResourceError, OSError) as exc:
-                    if not received_any:
-                        raise _StaleConnection from exc
-                    raise
-                if not chunk and not received_any:
+        reader = ResponseReader(
+            max_head_bytes=MAX_RESPONSE_HEAD_BYTES, max_body_bytes=self._max_response_bytes
+        )
+        received_any = False
+        while not reader.done:
+            try:
+                chunk = await stream.receive_some(READ_BYTES)
+            except (trio.BrokenResourceError, OSError) as exc:
+                if not received_any:
+                    raise _StaleConnection from exc
+                raise
+            if not chunk:
+                if not received_any:
                     raise _StaleConnection
-                received_any = True
-                conn.receive_data(bytes(chunk))
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                body_bytes += len(event.data)
-                if body_bytes > self._max_response_bytes:
-                    break  # do not read an unbounded answer: drop the connection instead
-            elif isinstance(event, h11.EndOfMessage):
+                reader.feed_eof()
                 break
-            else:  # ConnectionClosed before the end of the response
-                raise HttpTransportError("connection closed before the response ended")
-        assert response is not None
-        status = response.status_code
-        response_headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in response.headers
-        }
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        else:
-            await self.aclose()
-        return status, response_headers
+            received_any = True
+            reader.feed(chunk)
+        assert reader.head is not None
+        if not reader.reusable:
+            await self.aclose()  # e.g. Connection: close, or a body over the limit
+        return reader.head.status, reader.head.headers
 
 
 class _StaleConnection(Exception):
