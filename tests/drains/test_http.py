@@ -19,7 +19,8 @@ from drains_fake_http import RESET, FakeHttpReceiver, Recorded, Reply, always
 from drains_support import T0_US, app_messages, batches, https_fields, octet_frames, tally
 
 from drains import DrainContext, DrainSettings, open_drain
-from drains.http import HttpDrain
+from drains.http import HttpDrain, encode_https_frames
+from logplex.codecs.logplex1 import https_frame
 from logplex.codecs.records import Batch
 
 TOKEN = "d.9173ea1f-6f14-4976-9cf0-7cd0dafdcdbc"
@@ -351,3 +352,16 @@ async def test_huge_error_body_is_not_read_whole(io_clock: trio.abc.Clock) -> No
         await drain.wait_flushed()
     assert receiver.connections == 2  # the connection with the unread body was dropped
     assert assert_accounted(receiver, 3) == (3, 0)
+
+
+def test_batch_formatting_of_alternating_dynos_equals_the_per_message_frames() -> None:
+    # Interleaved ps values (and a change of source and PRI in the middle) take the batch
+    # encoder's per-batch header lookups; each frame must equal DESIGN 5.2's single frame.
+    messages = [
+        (T0_US + n * 997, 190 if n < 40 else 187, b"app" if n < 60 else b"heroku", ps, b"m %d" % n)
+        for n, ps in enumerate([b"web.1", b"web.2", b"worker.1", b"web.1"] * 25)
+    ]
+    assert encode_https_frames(messages) == [https_frame(m) for m in messages]
+    assert encode_https_frames(messages)[3] == (
+        b"61 <190>1 2026-11-18T11:06:40.002991+00:00 host app web.1 - m 3\n"
+    )
