@@ -229,11 +229,10 @@ class HttpDrain(DrainCore):
         connects = client.connects
         where = self._where
         try:
-            with trio.fail_after(REQUEST_TIMEOUT_S):
+            # A bare cancel scope, not fail_after: the same deadline without a generator-based
+            # context manager per post.
+            with trio.CancelScope(deadline=started + REQUEST_TIMEOUT_S) as deadline:
                 status, response_headers = await client.post(post)
-        except trio.TooSlowError:
-            await client.aclose()
-            return Outcome.RETRY, None, f"request timed out after {REQUEST_TIMEOUT_S:g} s ({where})"
         except HttpTransportError as exc:
             return Outcome.RETRY, None, f"{describe_exception(exc)} ({where})"
         finally:
@@ -241,6 +240,9 @@ class HttpDrain(DrainCore):
             if client.connects != connects:
                 self.metrics.connect_seconds.observe(client.last_connect_s)
                 self.record_connected()
+        if deadline.cancelled_caught:
+            await client.aclose()
+            return Outcome.RETRY, None, f"request timed out after {REQUEST_TIMEOUT_S:g} s ({where})"
         outcome = classify_status(status)
         retry_after_s = None
         if outcome is Outcome.RETRY:

@@ -234,3 +234,30 @@ async def test_buffer_with_two_outstanding_takes_reports_each_loss_once(failed: 
     delivered = (0 if fail_first else 2) + (0 if fail_second else 2) + 1
     reported_in_delivered_notices = (0 if fail_first else 3) + owed
     assert delivered + reported_in_delivered_notices == 8
+
+
+async def test_a_request_unanswered_for_10_s_is_retried_on_a_new_connection(
+    io_clock: trio.testing.MockClock,
+) -> None:
+    async def respond(request: Recorded, index: int) -> Reply:
+        if index == 0:
+            await trio.sleep(30)  # never answered in time
+        return Reply(204)
+
+    receiver = FakeHttpReceiver(respond)
+    async with running(receiver) as drain:
+        drain.push_batch(Batch(app_messages(3)))
+        await receiver.arrived.wait()
+        started = trio.current_time()
+        await receiver.arrived.wait()  # the retry
+        waited = trio.current_time() - started
+        error = drain.status().last_error
+        await drain.wait_flushed()
+    assert 10.0 <= waited <= 10.5  # the timeout, then a backoff of at most 0.5 s
+    assert error is not None
+    assert error.startswith("request timed out after 10 s (http://localhost:")
+    first, retry = receiver.requests
+    assert retry.connection != first.connection
+    assert retry.body == first.body
+    assert retry.headers["logplex-frame-id"] == first.headers["logplex-frame-id"]
+    assert assert_accounted(receiver, 3) == (3, 0)
