@@ -46,4 +46,4 @@ fuzz: $(STAMP)
 	$(BIN)/python perf/fuzz_codecs.py --seconds $${SECONDS_TOTAL:-60}
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* *.egg-info
+	rm -rf $(VENV) .coverage .coverage.* *.egg-info build logplex/_syslogscan.*.so
