@@ -6,7 +6,8 @@ connect timeout 3 s, whole request 10 s. The loop sends on the first connection 
 the drain is idle and lets the buffer accumulate while a request is in flight; the second
 connection takes a post only while a full one (1000 messages or 100 KiB) is waiting
 (``lane_to_use``), so a receiver's round trip overlaps the next post's work under backlog
-while a lightly loaded drain keeps one connection and strict order. Not HTTP pipelining on
+while a lightly loaded drain keeps one connection and strict order; and none starts while a
+post in flight is being retried, so at most one post overtakes a failing one. Not HTTP pipelining on
 one connection: RFC 9112 section 9.3.2 advises against pipelining after a non-idempotent
 method, and a failure would put every post behind it back in the buffer. Each post has its
 own Frame-Id, retries, backoff and accounting. A batch is encoded once into the exact
@@ -72,15 +73,17 @@ def basic_auth_header(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
-def lane_to_use(busy: list[bool], *, backlogged: bool) -> int | None:
+def lane_to_use(busy: list[bool], *, backlogged: bool, retrying: bool) -> int | None:
     """Which connection takes the next post, or None to wait (``busy``: one flag each).
 
     The first free connection when none is busy; another one only while a full post is
-    waiting (``backlogged``), so a lightly loaded drain keeps one connection and strict order.
+    waiting (``backlogged``), so a lightly loaded drain keeps one connection and strict order;
+    and none while a post in flight is being retried (``retrying``), so at most one post
+    overtakes a failing one: a receiver sees two adjacent posts swapped, never more.
     """
     if not any(busy):
         return 0
-    if backlogged and not all(busy):
+    if backlogged and not retrying and not all(busy):
         return busy.index(False)
     return None
 
@@ -132,6 +135,7 @@ class HttpDrain(DrainCore):
         self._busy = [False] * MAX_POSTS_IN_FLIGHT
         self._lane_wakeup = trio.Event()
         self._wake_on_backlog = False
+        self._posts_retrying = 0  # posts in flight that failed at least once
 
     def push_batch(self, batch: Batch) -> None:
         super().push_batch(batch)
@@ -173,27 +177,36 @@ class HttpDrain(DrainCore):
         (``lane_to_use``); with both in flight, the first to finish.
         """
         while True:
-            lane = lane_to_use(self._busy, backlogged=self._backlogged())
+            retrying = self._posts_retrying > 0
+            lane = lane_to_use(self._busy, backlogged=self._backlogged(), retrying=retrying)
             if lane == 0 and not any(self._busy):
                 await self.queue.wait_takeable()  # nothing in flight can change meanwhile
                 return lane
             if lane is not None:
                 return lane
             self._lane_wakeup = trio.Event()
-            self._wake_on_backlog = any(not busy for busy in self._busy)
+            self._wake_on_backlog = not retrying and not all(self._busy)
             try:
                 await self._lane_wakeup.wait()
             finally:
                 self._wake_on_backlog = False
 
     async def _post_batch(self, lane: int, taken: Taken) -> None:
-        delivered = await self._deliver(self._clients[lane], taken)
+        retried = [False]  # set by _deliver at the first retry of this post
+        try:
+            delivered = await self._deliver(self._clients[lane], taken, retried)
+        finally:
+            if retried[0]:
+                self._posts_retrying -= 1
         self.finish(taken, delivered=delivered)
         self._busy[lane] = False
         self._lane_wakeup.set()
 
-    async def _deliver(self, client: Http11Client, taken: Taken) -> bool:
-        """Post one batch until it is delivered (True) or given up (False)."""
+    async def _deliver(self, client: Http11Client, taken: Taken, retried: list[bool]) -> bool:
+        """Post one batch until it is delivered (True) or given up (False).
+
+        ``retried[0]`` is set (and ``_posts_retrying`` counted) once the post needs a retry.
+        """
         post = self._encoder.encode(
             (str(len(taken.frames)), new_frame_id()), taken.frames, taken.byte_count
         )
@@ -218,6 +231,9 @@ class HttpDrain(DrainCore):
             if delay_s is None:
                 return False
             self.record_retry(taken)
+            if not retried[0]:
+                retried[0] = True
+                self._posts_retrying += 1
             await trio.sleep(delay_s)
             attempt += 1
 

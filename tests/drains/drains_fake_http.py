@@ -143,7 +143,7 @@ class FakeHttpReceiver:
                 if size == 1:
                     await trio.sleep(self.read_byte_delay_s)
                 data = await stream.receive_some(size)
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
                 if not data:
                     return None
                 continue

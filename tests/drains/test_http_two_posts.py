@@ -8,6 +8,8 @@ sockets with the scriptable receiver; time is virtual.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import pytest
 import trio
 import trio.testing
@@ -21,20 +23,22 @@ from logplex.codecs.records import Batch, Message
 
 
 @pytest.mark.parametrize(
-    ("busy", "backlogged", "lane"),
+    ("busy", "backlogged", "retrying", "lane"),
     [
-        ([False, False], False, 0),  # idle: the first connection, whatever is queued
-        ([False, False], True, 0),
-        ([True, False], False, None),  # one in flight, a partial post waiting: wait
-        ([True, False], True, 1),  # one in flight, a full post waiting: the other one
-        ([False, True], True, 0),
-        ([False, True], False, None),
-        ([True, True], True, None),  # both in flight: wait for one
-        ([True, True], False, None),
+        ([False, False], False, False, 0),  # idle: the first connection, whatever is queued
+        ([False, False], True, False, 0),
+        ([True, False], False, False, None),  # one in flight, a partial post waiting: wait
+        ([True, False], True, False, 1),  # one in flight, a full post waiting: the other one
+        ([False, True], True, False, 0),
+        ([False, True], False, False, None),
+        ([True, False], True, True, None),  # the one in flight is being retried: wait
+        ([False, True], True, True, None),
+        ([True, True], True, False, None),  # both in flight: wait for one
+        ([True, True], False, False, None),
     ],
 )
-def test_lane_to_use(busy: list[bool], backlogged: bool, lane: int | None) -> None:
-    assert lane_to_use(busy, backlogged=backlogged) == lane
+def test_lane_to_use(busy: list[bool], backlogged: bool, retrying: bool, lane: int | None) -> None:
+    assert lane_to_use(busy, backlogged=backlogged, retrying=retrying) == lane
 
 
 def numbers_of(request: Recorded) -> list[int]:
@@ -261,3 +265,33 @@ async def test_a_request_unanswered_for_10_s_is_retried_on_a_new_connection(
     assert retry.body == first.body
     assert retry.headers["logplex-frame-id"] == first.headers["logplex-frame-id"]
     assert assert_accounted(receiver, 3) == (3, 0)
+
+
+async def test_at_most_one_post_overtakes_a_post_being_retried(
+    io_clock: trio.testing.MockClock,
+) -> None:
+    # The first post fails three times while a backlog of eight more waits: only the post
+    # already in flight beside it may be delivered first.
+    responder = InFlight(delay_s=0.2)
+    failures_left: dict[str, int] = {}
+
+    def respond(request: Recorded, index: int) -> Reply | Awaitable[Reply]:
+        frame_id = request.headers["logplex-frame-id"]
+        if index == 0:
+            failures_left[frame_id] = 3
+        if failures_left.get(frame_id, 0) > 0:
+            failures_left[frame_id] -= 1
+            return Reply(503)
+        return responder(request, index)
+
+    receiver = FakeHttpReceiver(respond)
+    async with running(receiver, buffer_messages=20_000) as drain:
+        for batch in batches(9000, 1000):
+            drain.push_batch(batch)
+        await drain.wait_flushed()
+    first_id = receiver.requests[0].headers["logplex-frame-id"]
+    delivered_ids = [r.headers["logplex-frame-id"] for r in receiver.delivered()]
+    assert [r.headers["x-test-outcome"] for r in receiver.requests].count("503") == 3
+    assert delivered_ids.index(first_id) <= 1
+    assert len(delivered_ids) == len(set(delivered_ids)) == 9
+    assert assert_accounted(receiver, 9000) == (9000, 0)

@@ -102,7 +102,7 @@ def make_drain(url: str, notices: list[Message] | None = None, **settings: objec
 async def running(receiver: SyslogReceiver, **settings: object) -> AsyncIterator[SyslogDrain]:
     async with trio.open_nursery() as nursery:
         await nursery.start(receiver.serve)
-        drain = make_drain(f"syslog://127.0.0.1:{receiver.port}", **settings)
+        drain = make_drain(f"syslog://127.0.0.1:{receiver.port}", None, **settings)
         await nursery.start(drain.run)
         yield drain
         nursery.cancel_scope.cancel()
@@ -376,7 +376,8 @@ async def test_receiver_closing_an_idle_connection_is_not_a_failure(
     receiver = SyslogReceiver()
     first = Batch(app_messages(10))
     async with running(receiver) as drain:
-        receiver.close_after_bytes = sum(len(f) for f in drain.queue.frames_of(first)[0])  # type: ignore[attr-defined]
+        frames: list[bytes] = drain.queue.frames_of(first)[0]  # type: ignore[attr-defined]
+        receiver.close_after_bytes = sum(len(f) for f in frames)
         drain.push_batch(first)
         await drain.wait_flushed()
         await receiver.wait_for_frames(10)
