@@ -23,6 +23,7 @@ import argparse
 import collections
 import functools
 import json
+import re
 import signal
 import ssl
 import sys
@@ -48,6 +49,7 @@ REQUEST_TIMEOUT_S: Final = 60.0  # for a begun request to arrive whole and be an
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 MAX_HEAD_BYTES: Final = 64 * 1024
 READ_BYTES: Final = 256 * 1024
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
 
 
 class FrameIdWindow:
@@ -332,12 +334,13 @@ class RequestReader:
             # RFC 9112 section 2.2: empty lines before a request line are ignored.
             while self.pending[:2] == b"\r\n":
                 del self.pending[:2]
-            end = self.pending.find(b"\r\n\r\n")
-            if end >= 0:
-                if end + 4 > MAX_HEAD_BYTES:
+            # The empty line ending the head; like h11, bare LF line ends are accepted.
+            blank = _HEAD_END.search(self.pending)
+            if blank is not None:
+                if blank.end() > MAX_HEAD_BYTES:
                     raise _HeadTooLarge
-                head = bytes(self.pending[: end + 4])
-                del self.pending[: end + 4]
+                head = bytes(self.pending[: blank.end()])
+                del self.pending[: blank.end()]
                 return head
             if len(self.pending) > MAX_HEAD_BYTES:
                 raise _HeadTooLarge

@@ -137,6 +137,19 @@ async def test_pipelined_and_keep_alive_requests_are_answered_in_order(
     assert (sink.stats.duplicates, sink.stats.rejected) == (1, 1)
 
 
+async def test_heads_with_bare_lf_line_ends_and_a_leading_empty_line(
+    tls: ssl.SSLContext | None, ca: trustme.CA
+) -> None:
+    # RFC 9112 section 2.2: a recipient may take LF as a line terminator and should ignore
+    # an empty line before the request line.
+    sink = Sink(None, blackhole=True)
+    bare_lf = post("LF", 1).replace(b"\r\n", b"\n")
+    async with connected(sink, tls, ca) as stream:
+        await stream.send_all(bare_lf + b"\r\n" + post("CRLF", 2))
+        assert await read_exactly(stream, 2 * len(NO_CONTENT)) == NO_CONTENT * 2
+    assert (sink.stats.requests, sink.stats.messages, sink.stats.rejected) == (2, 3, 0)
+
+
 async def test_a_chunked_post_and_the_request_after_it(
     tls: ssl.SSLContext | None, ca: trustme.CA
 ) -> None:
