@@ -11,7 +11,9 @@ on one core (trio is single-threaded), receivers in their own processes:
   pushed to all of them (as ``router.publish`` does), total delivered messages/s. Target:
   10 drains >= 50 % of the 1-drain total.
 
-The producer pushes batches of 1000 messages of about 100 bytes (timestamps 1 µs apart) and
+The producer pushes batches of 1000 messages of about 100 bytes (timestamps 1 µs apart,
+eight alternating ps), cycling through 16 distinct batches as a router formats batches
+ingest has just built (``--cold-input``: a million distinct messages built up front), and
 sleeps briefly whenever a drain holds more than ``HIGH_WATER`` messages, so nothing is
 dropped; the clock runs from the first push until every drain reports everything flushed.
 Besides the wall-clock rate, each case reports the drain process's CPU time per delivered
@@ -21,7 +23,7 @@ measures scheduling, while 2 µs of CPU per message is what 500,000/s on one cor
 ``/proc/PID/stat`` before and after the case) per message: the sink for the HTTPS cases,
 the discarding reader for syslog. A receiver slower than the drain caps the wall rate.
 Prints one JSON line and appends a row to perf/RESULTS.md.
-Usage: ``.venv/bin/python perf/drains.py [--quick] [--profile NAME]``.
+Usage: ``.venv/bin/python perf/drains.py [--quick] [--cold-input] [--profile NAME]``.
 """
 
 from __future__ import annotations
@@ -58,16 +60,29 @@ BATCH_MESSAGES = 1000
 HIGH_WATER = 20_000
 
 
-def make_batches(total: int) -> list[list[Message]]:
-    out: list[list[Message]] = []
-    for start in range(0, total, BATCH_MESSAGES):
-        out.append(
+POOL_BATCHES = 16  # distinct batches of the default (warm) input, pushed in turn
+
+
+def make_batches(total: int, *, cold: bool = False) -> list[list[Message]]:
+    """The input: ``total`` messages in batches of ``BATCH_MESSAGES``.
+
+    By default the batches cycle through a pool of ``POOL_BATCHES`` distinct ones (16,000
+    messages, a few MB): in a router a drain formats a batch right after ingest built it,
+    while it is still in the CPU caches. With ``cold`` every message is distinct (about
+    350 MB for a million), so formatting also pays for reading each one from memory.
+    Every push wraps the list in a new ``Batch``, so nothing formatted is reused.
+    """
+    distinct = total if cold else min(total, POOL_BATCHES * BATCH_MESSAGES)
+    pool: list[list[Message]] = []
+    for start in range(0, distinct, BATCH_MESSAGES):
+        pool.append(
             [
                 (T0_US + n, 190, b"app", b"web.%d" % (n % 8), line(n))
-                for n in range(start, min(total, start + BATCH_MESSAGES))
+                for n in range(start, min(distinct, start + BATCH_MESSAGES))
             ]
         )
-    return out
+    batches = len(range(0, total, BATCH_MESSAGES))
+    return [pool[n % len(pool)] for n in range(batches)]
 
 
 def quiet_env() -> dict[str, str]:
@@ -174,10 +189,10 @@ def open_drains(url: str, count: int, ca_file: str | None) -> list[Drain]:
 
 
 def measure(
-    url: str, drains: int, total: int, ca_file: str | None, profile: bool
+    url: str, drains: int, total: int, ca_file: str | None, profile: bool, cold: bool = False
 ) -> tuple[float, float]:
     """(delivered messages per second of wall time, drain-process CPU µs per delivered message)."""
-    batches = make_batches(total)
+    batches = make_batches(total, cold=cold)
     # The pre-built input (up to a million tuples) would otherwise be rescanned by every
     # full garbage collection, a cost of this harness that no router pays: freeze it.
     gc.collect()
@@ -203,6 +218,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, no RESULTS.md row")
     parser.add_argument("--profile", help="cProfile one case to stderr: https_1, syslog_1, ...")
+    parser.add_argument(
+        "--cold-input",
+        action="store_true",
+        help="a million distinct messages built up front (see make_batches)",
+    )
     parser.add_argument("--tcp-discard", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tcp_discard:
@@ -236,7 +256,9 @@ def main() -> None:
             for name, (url, drains, messages) in cases.items():
                 receiver = sink if url == https_url else discard
                 receiver_cpu_s = process_cpu_s(receiver.process.pid)
-                rate, cpu_us = measure(url, drains, messages, ca_file, args.profile == name)
+                rate, cpu_us = measure(
+                    url, drains, messages, ca_file, args.profile == name, args.cold_input
+                )
                 receiver_cpu_s = process_cpu_s(receiver.process.pid) - receiver_cpu_s
                 results[f"{name}_msgs_per_s"] = round(rate)
                 results[f"{name}_cpu_us_per_msg"] = round(cpu_us, 2)
@@ -260,7 +282,7 @@ def main() -> None:
     }
     print(json.dumps(results))
     if not args.quick:
-        append_results("perf/drains.py", results)
+        append_results(" ".join(["perf/drains.py", *sys.argv[1:]]), results)
 
 
 if __name__ == "__main__":
