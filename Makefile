@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml setup.py logplex/_syslogscan.c | $(BIN)/python
+$(STAMP): pyproject.toml setup.py logplex/_syslogscan.c logplex/codecs/_cframes.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -46,4 +46,4 @@ fuzz: $(STAMP)
 	$(BIN)/python perf/fuzz_codecs.py --seconds $${SECONDS_TOTAL:-60}
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* *.egg-info build logplex/_syslogscan.*.so
+	rm -rf $(VENV) .coverage .coverage.* *.egg-info build logplex/_syslogscan.*.so logplex/codecs/_cframes.*.so

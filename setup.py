@@ -1,9 +1,9 @@
-"""The one C extension of the distribution; everything else is in pyproject.toml.
+"""The C extensions of the distribution; everything else is in pyproject.toml.
 
-``logplex._syslogscan`` cuts the syslog listener's octet-counted frames at C speed
-(docs/architecture.md, "Syslog ingest"). It is optional: without a C compiler the install
-still succeeds and the listener uses its pure-Python reader, which gives the same results
-at about a third of the speed; ``logplex serve`` logs which of the two it runs.
+``logplex._syslogscan`` cuts the syslog listener's octet-counted frames and
+``logplex.codecs._cframes`` formats drain frames, at C speed (docs/architecture.md, "The
+C modules"). Both are optional: without a C compiler the install still succeeds and the
+pure-Python twins give the same results, slower; ``logplex serve`` logs a warning then.
 """
 
 from setuptools import Extension, setup
@@ -11,10 +11,14 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "logplex._syslogscan",
-            sources=["logplex/_syslogscan.c"],
+            name,
+            sources=[source],
             optional=True,
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+        )
+        for name, source in (
+            ("logplex._syslogscan", "logplex/_syslogscan.c"),
+            ("logplex.codecs._cframes", "logplex/codecs/_cframes.c"),
         )
     ]
 )

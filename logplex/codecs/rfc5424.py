@@ -183,7 +183,36 @@ class _PartsByPs(dict[bytes, HeaderParts]):
         return parts
 
 
-def _frames_with_headers(
+FramesWithHeaders = Callable[
+    [list[Message], bytes, dict[HeaderKey, HeaderParts], Callable[[HeaderKey], HeaderParts]],
+    list[bytes],
+]
+
+
+def _ts_prefix(ts_ms: int) -> bytes:
+    return _prefix_by_millisecond.get(ts_ms) or _millisecond_prefix(ts_ms)
+
+
+def _frames_with_headers_c(
+    messages: list[Message],
+    first_field: bytes,
+    headers: dict[HeaderKey, HeaderParts],
+    make_header: Callable[[HeaderKey], HeaderParts],
+) -> list[bytes]:
+    """``_frames_with_headers_python`` through ``logplex.codecs._cframes`` (same frames, same
+    errors, about five times faster); a batch it finds unusual goes the Python way."""
+
+    def parts_of(pri: int, source: bytes, ps: bytes) -> HeaderParts:
+        key = (first_field, pri, source, ps)
+        return headers.get(key) or make_header(key)
+
+    frames = _c_frames(messages, parts_of, _ts_prefix)
+    if frames is None:
+        return _frames_with_headers_python(messages, first_field, headers, make_header)
+    return frames
+
+
+def _frames_with_headers_python(
     messages: list[Message],
     first_field: bytes,
     headers: dict[HeaderKey, HeaderParts],
@@ -242,6 +271,14 @@ def _frames_with_headers(
             )
         )
     return frames
+
+
+try:
+    from logplex.codecs._cframes import frames_with_headers as _c_frames
+except ImportError:  # pragma: no cover - built without a C compiler (setup.py)
+    _frames_with_headers: FramesWithHeaders = _frames_with_headers_python
+else:
+    _frames_with_headers = _frames_with_headers_c
 
 
 def syslog_datagram(m: Message, drain_token: bytes) -> bytes:
