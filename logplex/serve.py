@@ -35,6 +35,7 @@ from prometheus_client import REGISTRY
 
 from logplex import metrics
 from logplex.api_sessions import drop_connections_that_stop_reading
+from logplex.codecs import rfc5424
 from logplex.ingest_shim import ShimListener
 from logplex.ingest_syslog import SyslogListener
 from logplex.router import DrainFactory, Router
@@ -194,6 +195,12 @@ async def serve(
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(settings.tls_cert, settings.tls_key)
     drains = _drain_support(settings)
+    if not rfc5424.C_FORMATTER:
+        log.warning(
+            "logplex.codecs._cframes is not built (no C compiler at install time): drain "
+            "frames are formatted in Python, several times slower; install a C compiler "
+            "and reinstall logplex for full speed"
+        )
     # Bind everything first: a busy port is a clear error before anything else starts.
     shim_sockets = await _open_listeners("shim", settings.shim)
     try:

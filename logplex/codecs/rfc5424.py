@@ -279,6 +279,8 @@ except ImportError:  # pragma: no cover - built without a C compiler (setup.py)
     _frames_with_headers: FramesWithHeaders = _frames_with_headers_python
 else:
     _frames_with_headers = _frames_with_headers_c
+#: whether drain frames are formatted by the C module (``logplex serve`` warns when not)
+C_FORMATTER: Final = _frames_with_headers is _frames_with_headers_c
 
 
 def syslog_datagram(m: Message, drain_token: bytes) -> bytes:
