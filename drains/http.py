@@ -1,9 +1,10 @@
 """HTTPS and HTTP drains: ``application/logplex-1`` posts (DESIGN sections 5.2 and 8).
 
 Up to two posts in flight, each on its own keep-alive HTTP/1.1 connection
-(``drains._http11``: h11 over trio, chosen over httpx for its measured per-request cost);
-connect timeout 3 s, whole request 10 s. The loop sends on the first connection as soon as
-the drain is idle and lets the buffer accumulate while a request is in flight; the second
+(``drains._http11``: a small HTTP/1.1 client over trio, chosen over httpx for its measured
+per-request cost); connect timeout 3 s, whole request 10 s. The loop sends on the first
+connection as soon as the drain is idle and lets the buffer accumulate while a request is
+in flight; the second
 connection takes a post only while a full one (1000 messages or 100 KiB) is waiting
 (``lane_to_use``), so a receiver's round trip overlaps the next post's work under backlog
 while a lightly loaded drain keeps one connection and strict order; and none starts while a
