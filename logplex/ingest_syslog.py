@@ -26,6 +26,7 @@ what ``frames_to_batches`` gives (hypothesis properties say so).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -319,42 +320,31 @@ C_SCANNER: Final = _c_scanner()
 SCANNER: Final[Scanner] = C_SCANNER or scan_common_python
 
 
-# What the input-layout parser said of the stamps and keys of earlier reads (None: invalid).
-# Pure functions of the bytes, so shared by all connections; cleared when they grow past
-# _CHECKED_LIMIT, as a sender with a new key per frame would make them.
-_stamp_cache: dict[bytes, tuple[int, int] | None] = {}
-_key_cache: dict[bytes, tuple[bytes | None, bytes] | None] = {}
+# What the input-layout parser says of a stamp or key is a pure function of its bytes: the
+# answers are remembered across reads and connections, the least recently used dropped past
+# _CHECKED_LIMIT (a sender with a new key per frame fills it).
 _CHECKED_LIMIT: Final = 4096
-_UNSEEN: Final = object()
 
 
+@functools.lru_cache(maxsize=_CHECKED_LIMIT)
 def _check_stamp(stamp: bytes) -> tuple[int, int] | None:
     """(PRI, TIMESTAMP in µs) of a stamp ``<PRI>1 TIMESTAMP`` with a zeroed fraction."""
     try:
         probe = parse_input_frame(stamp + _STAMP_PROBE_TAIL)
     except Logplex1Error:
-        result = None
-    else:
-        result = (probe.pri, probe.ts_us)
-    if len(_stamp_cache) >= _CHECKED_LIMIT:
-        _stamp_cache.clear()
-    _stamp_cache[stamp] = result
-    return result
+        return None
+    return probe.pri, probe.ts_us
 
 
+@functools.lru_cache(maxsize=_CHECKED_LIMIT)
 def _check_key(key: bytes) -> tuple[bytes | None, bytes] | None:
     """(token, ps) of a key ``HOST APP PROCID MSGID SD``, None when the parser refuses it
     or ends its STRUCTURED-DATA elsewhere than the scanner did."""
     try:
         probe = parse_input_frame(_KEY_PROBE_HEAD + key + b" ")
     except Logplex1Error:
-        result = None
-    else:
-        result = None if probe.msg else (probe.app_name, probe.ps)
-    if len(_key_cache) >= _CHECKED_LIMIT:
-        _key_cache.clear()
-    _key_cache[key] = result
-    return result
+        return None
+    return None if probe.msg else (probe.app_name, probe.ps)
 
 
 def read_common_frames(
@@ -385,21 +375,17 @@ def read_common_frames(
         return ReadOutcome([]), start
     seconds: dict[bytes, tuple[int, int]] = {}
     for stamp in set(stamps):
-        pri_second = _stamp_cache.get(stamp, _UNSEEN)
-        if pri_second is _UNSEEN:
-            pri_second = _check_stamp(stamp)
+        pri_second = _check_stamp(stamp)
         if pri_second is None:
             return None
-        seconds[stamp] = cast("tuple[int, int]", pri_second)
+        seconds[stamp] = pri_second
     routes: dict[bytes, Route | None] = {}
     channels: set[str | None] = set()
     for key in set(keys):
-        token_ps = _key_cache.get(key, _UNSEEN)
-        if token_ps is _UNSEEN:
-            token_ps = _check_key(key)
+        token_ps = _check_key(key)
         if token_ps is None:
             return None
-        token, ps = cast("tuple[bytes | None, bytes]", token_ps)
+        token, ps = token_ps
         info = lookup_token(token.decode("ascii", "replace")) if token else None
         route = None if info is None else (info.channel, info.source, ps)
         routes[key] = route
@@ -493,30 +479,17 @@ def read_batches(
         )
         if after == position:  # garbage, a long count or a frame still arriving
             break
-        _extend_outcome(outcome, odd)
+        merge_outcomes(outcome, odd)
         common = read_common_frames(data, max_frame_bytes, lookup_token, scan, after)
         if common is None:  # refused by the validation: the frame loop reads the rest
             rest, position = _read_frame_by_frame(
                 data, max_frame_bytes, lookup_token, now_us, start=after
             )
-            _extend_outcome(outcome, rest)
+            merge_outcomes(outcome, rest)
             break
         more, position = common
-        _extend_outcome(outcome, more)
+        merge_outcomes(outcome, more)
     return outcome, position
-
-
-def _extend_outcome(outcome: ReadOutcome, more: ReadOutcome) -> None:
-    """Append ``more`` to ``outcome`` in place, as one read (see ``merge_outcomes``)."""
-    if more.batches:
-        batches = outcome.batches
-        if batches and batches[-1][0] == more.batches[0][0]:
-            batches[-1][1].extend(more.batches[0][1])
-            batches.extend(more.batches[1:])
-        else:
-            batches.extend(more.batches)
-    outcome.unknown_tokens += more.unknown_tokens
-    outcome.malformed += more.malformed
 
 
 def _read_frame_by_frame(
@@ -631,18 +604,18 @@ def _read_frame_by_frame(
 
 
 def merge_outcomes(first: ReadOutcome, second: ReadOutcome) -> ReadOutcome:
-    """``first`` then ``second``, as if one read: a channel's batch continues across them."""
-    batches = first.batches + second.batches
-    joint = len(first.batches)
-    if first.batches and second.batches and batches[joint - 1][0] == batches[joint][0]:
-        batches[joint - 1 : joint + 1] = [
-            (batches[joint][0], batches[joint - 1][1] + batches[joint][1])
-        ]
-    return ReadOutcome(
-        batches,
-        first.unknown_tokens + second.unknown_tokens,
-        first.malformed + second.malformed,
-    )
+    """``second`` appended to ``first`` in place, as if one read (a channel's batch goes on
+    across them); returns ``first``. Both are a read's own, not yet published: no copies."""
+    if second.batches:
+        batches = first.batches
+        if batches and batches[-1][0] == second.batches[0][0]:
+            batches[-1][1].extend(second.batches[0][1])
+            batches.extend(second.batches[1:])
+        else:
+            batches.extend(second.batches)
+    first.unknown_tokens += second.unknown_tokens
+    first.malformed += second.malformed
+    return first
 
 
 _TAKE_BACK_BYTES: Final = 4096

@@ -28,7 +28,6 @@ from logplex.ingest_syslog import (
     SyslogListenerSettings,
     _check_key,
     _check_stamp,
-    _key_cache,
     _read_frame_by_frame,
     frames_to_batches,
     merge_outcomes,
@@ -527,9 +526,11 @@ def test_checked_stamps_and_keys_are_remembered_within_a_bound() -> None:
             TOKEN_A.encode(),
             b"web.%d" % n,
         )
-        assert len(_key_cache) <= 4096
+        assert _check_key.cache_info().currsize <= 4096
     assert _check_key(b"h t.a w\x01b - -") is None  # invalid PROCID: remembered as such
-    assert _key_cache[b"h t.a w\x01b - -"] is None
+    hits = _check_key.cache_info().hits
+    assert _check_key(b"h t.a w\x01b - -") is None
+    assert _check_key.cache_info().hits == hits + 1
     assert _check_stamp(b"<13>1 2026-11-27T20:39:33.000Z") == (13, TS_US - 123_456)
     assert _check_stamp(b"<13>1 2026-02-30T20:39:33Z") is None
 
