@@ -129,14 +129,11 @@ frames_with_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                 goto unusual;
             }
             int stored = PyDict_SetItem(by_ps, ps, made);
-            Py_DECREF(made); /* the dict holds it */
+            Py_DECREF(made); /* the dict holds it: borrowed from here on, like a hit */
             if (stored < 0) {
                 goto error;
             }
-            parts = PyDict_GetItemWithError(by_ps, ps);
-            if (parts == NULL) {
-                goto error;
-            }
+            parts = made;
         }
         PyObject *head = PyTuple_GET_ITEM(parts, 0);
         PyObject *middle = PyTuple_GET_ITEM(parts, 1);

@@ -27,7 +27,7 @@ LAYOUTS = [
 
 
 def test_the_c_formatter_is_built() -> None:
-    assert rfc5424._frames_with_headers is rfc5424._frames_with_headers_c, (
+    assert rfc5424.C_FORMATTER, (
         "logplex.codecs._cframes is not built: the venv was installed without a C "
         "compiler. Install gcc (apt-get install -y gcc) and reinstall: make clean test"
     )
