@@ -13,7 +13,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml setup.py logplex/_syslogscan.c logplex/codecs/_cframes.c | $(BIN)/python
+$(STAMP): pyproject.toml setup.py logplex/codecs/_syslogscan.c logplex/codecs/_cframes.c | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

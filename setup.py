@@ -1,6 +1,6 @@
 """The C extensions of the distribution; everything else is in pyproject.toml.
 
-``logplex._syslogscan`` cuts the syslog listener's octet-counted frames and
+``logplex.codecs._syslogscan`` cuts the syslog listener's octet-counted frames and
 ``logplex.codecs._cframes`` formats drain frames, at C speed (docs/architecture.md, "The
 C modules"). Both are optional: without a C compiler the install still succeeds and the
 pure-Python twins give the same results, slower; ``logplex serve`` logs a warning then.
@@ -17,7 +17,7 @@ setup(
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
         )
         for name, source in (
-            ("logplex._syslogscan", "logplex/_syslogscan.c"),
+            ("logplex.codecs._syslogscan", "logplex/codecs/_syslogscan.c"),
             ("logplex.codecs._cframes", "logplex/codecs/_cframes.c"),
         )
     ]

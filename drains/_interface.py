@@ -14,7 +14,6 @@ Follows docs/architecture.md ("Drains") and DESIGN section 3 (drain status in
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
@@ -22,20 +21,14 @@ from typing import Final, Literal, Protocol
 import trio
 
 from logplex.codecs.records import Batch, Message
+from logplex.codecs.version import package_version
 
 DrainState = Literal["pending", "up", "degraded", "down"]
 DRAIN_STATES: Final[tuple[DrainState, ...]] = ("pending", "up", "degraded", "down")
 DEGRADED_TO_DOWN_S: Final = 300.0
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("logplex")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "0"
-
-
-DEFAULT_USER_AGENT: Final = f"Logplex/{_version()}"
+DEFAULT_USER_AGENT: Final = f"Logplex/{package_version()}"
 
 
 @dataclass(frozen=True, slots=True)

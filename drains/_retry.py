@@ -20,6 +20,8 @@ import enum
 import math
 from typing import Final
 
+from logplex.codecs.backoff import equal_jitter_delay_s, full_jitter_delay_s
+
 
 class Outcome(enum.Enum):
     """What to do with a batch after one attempt."""
@@ -47,10 +49,7 @@ def backoff_delay_s(attempt: int, *, base_s: float, cap_s: float, jitter: float)
 
     ``jitter`` is a uniform random number in [0, 1).
     """
-    if attempt < 0:
-        raise ValueError(f"attempt must be >= 0, got {attempt}")
-    ceiling = cap_s if attempt >= 64 else min(cap_s, base_s * (2**attempt))
-    return ceiling * jitter
+    return full_jitter_delay_s(attempt, jitter, base_s=base_s, cap_s=cap_s)
 
 
 def parse_retry_after(value: str | None, *, now_epoch_s: float) -> float | None:
@@ -112,7 +111,4 @@ def reconnect_delay_s(
     ``ceiling = min(cap, base * 2**failures)``, so a reconnect is never immediate yet many
     drains failing at once spread out.
     """
-    if failures < 0:
-        raise ValueError(f"failures must be >= 0, got {failures}")
-    ceiling = cap_s if failures >= 64 else min(cap_s, base_s * (2**failures))
-    return ceiling / 2 + ceiling / 2 * jitter
+    return equal_jitter_delay_s(failures, jitter, base_s=base_s, cap_s=cap_s)

@@ -1,6 +1,6 @@
 """Fuzz the two C modules under AddressSanitizer and UBSan, against their Python twins.
 
-Builds sanitized copies of ``logplex/_syslogscan.c`` and ``logplex/codecs/_cframes.c`` into
+Builds sanitized copies of ``logplex/codecs/_syslogscan.c`` and ``logplex/codecs/_cframes.c`` into
 a temporary directory, re-runs itself with the sanitizer runtimes preloaded, and for
 ``--seconds`` alternates between:
 
@@ -153,8 +153,8 @@ def record(rng: random.Random) -> Any:
 
 
 def fuzz_scanner(module: Any, rng: random.Random) -> None:
-    from logplex.ingest_syslog import _read_frame_by_frame, read_batches
-    from logplex.model import TokenInfo
+    from logplex.config.records import TokenInfo
+    from logplex.ingest.syslog import _read_frame_by_frame, read_batches
 
     tokens = {TOKEN.decode(): TokenInfo("a", b"app")}
     data = b"".join(frame(rng) for _ in range(rng.randrange(8)))

@@ -32,6 +32,7 @@ import trio
 import zstandard
 
 from logplex.codecs import notices
+from logplex.codecs.backoff import equal_jitter_delay_s
 from logplex.codecs.errors import ProtocolError
 from logplex.codecs.shimproto import (
     Ack,
@@ -44,6 +45,7 @@ from logplex.codecs.shimproto import (
     encode_hello,
     encode_pong,
 )
+from logplex.codecs.version import package_version
 from shims.console import warn
 from shims.options import RouterAddress, ShimOptions
 from shims.outbox import Outbox, Record, SentBatch
@@ -69,17 +71,11 @@ def reconnect_delay_s(attempt: int, jitter: float) -> float:
     Capped exponential backoff with equal jitter: half the capped delay is fixed, half random,
     so a fleet of shims restarted together does not reconnect in lockstep.
     """
-    capped = min(BACKOFF_CAP_S, BACKOFF_BASE_S * float(2 ** min(attempt, 32)))
-    return capped / 2 + capped / 2 * jitter
+    return equal_jitter_delay_s(attempt, jitter, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S)
 
 
 def agent_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"logshim/{version('logplex')}"
-    except PackageNotFoundError:
-        return "logshim/0"
+    return f"logshim/{package_version()}"
 
 
 class RouterRefused(Exception):

@@ -1,6 +1,6 @@
 """Drains through the real router: publish -> drains -> receivers (DESIGN 7, 8, 5.5).
 
-The router (``logplex.router.Router`` with ``drains.open_drain`` as its factory) fans one
+The router (``logplex.fanout.router.Router`` with ``drains.open_drain`` as its factory) fans one
 channel out to an HTTPS drain ending at a ``logplex sink`` process over real TLS and to a
 syslog+tls drain whose certificate names another host: the first delivers everything, the
 second delivers nothing and puts exactly one L14 into the channel's history.
@@ -20,8 +20,8 @@ import trio
 import trustme
 
 from drains import DrainSettings, open_drain
-from logplex.model import ChannelConfig, DrainConfig
-from logplex.router import Router
+from logplex.config.records import ChannelConfig, DrainConfig
+from logplex.fanout.router import Router
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_795_000_000_000_000

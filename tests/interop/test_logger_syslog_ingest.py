@@ -11,9 +11,9 @@ import shutil
 import pytest
 import trio
 
-from logplex.ingest_syslog import SyslogListener
-from logplex.model import ChannelConfig
-from logplex.router import Router
+from logplex.config.records import ChannelConfig
+from logplex.fanout.router import Router
+from logplex.ingest.syslog import SyslogListener
 
 pytestmark = pytest.mark.peer("logger")
 

@@ -29,10 +29,10 @@ from hypercorn.trio import serve
 from processes import read_listening
 
 from drains import parse_drain_url
-from logplex.api import ApiConfig, ApiState, create_app
-from logplex.api_sessions import IDLE_READER_TIMEOUT_S, drop_connections_that_stop_reading
-from logplex.router import Router
-from logplex.store import ConfigStore
+from logplex.api.app import ApiConfig, ApiState, create_app
+from logplex.api.sessions import IDLE_READER_TIMEOUT_S, drop_connections_that_stop_reading
+from logplex.config.store import ConfigStore
+from logplex.fanout.router import Router
 
 AUTH_KEY = "test-admin-key-0123456789"
 ADMIN = {"Authorization": f"Bearer {AUTH_KEY}"}

@@ -14,7 +14,7 @@ import trio
 from controlplane_helpers import ADMIN, AUTH_KEY, basic, running_api
 from dataplane_helpers import RecordingDrainFactory, make_messages
 
-from logplex.router import Router
+from logplex.fanout.router import Router
 
 TOKEN = re.compile(r"t\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 DRAIN_TOKEN = re.compile(r"d\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")

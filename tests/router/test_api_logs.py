@@ -18,7 +18,7 @@ import trio
 from controlplane_helpers import ADMIN, AUTH_KEY, ApiHarness, basic, running_api
 from prometheus_client import REGISTRY
 
-from logplex.api_logs import count_matches
+from logplex.api.logs import count_matches
 
 T0_US = int(datetime(2026, 11, 27, 20, 39, 33, tzinfo=UTC).timestamp()) * 1_000_000 + 123456
 TS = "2026-11-27T20:39:33.123456+00:00"

@@ -15,7 +15,7 @@ import pytest
 import trio
 from controlplane_helpers import ADMIN, ApiHarness, StreamingGet, running_api
 
-from logplex import api_sessions
+from logplex.api import sessions as api_sessions
 from logplex.codecs.records import Message
 
 # 2026-11-27T20:39:33.123456+00:00

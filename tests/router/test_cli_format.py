@@ -11,8 +11,8 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from logplex.cli import CliError, drains_table, redact_url, resolve_api_url, resolve_auth_key
-from logplex.cli_tail import Colourer, LinePrinter, TailLine, line_as_json, split_tail_line
+from logplex.cli.admin import CliError, drains_table, redact_url, resolve_api_url, resolve_auth_key
+from logplex.cli.tail import Colourer, LinePrinter, TailLine, line_as_json, split_tail_line
 from logplex.codecs.notices import tail_line
 from logplex.codecs.timestamps import format_ts
 

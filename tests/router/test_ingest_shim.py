@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from logplex import metrics
 from logplex.codecs import shimproto
 from logplex.codecs.records import PRI_SHIM_NOTICE, PRI_STDERR, PRI_STDOUT
-from logplex.ingest_shim import ShimListener, ShimListenerSettings, StreamAcks
-from logplex.model import ChannelConfig
-from logplex.router import Router
+from logplex.config.records import ChannelConfig
+from logplex.fanout.router import Router
+from logplex.ingest.shim import ShimListener, ShimListenerSettings, StreamAcks
 
 TOKEN = "t.11111111-1111-4111-8111-111111111111"
 PLATFORM_TOKEN = "t.22222222-2222-4222-8222-222222222222"
@@ -406,7 +406,7 @@ def test_any_bytes_after_hello_end_the_connection_cleanly(garbage: bytes, split:
     errors: list[logging.LogRecord] = []
     handler = logging.Handler(logging.ERROR)
     handler.emit = errors.append  # type: ignore[method-assign]
-    logger = logging.getLogger("logplex.ingest_shim")
+    logger = logging.getLogger("logplex.ingest.shim")
     logger.addHandler(handler)
     try:
         trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))

@@ -16,10 +16,13 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logplex import ingest_syslog, metrics
+from logplex import metrics
 from logplex.codecs.octet import OctetFrameDecoder, encode_octet_frame
 from logplex.codecs.records import Message
-from logplex.ingest_syslog import (
+from logplex.config.records import ChannelConfig, TokenInfo
+from logplex.fanout.router import Router
+from logplex.ingest import syslog as ingest_syslog
+from logplex.ingest.syslog import (
     C_SCANNER,
     ReadOutcome,
     Scanner,
@@ -36,8 +39,6 @@ from logplex.ingest_syslog import (
     read_decoder,
     scan_common_python,
 )
-from logplex.model import ChannelConfig, TokenInfo
-from logplex.router import Router
 
 TOKEN_A = "t.aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 TOKEN_B = "t.bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
@@ -318,7 +319,7 @@ VARIED_FRAMES = [
 
 def test_the_c_scanner_is_built() -> None:
     assert C_SCANNER is not None, (
-        "logplex._syslogscan is not built: the venv was installed without a C compiler. "
+        "logplex.codecs._syslogscan is not built: the venv was installed without a C compiler. "
         "Install gcc (apt-get install -y gcc) and reinstall: make clean test"
     )
 

@@ -8,8 +8,8 @@ import trio.testing
 from dataplane_helpers import RecordingDrainFactory, make_messages
 
 from logplex import metrics
-from logplex.model import ChannelConfig, DrainConfig, TokenInfo
-from logplex.router import Router, drain_restart_delay_s, pending_drain_status
+from logplex.config.records import ChannelConfig, DrainConfig, TokenInfo
+from logplex.fanout.router import Router, drain_restart_delay_s, pending_drain_status
 
 TOKEN_APP = "t.11111111-1111-4111-8111-111111111111"
 TOKEN_HEROKU = "t.22222222-2222-4222-8222-222222222222"

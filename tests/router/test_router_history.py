@@ -7,7 +7,7 @@ from dataplane_helpers import make_messages
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logplex.history import COMPACT_MIN_LINES, HistoryRing
+from logplex.fanout.history import COMPACT_MIN_LINES, HistoryRing
 
 
 def fill(

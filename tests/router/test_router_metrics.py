@@ -10,8 +10,8 @@ import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
 
 from logplex import metrics
-from logplex.model import ChannelConfig, DrainConfig
-from logplex.router import Router
+from logplex.config.records import ChannelConfig, DrainConfig
+from logplex.fanout.router import Router
 
 
 def test_index_gauges_follow_the_router() -> None:

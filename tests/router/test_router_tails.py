@@ -10,7 +10,7 @@ import trio.testing
 from dataplane_helpers import make_messages
 
 from logplex.codecs.records import PRI_ROUTER_NOTICE, Message
-from logplex.tails import TailSession, message_filter, overflow_after_push
+from logplex.fanout.tails import TailSession, message_filter, overflow_after_push
 
 L11 = re.compile(
     rb"Error L11 \(Tail buffer overflow\) -> This tail session dropped (\d+) messages since "

@@ -19,7 +19,7 @@ import trustme
 
 from logplex.codecs import shimproto
 from logplex.codecs.octet import encode_octet_frame
-from logplex.serve import ServeConfigError, server_tls_context
+from logplex.serve.wiring import ServeConfigError, server_tls_context
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from logplex.serve import is_duplicate_signal, load_or_create_auth_key
-from logplex.settings import (
+from logplex.serve.settings import (
     HostPort,
     ServeConfigError,
     add_arguments,
@@ -19,6 +18,7 @@ from logplex.settings import (
     resolve_settings,
     settings_from_args,
 )
+from logplex.serve.wiring import is_duplicate_signal, load_or_create_auth_key
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_signal_during_shutdown(
 def test_tune_gc_makes_collections_rare_and_freezes_start_up_objects() -> None:
     import gc
 
-    from logplex.serve import GC_THRESHOLDS, tune_gc
+    from logplex.serve.wiring import GC_THRESHOLDS, tune_gc
 
     before = gc.get_threshold()
     try:

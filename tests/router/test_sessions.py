@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from logplex.sessions import (
+from logplex.api.registry import (
     RegistryFull,
     SessionRegistry,
     SessionRequestError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from logplex.store import (
+from logplex.config.store import (
     SCHEMA_VERSION,
     ChannelNotFound,
     ConfigError,

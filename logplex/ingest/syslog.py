@@ -16,7 +16,7 @@ task, so one client can never stall another.
 
 Speed (issue 3): ``read_decoder`` reads the whole frames at the start of a read in one pass
 and leaves only the rest to the decoder. ``read_common_frames`` takes the frames of the
-common shape (any RFC 5424 header whose fields split at spaces, see logplex/_syslogscan.c)
+common shape (any RFC 5424 header whose fields split at spaces, see logplex/codecs/_syslogscan.c)
 through the C scanner, validating each distinct header part once and zipping the records in
 C; ``read_batches`` sends the frames it does not take, one at a time, through a frame loop
 that reuses the PRI, second and route of earlier frames. Without the C module a regex cut
@@ -46,9 +46,9 @@ from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.octet import _counts as _octet_counts  # the b"1"..b"10240" table
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import BOM, PROCID_MAX, check_header_field, parse_lenient
-from logplex.connections import AcceptLoop, close_within
-from logplex.model import TokenInfo
-from logplex.router import Router
+from logplex.config.records import TokenInfo
+from logplex.fanout.router import Router
+from logplex.ingest.accept import AcceptLoop, close_within
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ _NOTHING_SCANNED: Final[ScanResult] = (0, [], [], [], [], 0)
 def scan_common_python(data: bytes, max_frame_bytes: int, start: int = 0) -> ScanResult:
     """The frames of ``data`` in the common shape, cut with one regex ``split``.
 
-    What ``logplex._syslogscan.scan_common`` gives, in pure Python: ``(end, stamps,
+    What ``logplex.codecs._syslogscan.scan_common`` gives, in pure Python: ``(end, stamps,
     fractions, keys, msgs, flags)`` for the whole frames at the start of ``data`` (see
     ``read_common_frames``), for the narrower shape of a ``+00:00`` TIMESTAMP with six
     fraction digits. Unlike the C scanner it takes the frames of a read all or none (and
@@ -310,7 +310,7 @@ def scan_common_python(data: bytes, max_frame_bytes: int, start: int = 0) -> Sca
 
 def _c_scanner() -> Scanner | None:
     try:
-        from logplex._syslogscan import scan_common
+        from logplex.codecs._syslogscan import scan_common
     except ImportError:  # built without a C compiler (setup.py): the regex cut serves
         return None
     return scan_common
@@ -357,7 +357,7 @@ def read_common_frames(
     """``read_batches`` for the frames from ``start`` that have the common shape.
 
     The common shape: ``MSG-LEN SP <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG`` (see
-    logplex/_syslogscan.c; ``scan_common_python`` takes only ``+00:00`` six-digit timestamps
+    logplex/codecs/_syslogscan.c; ``scan_common_python`` takes only ``+00:00`` six-digit timestamps
     and ``-`` MSGID and SD). ``scan`` cuts those frames by their counts, so a header-like
     text inside a MSG never starts a frame, and gives each frame's stamp (``<PRI>1
     TIMESTAMP`` with the fraction digits zeroed), fraction in microseconds, key (``HOST APP
@@ -681,7 +681,7 @@ class SyslogListener:
         """Accept connections on ``listeners`` until cancelled."""
         if C_SCANNER is None:
             log.warning(
-                "logplex._syslogscan is not built (no C compiler at install time): syslog "
+                "logplex.codecs._syslogscan is not built (no C compiler at install time): syslog "
                 "ingest uses the pure-Python reader, about a third of the speed; install a "
                 "C compiler and reinstall logplex for full speed"
             )

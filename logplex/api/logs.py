@@ -19,7 +19,7 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import Response
 
-from logplex.api import (
+from logplex.api.app import (
     AUTH_CHALLENGE,
     ApiError,
     api_state,

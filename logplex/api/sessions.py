@@ -14,7 +14,7 @@ A tail whose client reads nothing for ``IDLE_READER_TIMEOUT_S`` (60 s) is discon
 router subscription is closed at once and the response ends without its final chunk.
 hypercorn shields its socket writes from cancellation, so the write stuck behind a
 non-reading client is failed by the kernel instead: ``drop_connections_that_stop_reading``
-sets ``TCP_USER_TIMEOUT`` on the HTTP listener, for whoever binds it (``logplex.serve``).
+sets ``TCP_USER_TIMEOUT`` on the HTTP listener, for whoever binds it (``logplex.serve.wiring``).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from logplex.api import ApiError, ApiState, TailLike, api_state, read_json_object, require_admin
+from logplex.api.app import ApiError, ApiState, TailLike, api_state, read_json_object, require_admin
+from logplex.api.registry import RegistryFull, SessionRequestError, parse_session_request
 from logplex.codecs.notices import tail_line
 from logplex.codecs.records import Message
-from logplex.router import message_filter
-from logplex.sessions import RegistryFull, SessionRequestError, parse_session_request
+from logplex.fanout.router import message_filter
 
 IDLE_READER_TIMEOUT_S = 60.0
 MAX_CHUNK_BYTES = 64 * 1024

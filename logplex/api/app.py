@@ -32,11 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from logplex.api.registry import SessionRegistry
 from logplex.codecs.records import Message
-from logplex.model import ChannelConfig, TokenInfo
-from logplex.router import pending_drain_status
-from logplex.sessions import SessionRegistry
-from logplex.store import (
+from logplex.config.records import ChannelConfig, TokenInfo
+from logplex.config.store import (
     ChannelNotFound,
     ConfigStore,
     DrainNotFound,
@@ -44,6 +43,7 @@ from logplex.store import (
     InvalidName,
     TooManyDrains,
 )
+from logplex.fanout.router import pending_drain_status
 
 MAX_JSON_BODY_BYTES = 64 * 1024
 AUTH_CHALLENGE = {"WWW-Authenticate": "Basic realm=Logplex"}
@@ -55,7 +55,7 @@ class TailLike(Protocol):
 
 
 class RouterAPI(Protocol):
-    """The part of ``logplex.router.Router`` the API uses (docs/architecture.md)."""
+    """The part of ``logplex.fanout.router.Router`` the API uses (docs/architecture.md)."""
 
     def lookup_token(self, token: str) -> TokenInfo | None: ...
     def publish(self, channel: str, messages: list[Message]) -> None: ...
@@ -381,8 +381,8 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def create_app(*, store: ConfigStore, router: RouterAPI, config: ApiConfig) -> Starlette:
     """The API app; ``app.state.ready`` starts False (``/healthcheck`` answers 503)."""
-    from logplex.api_logs import channel_logs, post_logs
-    from logplex.api_sessions import create_session, stream_session
+    from logplex.api.logs import channel_logs, post_logs
+    from logplex.api.sessions import create_session, stream_session
 
     routes = [
         Route("/healthcheck", healthcheck, methods=["GET"]),

@@ -1,6 +1,6 @@
 """The ``logplex`` console script: ``serve``, ``sink`` and the admin and developer commands.
 
-DESIGN section 2. ``serve`` and ``sink`` hand over to ``logplex.serve`` and ``drains.sink``
+DESIGN section 2. ``serve`` and ``sink`` hand over to ``logplex.serve.wiring`` and ``drains.sink``
 (imported only when asked for, so admin commands start fast). The other commands talk to the
 router's HTTP API (DESIGN section 3) with httpx:
 
@@ -268,7 +268,7 @@ def cmd_drains_remove(api: ApiClient, args: argparse.Namespace, out: TextIO) -> 
 
 
 def cmd_tail(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
-    from logplex.cli_tail import run_tail
+    from logplex.cli.tail import run_tail
 
     return run_tail(api, args)
 
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _delegate(name: str, argv: list[str]) -> int:
     """``logplex serve …`` / ``logplex sink …``: the module owns its flags."""
-    module = importlib.import_module("logplex.serve" if name == "serve" else "drains.sink")
+    module = importlib.import_module("logplex.serve.wiring" if name == "serve" else "drains.sink")
     parser = argparse.ArgumentParser(prog=f"logplex {name}")
     module.add_arguments(parser)
     result: int = module.main(parser.parse_args(argv))

@@ -40,8 +40,8 @@ from logplex.codecs import shimproto
 from logplex.codecs.errors import EncodeError, ProtocolError
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field
-from logplex.connections import AcceptLoop, close_within
-from logplex.router import Router
+from logplex.fanout.router import Router
+from logplex.ingest.accept import AcceptLoop, close_within
 
 log = logging.getLogger(__name__)
 

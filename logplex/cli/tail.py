@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 import httpx
 
 if TYPE_CHECKING:
-    from logplex.cli import ApiClient
+    from logplex.cli.admin import ApiClient
 
 # Heroku's CLI colours dynos from a small palette; these are ANSI foreground colours that
 # read well on dark and light terminals. Router notices (heroku[logplex]) come out like any ps.
@@ -123,7 +123,7 @@ def wants_colour(out: BinaryIO, environ: dict[str, str]) -> bool:
 
 
 def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
-    from logplex.cli import CliError, api_error_message, connection_error
+    from logplex.cli.admin import CliError, api_error_message, connection_error
 
     if args.num < 0:
         raise CliError(f"-n/--num must be 0 or more, not {args.num}")

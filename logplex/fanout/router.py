@@ -26,9 +26,9 @@ import trio
 
 from logplex import metrics
 from logplex.codecs.records import Batch, Message
-from logplex.history import HistoryRing
-from logplex.model import ChannelConfig, DrainConfig, TokenInfo
-from logplex.tails import DEFAULT_TAIL_BUFFER_MESSAGES, TailSession, message_filter
+from logplex.config.records import ChannelConfig, DrainConfig, TokenInfo
+from logplex.fanout.history import HistoryRing
+from logplex.fanout.tails import DEFAULT_TAIL_BUFFER_MESSAGES, TailSession, message_filter
 
 if TYPE_CHECKING:
     from drains import DrainContext, DrainSettings
@@ -316,7 +316,7 @@ class Router:
             await self.compact_histories()
 
     async def compact_histories(self) -> None:
-        """Compact the histories written since the last call (see ``logplex.history``).
+        """Compact the histories written since the last call (see ``logplex.fanout.history``).
 
         Yields to other tasks between channels, so a sweep after a burst over many
         channels never holds the event loop for long.

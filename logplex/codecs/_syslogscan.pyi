@@ -1,4 +1,4 @@
-"""Types of the C frame scanner (logplex/_syslogscan.c)."""
+"""Types of the C frame scanner (logplex/codecs/_syslogscan.c)."""
 
 def scan_common(
     data: bytes, max_frame_bytes: int, start: int = 0, /

@@ -1,5 +1,5 @@
 /*
- * logplex._syslogscan: cut the octet-counted syslog frames of one read (RFC 6587, RFC 5424)
+ * logplex.codecs._syslogscan: cut the octet-counted syslog frames of one read (RFC 6587, RFC 5424)
  * in the common shape of Logplex's input layout, in one pass at C speed.
  *
  * scan_common(data: bytes, max_frame_bytes: int, start: int = 0, /)
@@ -26,7 +26,7 @@
  * flags: bit 0 set when some MSG holds an LF, bit 1 when some MSG starts with a UTF-8 BOM.
  *
  * This module only delimits. The caller validates every distinct stamp and key with the
- * input-layout parser before it uses a frame (logplex/ingest_syslog.py). Every index is
+ * input-layout parser before it uses a frame (logplex/ingest/syslog.py). Every index is
  * checked against the frame's end before it is read: the input is untrusted.
  */
 
@@ -311,7 +311,7 @@ static struct PyModuleDef_Slot slots[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "logplex._syslogscan",
+    .m_name = "logplex.codecs._syslogscan",
     .m_doc = "Cut octet-counted syslog frames of the common input shape (C).",
     .m_size = 0,
     .m_methods = methods,

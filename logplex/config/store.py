@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import trio
 
-from logplex.model import ChannelConfig, DrainConfig
+from logplex.config.records import ChannelConfig, DrainConfig
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """``logplex serve``: wiring, start-up and shutdown of the router (DESIGN sections 2 and 7).
 
-Settings (flags, environment, TOML) are resolved in ``logplex.settings``.
+Settings (flags, environment, TOML) are resolved in ``logplex.serve.settings``.
 
 Start-up: data dir -> auth key (``DATA_DIR/auth-key``, mode 0600, generated with ``secrets``)
 -> config store -> ``Router`` with every stored channel applied -> HTTP (hypercorn on trio),
@@ -34,13 +34,15 @@ import trio
 from prometheus_client import REGISTRY
 
 from logplex import metrics
-from logplex.api_sessions import drop_connections_that_stop_reading
+from logplex.api.sessions import drop_connections_that_stop_reading
 from logplex.codecs import rfc5424
-from logplex.ingest_shim import ShimListener
-from logplex.ingest_syslog import SyslogListener
-from logplex.router import DrainFactory, Router
-from logplex.settings import HostPort, ServeConfigError, ServeSettings, settings_from_args
-from logplex.settings import add_arguments as add_arguments  # the ``serve`` subcommand's flags
+from logplex.fanout.router import DrainFactory, Router
+from logplex.ingest.shim import ShimListener
+from logplex.ingest.syslog import SyslogListener
+from logplex.serve.settings import HostPort, ServeConfigError, ServeSettings, settings_from_args
+from logplex.serve.settings import (
+    add_arguments as add_arguments,
+)  # the ``serve`` subcommand's flags
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +176,8 @@ async def serve(
     """Run the router until SIGTERM/SIGINT, then stop accepting, flush drains and return."""
     from hypercorn.trio import serve as serve_http
 
-    from logplex.api import ApiConfig, create_app
-    from logplex.store import ConfigStore
+    from logplex.api.app import ApiConfig, create_app
+    from logplex.config.store import ConfigStore
 
     try:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""``logplex serve``: its settings (flags, env, TOML) and the wiring of the router process."""
