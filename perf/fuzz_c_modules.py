@@ -153,8 +153,8 @@ def record(rng: random.Random) -> Any:
 
 
 def fuzz_scanner(module: Any, rng: random.Random) -> None:
+    from logplex.codecs.syslog_reader import _read_frame_by_frame, read_batches
     from logplex.config.records import TokenInfo
-    from logplex.ingest.syslog import _read_frame_by_frame, read_batches
 
     tokens = {TOKEN.decode(): TokenInfo("a", b"app")}
     data = b"".join(frame(rng) for _ in range(rng.randrange(8)))

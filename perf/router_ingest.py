@@ -55,14 +55,11 @@ from drains import DrainContext, DrainStatus  # noqa: E402
 from logplex.codecs import shimproto  # noqa: E402
 from logplex.codecs.octet import encode_octet_frame  # noqa: E402
 from logplex.codecs.records import Batch  # noqa: E402
+from logplex.codecs.syslog_reader import read_decoder, scan_common_python  # noqa: E402
 from logplex.config.records import ChannelConfig, DrainConfig  # noqa: E402
 from logplex.fanout.router import Router  # noqa: E402
 from logplex.ingest.shim import ShimListener  # noqa: E402
-from logplex.ingest.syslog import (  # noqa: E402
-    SyslogListener,
-    read_decoder,
-    scan_common_python,
-)
+from logplex.ingest.syslog import SyslogListener  # noqa: E402
 from logplex.serve.wiring import tune_gc  # noqa: E402
 from perf.results import append_results  # noqa: E402
 from perf.workload import LINE_BYTES, line  # noqa: E402

@@ -67,3 +67,88 @@ def test_forbidden_import_is_detected(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import trio\nfrom socket import socket\n")
     assert {"trio", "socket"} <= imported_modules(probe)
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Project module -> the project modules it imports anywhere in its body.
+
+    Function-level and ``TYPE_CHECKING`` imports count: a lazy import that dodges a cycle
+    at start-up is still a cycle in the design. ``from package import name`` counts as an
+    import of ``package.name`` when that is a module of the tree.
+    """
+    paths = [p for package in PROJECT for p in sorted((root / package).rglob("*.py"))]
+    modules = {module_name(p, root) for p in paths}
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        this = module_name(path, root)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    package = path.relative_to(root).parent.parts
+                    base = ".".join(package[: len(package) - (node.level - 1)])
+                    origin = f"{base}.{node.module}" if node.module else base
+                else:
+                    origin = node.module or ""
+                targets.add(origin)
+                targets.update(f"{origin}.{alias.name}" for alias in node.names)
+        graph[this] = {t for t in targets if t in modules and t != this}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in sorted(graph.get(node, ())):
+            if successor not in index:
+                visit(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles(import_graph()) == []
+
+
+def test_cycle_checker_sees_lazy_and_from_imports(tmp_path: Path) -> None:
+    package = tmp_path / "logplex"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("def f():\n    from logplex import b\n")
+    (package / "b.py").write_text("from logplex.c import x\n")
+    (package / "c.py").write_text("import logplex.a\nx = 1\n")
+    (package / "d.py").write_text("from logplex import a\n")  # imports into the cycle only
+    assert import_cycles(import_graph(tmp_path)) == [["logplex.a", "logplex.b", "logplex.c"]]
