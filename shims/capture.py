@@ -4,17 +4,20 @@ One ``PipeReader`` per stream. Each read takes up to 1 MiB (the pipe itself was 
 1 MiB at spawn), stamps it with ONE wall-clock timestamp (``time.time_ns() // 1000``: the
 capture time of every line it completes), copies it to the tee, splits it with the codec's
 ``LineSplitter`` (C-level ``split``; no per-line Python work for lines under the limit) and
-hands the list of lines to the sink in one synchronous call. No await per line.
+hands the list of lines to its ``LineConsumer`` (the shipper) in one synchronous call. No
+await per line.
 
 - A partial line (no LF yet) is flushed once it has waited ``PARTIAL_LINE_WAIT_S`` (1 s), and
   at EOF.
 - After a small read (under 64 KiB) the reader pauses 5 ms, so an app that flushes every
   few KiB is read in a few large chunks instead of thousands of small ones.
-- What ``shims.early.EarlyDrain`` read during start-up is taken over by ``take_early``.
+- What ``shims.early.StartupPipeReader`` read during start-up is taken over by
+  ``take_early``.
 - The read end stays open until EOF, so the app never gets EPIPE or SIGPIPE because of us;
   after the app exits, the supervisor lets the readers run until EOF or 1 s (a grandchild may
-  hold the write end) and then calls ``drain_now()`` for whatever is already in the pipe.
-- With ``--block`` the reader waits for room in the sink *before* reading, so a full buffer
+  hold the write end) and then calls ``read_remaining()`` for whatever is already in the
+  pipe.
+- With ``--block`` the reader waits for room in the consumer *before* reading, so a full buffer
   stops the reading and the app blocks on its own write (only then).
 """
 
@@ -38,11 +41,11 @@ READ_BYTES = 1024 * 1024
 COALESCE_BELOW_BYTES = 64 * 1024
 COALESCE_WAIT_S = 0.005
 PARTIAL_LINE_WAIT_S = 1.0
-MAX_DRAIN_READS = 64
+MAX_REMAINING_READS = 64
 
 
-class LineSink(Protocol):
-    """Where captured lines go (the shipper's outbox); ``push_lines`` never blocks."""
+class LineConsumer(Protocol):
+    """Takes the captured lines (the shipper, into its outbox); ``push_lines`` never blocks."""
 
     def push_lines(self, ts_us: int, kind: int, lines: list[bytes], now_s: float) -> None: ...
 
@@ -55,14 +58,14 @@ class PipeReader:
         fd: int,
         kind: int,
         *,
-        sink: LineSink | None,
+        consumer: LineConsumer | None,
         tee: TeeWriter | None,
         max_line_bytes: int,
         wait_for_room: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.fd = fd
         self.kind = kind
-        self.sink = sink
+        self.consumer = consumer
         self.tee = tee
         self.wait_for_room = wait_for_room
         self.splitter = LineSplitter(max_line_bytes)
@@ -105,7 +108,7 @@ class PipeReader:
         return len(data)
 
     def take_early(self, chunks: list[tuple[int, bytes]], *, eof: bool) -> None:
-        """Process what ``EarlyDrain`` read before trio was running, with its timestamps."""
+        """Process what ``StartupPipeReader`` read before trio was running, with its timestamps."""
         for ts_us, data in chunks:
             self._consume(ts_us, data)
         if eof:
@@ -125,10 +128,10 @@ class PipeReader:
         else:
             self._partial_since_s = None
 
-    def drain_now(self) -> None:
+    def read_remaining(self) -> None:
         """After the read deadline: take what is already in the pipe, then flush and stop."""
         if not self.eof:
-            for _ in range(MAX_DRAIN_READS):
+            for _ in range(MAX_REMAINING_READS):
                 if self.eof or not self._read_once():
                     break
         self._flush_partial()
@@ -147,5 +150,5 @@ class PipeReader:
 
     def _emit(self, ts_us: int, lines: list[bytes]) -> None:
         self.lines_read += len(lines)
-        if self.sink is not None:
-            self.sink.push_lines(ts_us, self.kind, lines, trio.current_time())
+        if self.consumer is not None:
+            self.consumer.push_lines(ts_us, self.kind, lines, trio.current_time())

@@ -3,7 +3,7 @@
 The app is spawned before trio is imported, and importing trio and the shipper takes 80 ms on
 a quiet machine and several hundred on a busy one. A 1 MiB pipe holds about 10 ms of a fast
 app's output: without this, such an app would block on its first writes until the shim is
-ready. ``EarlyDrain`` reads both pipes from a plain thread during that window, keeps the
+ready. ``StartupPipeReader`` reads both pipes from a plain thread during that window, keeps the
 chunks in memory (each with the time it was read, which becomes its lines' timestamp) and
 hands them to the pipe readers when the supervisor takes over.
 
@@ -34,7 +34,7 @@ READ_BYTES = 1024 * 1024
 BLOCK_AT_START_S = 1.0
 
 
-class EarlyDrain:
+class StartupPipeReader:
     """A thread that reads the app's pipes until ``stop()``."""
 
     def __init__(
@@ -55,7 +55,9 @@ class EarlyDrain:
         self.eof: set[int] = set()
         self.stopped = False
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._run, name="logshim-early-drain", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="logshim-startup-reader", daemon=True
+        )
 
     def start(self) -> None:
         for fd in self.fds:

@@ -11,7 +11,9 @@ it or break them). Instead ``supervise_plainly`` takes over with no trio and no 
 - after the app exits, the pipes are read until EOF or 1 s, and the shim exits with the
   app's code (128+N for signal N, ``-e`` applied).
 
-Nothing is shipped any more; that is the price of staying alive.
+Nothing is shipped any more; that is the price of staying alive. The reaping and the exit
+code are ``shims.reaper``'s, the signalfd is ``shims.signals``'s: the same code the trio
+supervisor uses, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -22,13 +24,8 @@ import select
 import signal
 import time
 
-from shims.supervisor import (
-    READ_AFTER_EXIT_S,
-    final_exit_code,
-    open_signalfd,
-    read_signalfd,
-    status_code,
-)
+from shims.reaper import READ_AFTER_EXIT_S, Reaper, final_exit_code, status_code
+from shims.signals import open_signalfd, read_signalfd
 
 READ_BYTES = 1024 * 1024
 PAGE_BYTES = 4096
@@ -52,6 +49,7 @@ def supervise_plainly(
     for fd in pipes:
         os.set_blocking(fd, False)
         poller.register(fd, select.POLLIN)
+    reaper = Reaper(pid)
     exited_at = None if wait_status is None else time.monotonic()
     while wait_status is None or (
         pipes and time.monotonic() - (exited_at or 0.0) < READ_AFTER_EXIT_S
@@ -65,12 +63,9 @@ def supervise_plainly(
                     continue  # our own write hit a broken pipe
                 if signo != signal.SIGCHLD and wait_status is None:
                     _forward(pid, signo)
-        if wait_status is None:
-            wait_status = _reap(pid)
-            if wait_status is not None:
-                exited_at = time.monotonic()
-        else:
-            _reap(pid)  # orphans
+        if reaper.reap() and wait_status is None:
+            wait_status = reaper.app_wait_status
+            exited_at = time.monotonic()
     os.close(signal_fd)
     return final_exit_code(status_code(wait_status), success_codes)
 
@@ -107,17 +102,3 @@ def _write_without_blocking(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view[:PAGE_BYTES]) :]
     except OSError:
         return
-
-
-def _reap(pid: int) -> int | None:
-    """Reap every child that has exited; the app's wait status once it is among them."""
-    found = None
-    while True:
-        try:
-            reaped, wait_status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return found
-        if reaped == 0:
-            return found
-        if reaped == pid:
-            found = wait_status

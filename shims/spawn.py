@@ -1,21 +1,21 @@
-"""Everything the shim does before the app exists: signal blocking, subreaper, pipes, spawn.
+"""Everything the shim does before the app exists: subreaper, pipes, spawn.
 
 This module runs before trio is imported (DESIGN section 6, start-up), so it imports only
-modules that cost nothing: ``os``, ``signal``, ``fcntl`` and, for ``prctl``, ``ctypes``.
+modules that cost nothing: ``os``, ``fcntl``, ``shims.signals`` and, for ``prctl``, ``ctypes``.
 
 The order matters and is kept by ``shims.entry``:
 
-1. ``block_handled_signals()`` is the first thing ``main()`` does. A signal that arrives while
-   Python imports the rest stays pending instead of being lost (PID 1 discards signals it has
-   no handler for) and is delivered to the receiver once it is installed, that is once the app
-   exists, so the app gets it.
+1. ``shims.signals.block_handled_signals()`` is the first thing ``main()`` does. A signal
+   that arrives while Python imports the rest stays pending instead of being lost (PID 1
+   discards signals it has no handler for) and is delivered to the receiver once it is
+   installed, that is once the app exists, so the app gets it.
 2. ``become_subreaper()`` before the spawn: orphans are re-parented to the nearest subreaper
    *at the time they are orphaned*, which can be a millisecond after the app starts.
 3. ``open_capture_pipe()`` twice, then ``spawn_app()``: ``os.posix_spawn`` from the main thread
    with an empty signal mask and default dispositions for every catchable signal (SIGPIPE and
    SIGXFSZ included, which Python itself ignores and exec would otherwise pass on), in a new
-   process group whose id is the app's pid.
-"""
+   process group whose id is the app's pid, with the shim's environment minus the shim's own
+   secrets (``shims.options.app_environment``)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ import contextlib
 import errno
 import fcntl
 import os
-import signal
+from collections.abc import Mapping
+
+from shims.signals import catchable_signals
 
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
@@ -41,28 +43,6 @@ class SpawnError(Exception):
         super().__init__(message)
         self.exit_code = exit_code
         self.message = message
-
-
-def catchable_signals() -> frozenset[int]:
-    """Every signal a process can catch: 1–31 without SIGKILL/SIGSTOP, plus SIGRTMIN..SIGRTMAX.
-
-    ``signal.valid_signals()`` comes from glibc's ``sigfillset``, which already leaves out
-    the two real-time signals glibc keeps for itself (32 and 33).
-    """
-    return frozenset(
-        int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
-    )
-
-
-def block_handled_signals() -> frozenset[int]:
-    """Block every catchable signal in the calling (main) thread; return the blocked set.
-
-    Called before any thread exists, so every later thread inherits the mask until the
-    supervisor unblocks what its receiver handles.
-    """
-    handled = catchable_signals()
-    signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    return handled
 
 
 def become_subreaper() -> bool:
@@ -102,12 +82,19 @@ def _above_stdio(fd: int) -> int:
     return moved
 
 
-def spawn_app(command: list[str], *, stdout_fd: int, stderr_fd: int) -> int:
+def spawn_app(
+    command: list[str],
+    *,
+    stdout_fd: int,
+    stderr_fd: int,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """Start the app; return its pid (which is also its process group id).
 
-    The app gets the shim's environment and stdin, the two pipe write ends as stdout and
-    stderr, an empty signal mask and default dispositions. ``posix_spawnp`` runs in the
-    calling thread, which must be the main thread (a worker thread's mask would leak).
+    The app gets ``environ`` (default: the shim's environment), the shim's stdin, the two
+    pipe write ends as stdout and stderr, an empty signal mask and default dispositions.
+    ``posix_spawnp`` runs in the calling thread, which must be the main thread (a worker
+    thread's mask would leak).
     Raises ``SpawnError`` with exit code 127 (not found) or 126 (found, cannot execute).
     """
     file_actions = [
@@ -118,7 +105,7 @@ def spawn_app(command: list[str], *, stdout_fd: int, stderr_fd: int) -> int:
         return os.posix_spawnp(
             command[0],
             command,
-            os.environ,
+            os.environ if environ is None else environ,
             file_actions=file_actions,
             setpgroup=0,
             setsigmask=(),

@@ -11,10 +11,11 @@ to the app. Every catchable signal except SIGCHLD is forwarded to the app's proc
 SIGTSTP, SIGTTIN and SIGTTOU are forwarded like the others; the receiver's handler replaces
 their default action, so the shim itself never stops (the app and its group stop; the shim
 keeps capturing and forwards the SIGCONT that resumes them). SIGTERM and SIGINT also start
-the grace period: ``Stopping all processes with SIGTERM``, then after ``--grace`` seconds the
-R12 and SIGKILL notices and SIGKILL to the group.
+the grace period: ``Stopping all processes with SIGTERM`` (or ``SIGINT``: the notice names
+the signal forwarded), then after ``--grace`` seconds the R12 and SIGKILL notices and SIGKILL
+to the group. The signal sets and the signalfd are ``shims.signals``'s.
 
-Two kinds of signal are read from a signalfd instead, and stay blocked in every thread:
+Some signals are read from a signalfd instead, and stay blocked in every thread:
 - SIGPIPE: a write of the shim's own (a closed stdout, a reset router socket) raises SIGPIPE
   at the writing thread, and a handler cannot tell that from a SIGPIPE someone sent. The
   signalfd gives the sender's pid: ours → our own broken pipe, dropped; anyone else's →
@@ -27,11 +28,15 @@ Two kinds of signal are read from a signalfd instead, and stay blocked in every 
   faulting instruction forever, while a blocked fault signal makes the kernel kill the shim
   at once (with a core), which is the honest outcome.
 
-Reaping. ``Reaper.reap()`` is the only ``waitpid`` caller of the process (trio's process API
-is never used: its own waitpid would race this one and misreport exit codes). It runs on
-every SIGCHLD, when the app's pidfd becomes readable (the app exited), and every second
-(SIGCHLDs coalesce). It reaps every child: the app by pid, and orphans re-parented to us
-(PID 1, or a subreaper; see ``shims.spawn.become_subreaper``).
+Reaping. ``shims.reaper.Reaper`` is the only ``waitpid`` caller of the process (trio's
+process API is never used: its own waitpid would race it and misreport exit codes).
+``ReapLoop`` runs it on every SIGCHLD, when the app's pidfd becomes readable (the app
+exited), and every second (SIGCHLDs coalesce).
+
+Notices. ``Starting process with command …`` carries the time the app was spawned (taken by
+``shims.entry`` just before the spawn), not the time trio got running, so it never follows
+the app's first lines. Start-up problems the shim worked around (an invalid ``--ps``) follow
+it as notices of their own.
 
 Exit. After the app exits: readers get until EOF or 1 s, then ``Process exited with status
 N`` is queued, the shipper has ``--flush-timeout`` to get everything acknowledged, and what is
@@ -45,32 +50,28 @@ import contextlib
 import enum
 import os
 import signal
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
 from logplex.codecs import notices
 from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
-from shims.capture import PipeReader
+from shims.capture import LineConsumer, PipeReader
 from shims.console import warn
-from shims.early import EarlyDrain
+from shims.early import StartupPipeReader
+from shims.fallback import supervise_plainly
 from shims.options import ShimOptions
+from shims.reaper import READ_AFTER_EXIT_S, Reaper, final_exit_code, status_code
+from shims.signals import (
+    GRACE_SIGNALS,
+    SIGNALFD_SIGNALS,
+    open_signalfd,
+    read_signalfd,
+    signal_name,
+)
 from shims.tee import TeeWriter
 
 REAP_SWEEP_S = 1.0
-READ_AFTER_EXIT_S = 1.0
-GRACE_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-FAULT_SIGNALS = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS}
-)
-SIGNALFD_SIGNALS = FAULT_SIGNALS | {signal.SIGPIPE, signal.SIGTTOU}
-
-# signalfd(2) via ctypes: the stdlib has no binding.
-SFD_NONBLOCK = os.O_NONBLOCK
-SFD_CLOEXEC = os.O_CLOEXEC
-SIGNALFD_SIGINFO_BYTES = 128
-_SIGINFO_HEAD = struct.Struct("=IiiI")  # ssi_signo, ssi_errno, ssi_code, ssi_pid
 
 
 class SignalAction(enum.Enum):
@@ -89,47 +90,6 @@ def route_signal(signum: int, *, app_running: bool, grace_started: bool) -> Sign
     if signum in GRACE_SIGNALS and not grace_started:
         return SignalAction.FORWARD_AND_START_GRACE
     return SignalAction.FORWARD
-
-
-def status_code(wait_status: int) -> int:
-    """The app's exit code as a shell reports it: the exit status, or 128+N for signal N."""
-    code = os.waitstatus_to_exitcode(wait_status)
-    return code if code >= 0 else 128 - code
-
-
-def final_exit_code(code: int, success_codes: frozenset[int]) -> int:
-    """``-e CODE`` maps that final code to 0."""
-    return 0 if code in success_codes else code
-
-
-def open_signalfd(signals: frozenset[int]) -> int:
-    """A non-blocking signalfd that reads ``signals`` (which stay blocked in every thread)."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    mask = (ctypes.c_ulong * 16)()  # sigset_t: 1024 bits
-    bits = ctypes.sizeof(ctypes.c_ulong) * 8
-    for signum in signals:
-        index = int(signum) - 1
-        mask[index // bits] |= 1 << (index % bits)
-    fd = int(libc.signalfd(-1, ctypes.byref(mask), SFD_NONBLOCK | SFD_CLOEXEC))
-    if fd < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"signalfd: {os.strerror(errno)}")
-    return fd
-
-
-def read_signalfd(fd: int) -> list[tuple[int, int]]:
-    """Every ``(signo, sender_pid)`` waiting in a signalfd."""
-    found: list[tuple[int, int]] = []
-    while True:
-        try:
-            data = os.read(fd, SIGNALFD_SIGINFO_BYTES * 16)
-        except BlockingIOError:
-            return found
-        for offset in range(0, len(data), SIGNALFD_SIGINFO_BYTES):
-            signo, _errno, _code, pid = _SIGINFO_HEAD.unpack_from(data, offset)
-            found.append((signo, pid))
 
 
 class App:
@@ -168,34 +128,25 @@ class App:
             os.killpg(self.pid, signal.SIGKILL)
 
 
-class Reaper:
-    """The one place that calls ``waitpid``: every child, the app recognised by its pid."""
+class ReapLoop:
+    """Runs the one ``Reaper`` on every nudge (SIGCHLD, the app's pidfd) and every second."""
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.orphans_reaped = 0
+        self.reaper = Reaper(app.pid)
         self._nudged = trio.Event()
 
     def nudge(self) -> None:
         self._nudged.set()
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.app.pid:
-                self.app.wait_status = wait_status
-                self.app.exited_at_s = trio.current_time()
-                self.app.exited.set()
-            else:
-                self.orphans_reaped += 1
+        if self.reaper.reap():
+            self.app.wait_status = self.reaper.app_wait_status
+            self.app.exited_at_s = trio.current_time()
+            self.app.exited.set()
 
     async def run(self) -> None:
-        """Reap on every nudge (SIGCHLD, app's pidfd) and every ``REAP_SWEEP_S``."""
+        """Reap on every nudge and every ``REAP_SWEEP_S``."""
         while True:
             self.reap()
             with trio.move_on_after(REAP_SWEEP_S):
@@ -214,14 +165,17 @@ class Supervisor:
         stdout_fd: int,
         stderr_fd: int,
         forwarded_signals: frozenset[int],
-        early: EarlyDrain | None = None,
+        early: StartupPipeReader | None = None,
+        spawned_at_us: int | None = None,
     ) -> None:
         self.options = options
         self.early = early
         self.app = app
-        self.reaper = Reaper(app)
+        self.spawned_at_us = spawned_at_us
+        self.reaper = ReapLoop(app)
         self.forwarded_signals = forwarded_signals
         self.grace_started = False
+        self.grace_signal: int = signal.SIGTERM
         self.signals_forwarded = 0
         self._nursery: trio.Nursery | None = None
         self.tees: list[TeeWriter] = []
@@ -230,7 +184,7 @@ class Supervisor:
             stdout_tee, stderr_tee = TeeWriter(1), TeeWriter(2)
             self.tees = [stdout_tee, stderr_tee]
         self.shipper = None
-        sink = None
+        consumer: LineConsumer | None = None
         wait_for_room: Callable[[], Awaitable[None]] | None = None
         if options.router is not None:
             from shims.shipper import Shipper
@@ -240,14 +194,14 @@ class Supervisor:
             except Exception as exc:  # the app runs already: supervise it without shipping
                 warn(f"logshim: cannot ship to {options.router!r} ({exc}); supervising only")
             else:
-                sink = self.shipper
+                consumer = self.shipper
                 if options.block:
                     wait_for_room = self.shipper.wait_for_room
         self.readers = [
             PipeReader(
                 stdout_fd,
                 KIND_STDOUT,
-                sink=sink,
+                consumer=consumer,
                 tee=stdout_tee,
                 max_line_bytes=options.max_line_bytes,
                 wait_for_room=wait_for_room,
@@ -255,7 +209,7 @@ class Supervisor:
             PipeReader(
                 stderr_fd,
                 KIND_STDERR,
-                sink=sink,
+                consumer=consumer,
                 tee=stderr_tee,
                 max_line_bytes=options.max_line_bytes,
                 wait_for_room=wait_for_room,
@@ -266,9 +220,21 @@ class Supervisor:
         if self.shipper is not None:
             self.shipper.push_notice(text)
 
+    def _notice_start(self) -> None:
+        """``Starting process …`` stamped with the spawn time, then the start-up problems."""
+        if self.shipper is None:
+            return
+        text = notices.starting_process(self.options.command)
+        if self.spawned_at_us is None:
+            self.notice(text)
+        else:
+            self.shipper.outbox.push_notice(self.spawned_at_us, text, trio.current_time())
+        for problem in self.options.notices:
+            self.notice(problem.removeprefix("logshim: ").encode("utf-8", "backslashreplace"))
+
     async def run(self, signals: AsyncIterator[int] | None = None) -> int:
         """Supervise until the app has exited and its output is shipped; the exit code."""
-        self.notice(notices.starting_process(self.options.command))
+        self._notice_start()
         if self.early is not None:
             self.early.stop()
             if self.shipper is not None and self.early.dropped_lines:
@@ -297,7 +263,7 @@ class Supervisor:
                         await reader.finished.wait()
                 capture.cancel_scope.cancel()
             for reader in self.readers:
-                reader.drain_now()
+                reader.read_remaining()
             assert self.app.wait_status is not None
             code = status_code(self.app.wait_status)
             self.notice(notices.process_exited(code))
@@ -335,7 +301,8 @@ class Supervisor:
             self.app.forward(signum)
             self.signals_forwarded += 1
             self.grace_started = True
-            self.notice(notices.stopping_sigterm())
+            self.grace_signal = signum
+            self.notice(notices.stopping_all_processes(signal_name(signum).encode()))
             assert self._nursery is not None
             self._nursery.start_soon(self._grace_then_kill)
 
@@ -343,7 +310,8 @@ class Supervisor:
         with trio.move_on_after(self.options.grace_s):
             await self.app.exited.wait()
             return
-        self.notice(notices.exit_timeout_r12(self.options.grace_s))
+        grace_signal = signal_name(self.grace_signal).encode()
+        self.notice(notices.exit_timeout_r12(self.options.grace_s, grace_signal))
         self.notice(notices.stopping_sigkill())
         self.app.kill_group()
 
@@ -384,7 +352,8 @@ def supervise(
     stdout_fd: int,
     stderr_fd: int,
     handled_signals: frozenset[int],
-    early: EarlyDrain | None = None,
+    early: StartupPipeReader | None = None,
+    spawned_at_us: int | None = None,
 ) -> int:
     """Run the supervisor under trio; return the shim's exit code.
 
@@ -394,12 +363,18 @@ def supervise(
     running: list[Supervisor] = []
     try:
         return trio.run(
-            _supervise, options, pid, stdout_fd, stderr_fd, handled_signals, early, running
+            _supervise,
+            options,
+            pid,
+            stdout_fd,
+            stderr_fd,
+            handled_signals,
+            early,
+            spawned_at_us,
+            running,
         )
     except Exception as exc:
         warn(f"logshim: internal error ({exc!r}); supervising without shipping from now on")
-        from shims.fallback import supervise_plainly
-
         pipes = {stdout_fd: 1, stderr_fd: 2}
         wait_status = None
         if running:
@@ -424,7 +399,8 @@ async def _supervise(
     stdout_fd: int,
     stderr_fd: int,
     handled_signals: frozenset[int],
-    early: EarlyDrain | None,
+    early: StartupPipeReader | None,
+    spawned_at_us: int | None,
     running: list[Supervisor],
 ) -> int:
     received = handled_signals - SIGNALFD_SIGNALS
@@ -437,6 +413,7 @@ async def _supervise(
         stderr_fd=stderr_fd,
         forwarded_signals=forwarded,
         early=early,
+        spawned_at_us=spawned_at_us,
     )
     running.append(supervisor)
     with trio.open_signal_receiver(*received) as signals:

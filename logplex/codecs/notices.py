@@ -30,6 +30,7 @@ __all__ = [
     "process_exited",
     "router_notice",
     "starting_process",
+    "stopping_all_processes",
     "stopping_sigkill",
     "stopping_sigterm",
     "tail_line",
@@ -105,9 +106,14 @@ def process_exited(status: int) -> bytes:
     return b"Process exited with status %d" % status
 
 
+def stopping_all_processes(signal_name: bytes) -> bytes:
+    """``Stopping all processes with SIGNAME``, naming the signal the app was sent."""
+    return b"Stopping all processes with %b" % signal_name
+
+
 def stopping_sigterm() -> bytes:
     """``Stopping all processes with SIGTERM``."""
-    return b"Stopping all processes with SIGTERM"
+    return stopping_all_processes(b"SIGTERM")
 
 
 def _seconds(value: float) -> bytes:
@@ -116,12 +122,13 @@ def _seconds(value: float) -> bytes:
     return repr(float(value)).encode()
 
 
-def exit_timeout_r12(grace_s: float) -> bytes:
+def exit_timeout_r12(grace_s: float, signal_name: bytes = b"SIGTERM") -> bytes:
     """``Error R12 (Exit timeout) -> At least one process failed to exit within N seconds of
-    SIGTERM``, N without a trailing ``.0`` when it is a whole number."""
+    SIGTERM``, N without a trailing ``.0`` when it is a whole number; ``signal_name`` is the
+    signal that started the grace period."""
     return (
         b"Error R12 (Exit timeout) -> At least one process failed to exit within %b seconds "
-        b"of SIGTERM" % _seconds(grace_s)
+        b"of %b" % (_seconds(grace_s), signal_name)
     )
 
 

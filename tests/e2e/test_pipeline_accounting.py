@@ -154,10 +154,14 @@ async def test_every_output_accounts_for_every_published_message(tmp_path: Path)
             shim = await trio.run_process(
                 [
                     *(str(BIN / "logshim"), "--url", f"tcp://{router['shim']}", "--no-tee"),
-                    *("--token", tokens["app"], "--platform-token", tokens["heroku"]),
                     *("--ps", "web.1", "--", sys.executable, "-c", code),
                 ],
-                env=env,
+                # Tokens from the environment: in argv they would earn a warning on stderr.
+                env={
+                    **env,
+                    "LOGPLEX_TOKEN": tokens["app"],
+                    "LOGPLEX_PLATFORM_TOKEN": tokens["heroku"],
+                },
                 capture_stderr=True,
                 check=False,
             )

@@ -70,10 +70,15 @@ async def test_lines_and_notices_reach_the_router_under_their_sources(tmp_path: 
         code = "import sys\nfor n in range(300): print(f'line {n}')\nprint('oops', file=sys.stderr)"
         shim = await trio.run_process(
             [
-                *(LOGSHIM, "--url", f"tcp://{env['shim']}", "--token", app_token, "--ps", "web.1"),
-                *("--platform-token", platform_token, "--no-tee"),
+                *(LOGSHIM, "--url", f"tcp://{env['shim']}", "--ps", "web.1", "--no-tee"),
                 *("--", sys.executable, "-c", code, "--", "ignored"),
             ],
+            # Tokens from the environment: in argv they would earn a warning on stderr.
+            env={
+                **os.environ,
+                "LOGPLEX_TOKEN": app_token,
+                "LOGPLEX_PLATFORM_TOKEN": platform_token,
+            },
             capture_stderr=True,
             check=False,
         )

@@ -30,9 +30,15 @@ class ShimResult:
 
 
 async def run_shim(
-    shim_args: list[str], command: list[str], *, timeout_s: float = 60.0
+    shim_args: list[str],
+    command: list[str],
+    *,
+    timeout_s: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> ShimResult:
-    """Run ``logshim SHIM_ARGS -- COMMAND`` to completion, capturing its output."""
+    """Run ``logshim SHIM_ARGS -- COMMAND`` to completion, capturing its output.
+
+    ``env`` is added to the test's own environment."""
     started = time.monotonic()
     with trio.fail_after(timeout_s):
         done = await trio.run_process(
@@ -41,6 +47,7 @@ async def run_shim(
             capture_stderr=True,
             check=False,
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
     return ShimResult(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 

@@ -1,4 +1,5 @@
-"""Capture and tee over real pipes: partial-line timing (virtual time), EOF, drain, EPIPE."""
+"""Capture and tee over real pipes: partial-line timing (virtual time), EOF, EPIPE, and the
+read of what remains in a pipe held open."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import trio.testing
 
 from logplex.codecs.records import KIND_STDERR, KIND_STDOUT
 from shims.capture import PARTIAL_LINE_WAIT_S, PipeReader
-from shims.early import BLOCK_AT_START_S, EarlyDrain
+from shims.early import BLOCK_AT_START_S, StartupPipeReader
 from shims.tee import TeeWriter
 
 
-class Sink:
+class RecordingConsumer:
     def __init__(self) -> None:
         self.pushed: list[tuple[int, int, list[bytes], float]] = []
 
@@ -30,46 +31,46 @@ async def test_partial_line_waits_one_second_then_is_flushed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     read_fd, write_fd = os.pipe()
-    sink = Sink()
-    reader = PipeReader(read_fd, KIND_STDERR, sink=sink, tee=None, max_line_bytes=10000)
+    consumer = RecordingConsumer()
+    reader = PipeReader(read_fd, KIND_STDERR, consumer=consumer, tee=None, max_line_bytes=10000)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader.run)
         os.write(write_fd, b"one\ntw")
         await trio.sleep(0.5)
-        assert sink.lines() == [b"one"]
+        assert consumer.lines() == [b"one"]
         started = trio.current_time()
         await trio.sleep(PARTIAL_LINE_WAIT_S)
-        assert sink.lines() == [b"one", b"tw"]
-        flushed_at = sink.pushed[-1][3]
+        assert consumer.lines() == [b"one", b"tw"]
+        flushed_at = consumer.pushed[-1][3]
         assert flushed_at - started <= PARTIAL_LINE_WAIT_S
         os.write(write_fd, b"o\nlast")
         os.close(write_fd)
         await reader.finished.wait()
-    assert sink.lines() == [b"one", b"tw", b"o", b"last"]
-    assert {kind for _, kind, _, _ in sink.pushed} == {KIND_STDERR}
+    assert consumer.lines() == [b"one", b"tw", b"o", b"last"]
+    assert {kind for _, kind, _, _ in consumer.pushed} == {KIND_STDERR}
     assert reader.eof
 
 
 async def test_one_timestamp_per_read() -> None:
     read_fd, write_fd = os.pipe()
-    sink = Sink()
-    reader = PipeReader(read_fd, KIND_STDOUT, sink=sink, tee=None, max_line_bytes=10000)
+    consumer = RecordingConsumer()
+    reader = PipeReader(read_fd, KIND_STDOUT, consumer=consumer, tee=None, max_line_bytes=10000)
     os.write(write_fd, b"a\nb\nc\n")
     os.close(write_fd)
     await reader.run()
-    assert len(sink.pushed) == 1
-    ts_us, kind, lines, _ = sink.pushed[0]
+    assert len(consumer.pushed) == 1
+    ts_us, kind, lines, _ = consumer.pushed[0]
     assert (kind, lines) == (KIND_STDOUT, [b"a", b"b", b"c"])
     assert ts_us > 1_700_000_000_000_000  # microseconds since the epoch
 
 
-async def test_drain_now_takes_what_is_in_the_pipe_while_a_writer_holds_it_open() -> None:
+async def test_read_remaining_takes_what_is_in_the_pipe_while_a_writer_holds_it_open() -> None:
     read_fd, write_fd = os.pipe()
-    sink = Sink()
-    reader = PipeReader(read_fd, KIND_STDOUT, sink=sink, tee=None, max_line_bytes=10000)
+    consumer = RecordingConsumer()
+    reader = PipeReader(read_fd, KIND_STDOUT, consumer=consumer, tee=None, max_line_bytes=10000)
     os.write(write_fd, b"x\n" * 1000 + b"tail")
-    reader.drain_now()  # a grandchild still holds write_fd: no EOF, no waiting
-    assert sink.lines() == [b"x"] * 1000 + [b"tail"]
+    reader.read_remaining()  # a grandchild still holds write_fd: no EOF, no waiting
+    assert consumer.lines() == [b"x"] * 1000 + [b"tail"]
     assert not reader.eof
     os.close(write_fd)
     os.close(read_fd)
@@ -111,10 +112,10 @@ async def test_tee_backlog_is_bounded() -> None:
     os.close(write_fd)
 
 
-def test_early_drain_reads_until_stopped_and_records_eof() -> None:
+def test_startup_reader_reads_until_stopped_and_records_eof() -> None:
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
-    early = EarlyDrain([out_read, err_read], max_bytes=1 << 20)
+    early = StartupPipeReader([out_read, err_read], max_bytes=1 << 20)
     early.start()
     os.write(out_write, b"first\n")
     os.write(err_write, b"oops\n")
@@ -132,9 +133,9 @@ def test_early_drain_reads_until_stopped_and_records_eof() -> None:
         os.close(fd)
 
 
-def test_early_drain_stops_reading_at_its_bound() -> None:
+def test_startup_reader_stops_reading_at_its_bound() -> None:
     read_fd, write_fd = os.pipe()
-    early = EarlyDrain([read_fd], max_bytes=10)
+    early = StartupPipeReader([read_fd], max_bytes=10)
     os.write(write_fd, b"0123456789")
     early.start()
     deadline = time.monotonic() + 10
@@ -151,14 +152,14 @@ def test_early_drain_stops_reading_at_its_bound() -> None:
 
 async def test_reader_takes_over_early_chunks_with_their_timestamps() -> None:
     read_fd, write_fd = os.pipe()
-    sink = Sink()
-    reader = PipeReader(read_fd, KIND_STDOUT, sink=sink, tee=None, max_line_bytes=10000)
+    consumer = RecordingConsumer()
+    reader = PipeReader(read_fd, KIND_STDOUT, consumer=consumer, tee=None, max_line_bytes=10000)
     reader.take_early([(111, b"a\nb"), (222, b"c\n")], eof=False)
-    assert [(ts, lines) for ts, _, lines, _ in sink.pushed] == [(111, [b"a"]), (222, [b"bc"])]
+    assert [(ts, lines) for ts, _, lines, _ in consumer.pushed] == [(111, [b"a"]), (222, [b"bc"])]
     os.write(write_fd, b"d\n")
     os.close(write_fd)
     await reader.run()
-    assert sink.lines() == [b"a", b"bc", b"d"]
+    assert consumer.lines() == [b"a", b"bc", b"d"]
 
 
 def test_tee_writes_files_at_once(tmp_path: Path) -> None:
@@ -195,9 +196,9 @@ async def test_tee_to_a_stalled_pipe_never_blocks_and_drops_beyond_its_bound() -
     os.close(write_fd)
 
 
-def test_early_drain_drops_the_fewest_oldest_lines_and_counts_them() -> None:
+def test_startup_reader_drops_the_fewest_oldest_lines_and_counts_them() -> None:
     read_fd, write_fd = os.pipe()
-    early = EarlyDrain([read_fd], max_bytes=100, drop_when_full=True)
+    early = StartupPipeReader([read_fd], max_bytes=100, drop_when_full=True)
     early.start()
     # 3 lines of 30 bytes and a partial line.
     os.write(write_fd, (b"a" * 29 + b"\n") * 3 + b"partial")

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from shims.options import DEFAULT_BUFFER_BYTES, parse_options, parse_router_url
+from shims.options import (
+    DEFAULT_BUFFER_BYTES,
+    app_environment,
+    check_ps,
+    parse_options,
+    parse_router_url,
+)
+from shims.reaper import final_exit_code, status_code
 from shims.shipper import BACKOFF_CAP_S, reconnect_delay_s
-from shims.spawn import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, catchable_signals, spawn_error
-from shims.supervisor import SignalAction, final_exit_code, route_signal, status_code
+from shims.signals import catchable_signals
+from shims.spawn import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, spawn_error
+from shims.supervisor import SignalAction, route_signal
 
 
 @pytest.mark.parametrize(
@@ -161,12 +169,10 @@ def test_options_flags() -> None:
     [
         [],
         ["--"],
-        ["--url", "tcp://r:1", "--", "app"],  # no token
         ["--grace", "-1", "app"],
         ["--max-line-bytes", "3", "app"],
         ["--max-line-bytes", "10001", "app"],
         ["-e", "-1", "app"],
-        ["--ca-file", "/no/such/ca.pem", "app"],
     ],
 )
 def test_option_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -190,3 +196,136 @@ def test_spawn_errors(program: str, errno_value: int, code: int, words: str) -> 
     assert error.exit_code == code
     assert words in error.message
     assert "\n" not in error.message
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "words"),
+    [
+        (["--url", "tcp://r:1", "--", "app"], {}, "needs a channel token"),
+        (["--url", "http://router:80", "--token", "t.x", "app"], {}, "--url: router URL"),
+        (["app"], {"LOGPLEX_URL": "router:6001", "LOGPLEX_TOKEN": "t.x"}, "LOGPLEX_URL:"),
+        (
+            ["--url", "tls://r:1", "--ca-file", "/no/such/ca.pem", "app"],
+            {"LOGPLEX_TOKEN": "t.x"},
+            "'/no/such/ca.pem' is not a readable file",
+        ),
+        (["--url", "tcp://r:1", "--token-file", "/no/such/token", "app"], {}, "cannot read"),
+    ],
+)
+def test_shipping_problems_leave_the_app_to_run(
+    argv: list[str], environ: dict[str, str], words: str
+) -> None:
+    options = parse_options(argv, environ)
+    assert options.command == ["app"]
+    assert options.router is None  # supervise and tee only
+    assert any(words in warning for warning in options.warnings), options.warnings
+    assert all("\n" not in warning for warning in options.warnings)
+    assert any("without shipping" in warning for warning in options.warnings)
+
+
+def test_tokens_from_files_are_stripped(tmp_path: Path) -> None:
+    token_file, platform_file = tmp_path / "token", tmp_path / "platform"
+    token_file.write_text("  t.from-file\n")
+    platform_file.write_text("t.platform-file\n\n")
+    argv = ["--url", "tcp://r:1", "--token-file", str(token_file)]
+    argv += ["--platform-token-file", str(platform_file), "app"]
+    options = parse_options(argv, {})
+    assert (options.token, options.platform_token) == ("t.from-file", "t.platform-file")
+    assert options.router is not None
+    assert options.warnings == ()
+    environ = {
+        "LOGPLEX_TOKEN_FILE": str(token_file),
+        "LOGPLEX_PLATFORM_TOKEN_FILE": str(platform_file),
+    }
+    options = parse_options(["--url", "tcp://r:1", "app"], environ)
+    assert (options.token, options.platform_token) == ("t.from-file", "t.platform-file")
+    assert options.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "token"),
+    [
+        (["--token-file", "{file}"], {"LOGPLEX_TOKEN": "t.env"}, "t.file"),  # flags first
+        ([], {"LOGPLEX_TOKEN": "t.env", "LOGPLEX_TOKEN_FILE": "{file}"}, "t.env"),
+        ([], {"LOGPLEX_TOKEN_FILE": "{file}"}, "t.file"),
+        (["--token", "t.argv", "--token-file", "{file}"], {}, "t.argv"),
+    ],
+)
+def test_token_precedence(
+    tmp_path: Path, argv: list[str], environ: dict[str, str], token: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("t.file")
+    argv = [arg.format(file=token_file) for arg in argv]
+    environ = {name: value.format(file=token_file) for name, value in environ.items()}
+    assert parse_options([*argv, "app"], environ).token == token
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(b"", "is empty"), (b" \n\t", "is empty"), (b"t.\xff", "non-ASCII"), (b"t" * 5000, "over")],
+)
+def test_unusable_token_files_are_reported(tmp_path: Path, content: bytes, words: str) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    options = parse_options(["--url", "tcp://r:1", "--token-file", str(token_file), "app"], {})
+    assert options.token is None
+    assert options.router is None
+    assert any(words in warning and "--token-file" in warning for warning in options.warnings)
+
+
+@pytest.mark.parametrize(
+    ("argv", "warned"),
+    [
+        (["--token", "t.argv"], ["--token"]),
+        (["--platform-token", "t.argv"], ["--platform-token"]),
+        (["--token", "t.a", "--platform-token", "t.b"], ["--token", "--platform-token"]),
+        ([], []),
+    ],
+)
+def test_a_token_in_argv_is_warned_about_once(argv: list[str], warned: list[str]) -> None:
+    options = parse_options([*argv, "app"], {"LOGPLEX_TOKEN": "t.env"})
+    flags = [warning.split()[1] for warning in options.warnings]
+    assert flags == warned
+    assert all("/proc/PID/cmdline" in warning for warning in options.warnings)
+
+
+def test_app_environment_leaves_out_the_shims_secrets() -> None:
+    environ = {
+        "LOGPLEX_TOKEN": "t.a",
+        "LOGPLEX_TOKEN_FILE": "/run/token",
+        "LOGPLEX_PLATFORM_TOKEN": "t.p",
+        "LOGPLEX_PLATFORM_TOKEN_FILE": "/run/platform",
+        "LOGPLEX_URL": "tcp://r:1",
+        "LOGPLEX_PS": "web.1",
+        "PATH": "/bin",
+    }
+    assert app_environment(environ) == {
+        "LOGPLEX_URL": "tcp://r:1",
+        "LOGPLEX_PS": "web.1",
+        "PATH": "/bin",
+    }
+
+
+@pytest.mark.parametrize(
+    ("ps", "valid"),
+    [
+        ("web.1", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("web 1", False),
+        ("wéb.1", False),
+        ("web\n1", False),
+        ("run.\udcff", False),  # a non-UTF-8 byte from the environment
+    ],
+)
+def test_check_ps_falls_back_to_the_hostname(ps: str, valid: bool) -> None:
+    options = parse_options(["--ps", ps, "app"], {})
+    warning = check_ps(options)
+    if valid:
+        assert (warning, options.ps, options.notices) == (None, ps, ())
+        return
+    assert options.ps == os.uname().nodename
+    assert warning is not None
+    assert "\n" not in warning
+    assert options.notices == (warning,)

@@ -91,8 +91,6 @@ async def test_e_maps_listed_codes_to_zero() -> None:
     "args",
     [
         [],  # no command
-        ["--url", "http://router:80"],
-        ["--url", "tcp://router:80"],  # no token
         ["--buffer-bytes", "10"],
         ["-e", "256"],
     ],

@@ -50,8 +50,11 @@ async def test_stdout_and_stderr_lines_shipped_exactly_once_in_order(
     start_router: StartRouter,
 ) -> None:
     router = await start_router()
+    # Tokens from the environment: in argv they would earn a warning on the shim's stderr.
     result = await run_shim(
-        shim_args(router, "--platform-token", "t.platform"), app("write_lines.py", 10000, 100)
+        ["--url", router.url, "--ps", "web.1"],
+        app("write_lines.py", 10000, 100),
+        env={"LOGPLEX_TOKEN": "t.test", "LOGPLEX_PLATFORM_TOKEN": "t.platform"},
     )
     assert result.returncode == 0
     log = router.only_stream()
@@ -283,7 +286,7 @@ async def test_an_unusable_ca_file_still_runs_the_app(tmp_path: Path) -> None:
 async def test_closed_shim_stdout_is_survived(start_router: StartRouter, with_router: bool) -> None:
     # sh keeps the default SIGPIPE action: if the shim forwarded the SIGPIPE its own tee
     # write raised, the app would die of it (141) instead of exiting 3.
-    args = shim_args(await start_router()) if with_router else []
+    args = ["--url", (await start_router()).url, "--ps", "web.1"] if with_router else []
     pipe_read, pipe_write = os.pipe()
     os.close(pipe_read)  # nobody will ever read the shim's stdout
     try:
@@ -294,6 +297,7 @@ async def test_closed_shim_stdout_is_survived(start_router: StartRouter, with_ro
                 stdout=pipe_write,
                 capture_stderr=True,
                 check=False,
+                env={**os.environ, "LOGPLEX_TOKEN": "t.test"},
             )
     finally:
         os.close(pipe_write)

@@ -210,7 +210,7 @@ async def test_sigterm_within_grace_needs_no_sigkill(
     shim.send(signal.SIGINT)
     assert await shim.wait(timeout_s=10) == 128 + signal.SIGINT
     assert router.only_stream().lines(KIND_NOTICE)[1:] == [
-        b"Stopping all processes with SIGTERM",
+        b"Stopping all processes with SIGINT",  # the signal the app was sent
         b"Process exited with status 130",
     ]
 

@@ -7,7 +7,8 @@ import os
 import sys
 
 from shims.fallback import supervise_plainly
-from shims.spawn import block_handled_signals, open_capture_pipe, spawn_app
+from shims.signals import block_handled_signals
+from shims.spawn import open_capture_pipe, spawn_app
 
 
 def main() -> None:
