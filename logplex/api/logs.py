@@ -19,7 +19,7 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import Response
 
-from logplex.api.app import (
+from logplex.api.base import (
     AUTH_CHALLENGE,
     ApiError,
     api_state,

@@ -29,7 +29,8 @@ from hypercorn.trio import serve
 from processes import read_listening
 
 from drains import parse_drain_url
-from logplex.api.app import ApiConfig, ApiState, create_app
+from logplex.api.app import create_app
+from logplex.api.base import ApiConfig, ApiState
 from logplex.api.sessions import IDLE_READER_TIMEOUT_S, drop_connections_that_stop_reading
 from logplex.config.store import ConfigStore
 from logplex.fanout.router import Router
