@@ -18,6 +18,7 @@ from logplex.api.base import (
     read_json_object,
     require_admin,
 )
+from logplex.api.numbers import parse_whole_number
 from logplex.config.records import ChannelConfig
 from logplex.config.store import (
     ChannelNotFound,
@@ -27,6 +28,8 @@ from logplex.config.store import (
     TooManyDrains,
 )
 from logplex.fanout.router import pending_drain_status
+
+MAX_DRAIN_ID_DIGITS = 18  # ids are SQLite integers: 18 digits always fit in 63 bits
 
 
 def _url_field(body: dict[str, object], config: ApiConfig) -> str:
@@ -43,9 +46,11 @@ def _url_field(body: dict[str, object], config: ApiConfig) -> str:
 
 def _drain_id(request: Request) -> int:
     raw = request.path_params["drain_id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(404, f"no drain with id {raw!r}: drain ids are integers")
-    return int(raw)
+    drain_id = parse_whole_number(raw, max_digits=MAX_DRAIN_ID_DIGITS)
+    if drain_id is None:
+        shown = raw if len(raw) <= 40 else raw[:40] + "…"
+        raise ApiError(404, f"no drain with id {shown!r}: drain ids are integers")
+    return drain_id
 
 
 # -- channels ----------------------------------------------------------------------------
