@@ -2,7 +2,9 @@
 
 Every config write is ``store write -> router.apply_channel`` (or ``remove_channel``) under
 one lock, so the router applies changes in the order the store made them and a change takes
-effect before the response is sent.
+effect before the response is sent. A drain URL is checked before it is stored: by the
+drains package's validator (scheme, host, port) and by ``logplex.api.drain_targets`` (it must
+not lead back into this router's own listeners).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from logplex.api.base import (
     read_json_object,
     require_admin,
 )
+from logplex.api.drain_targets import own_listener_reached, parse_listener
 from logplex.api.numbers import parse_whole_number
 from logplex.config.records import ChannelConfig
 from logplex.config.store import (
@@ -32,7 +35,7 @@ from logplex.fanout.router import pending_drain_status
 MAX_DRAIN_ID_DIGITS = 18  # ids are SQLite integers: 18 digits always fit in 63 bits
 
 
-def _url_field(body: dict[str, object], config: ApiConfig) -> str:
+async def _drain_url_field(body: dict[str, object], config: ApiConfig) -> str:
     url = body.get("url")
     if not isinstance(url, str) or not url:
         raise ApiError(400, 'the body must carry the drain URL: {"url": "syslog+tls://host:port"}')
@@ -41,6 +44,15 @@ def _url_field(body: dict[str, object], config: ApiConfig) -> str:
             config.validate_drain_url(url)
         except ValueError as error:
             raise ApiError(400, str(error)) from None
+    listeners = [parse_listener(name, address) for name, address in config.listen_addresses]
+    reached = await own_listener_reached(url, listeners)
+    if reached is not None:
+        raise ApiError(
+            400,
+            f"the drain URL leads back to this router's own {reached.name} listener "
+            f"({reached}): every line it delivers would be ingested and delivered again, "
+            "without end; point the drain at another host or port",
+        )
     return url
 
 
@@ -133,7 +145,7 @@ async def add_drain(request: Request) -> Response:
     state = api_state(request)
     channel: str = request.path_params["channel"]
     body = await read_json_object(request)
-    url = _url_field(body, state.config)
+    url = await _drain_url_field(body, state.config)
     async with state.write_lock:
         try:
             config, drain = await state.store.add_drain(
@@ -156,7 +168,7 @@ async def update_drain(request: Request) -> Response:
     channel: str = request.path_params["channel"]
     drain_id = _drain_id(request)
     body = await read_json_object(request)
-    url = _url_field(body, state.config)
+    url = await _drain_url_field(body, state.config)
     async with state.write_lock:
         try:
             config, drain = await state.store.update_drain(channel, drain_id, url)
