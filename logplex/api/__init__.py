@@ -1,1 +1,2 @@
-"""The HTTP API (DESIGN section 3): shared base, config endpoints, logs, sessions, app factory."""
+"""The HTTP API (DESIGN section 3): ``base`` (what endpoints share), ``channels`` (config
+endpoints), ``logs``, ``sessions`` with its ``registry``, and ``app`` (the factory)."""

@@ -19,14 +19,16 @@ import zlib
 from starlette.requests import Request
 from starlette.responses import Response
 
-from logplex.api.app import (
+from logplex.api.base import (
     AUTH_CHALLENGE,
     ApiError,
     api_state,
     basic_token,
+    log_refused_auth,
     read_body_limited,
     require_admin,
 )
+from logplex.api.numbers import parse_whole_number
 from logplex.codecs.errors import ProtocolError
 from logplex.codecs.logplex1 import encode_https_body, input_messages_with_count
 from logplex.metrics import INGEST_BYTES, INGEST_ERRORS, INGEST_MESSAGES
@@ -71,8 +73,7 @@ def _refuse(
 
 def count_matches(declared: str, count: int) -> bool:
     """Whether a ``Logplex-Msg-Count`` header value states ``count`` (decimal, as Logplex)."""
-    value = declared.strip()
-    return value.isascii() and value.isdigit() and int(value) == count
+    return parse_whole_number(declared.strip()) == count
 
 
 async def post_logs(request: Request) -> Response:
@@ -80,6 +81,7 @@ async def post_logs(request: Request) -> Response:
     token = basic_token(request.headers.get("authorization"))
     info = state.router.lookup_token(token) if token else None
     if info is None:
+        log_refused_auth(request, "a missing or unknown channel token")
         raise _refuse(
             401,
             "unauthorized",
@@ -134,11 +136,10 @@ async def channel_logs(request: Request) -> Response:
     state = api_state(request)
     channel: str = request.path_params["channel"]
     raw_num = request.query_params.get("num")
-    num = DEFAULT_LOGS_NUM
-    if raw_num is not None:
-        if not raw_num.isdigit():
-            raise ApiError(400, f"num must be a non-negative whole number, got {raw_num!r}")
-        num = int(raw_num)
+    num = DEFAULT_LOGS_NUM if raw_num is None else parse_whole_number(raw_num)
+    if num is None:
+        shown = raw_num if raw_num is None or len(raw_num) <= 40 else raw_num[:40] + "…"
+        raise ApiError(400, f"num must be a non-negative whole number, got {shown!r}")
     if not state.router.has_channel(channel):
         raise ApiError(404, f"channel {channel!r} not found")
     history = state.router.history(channel)

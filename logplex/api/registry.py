@@ -18,6 +18,8 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from logplex.api.numbers import parse_whole_number
+
 SESSION_TTL_S = 360.0
 MAX_SESSIONS = 10_000
 DEFAULT_NUM = 100
@@ -48,11 +50,12 @@ def _parse_num(value: object) -> int:
         raise SessionRequestError("num must be a whole number of lines, not a boolean")
     if isinstance(value, int):
         num = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        num = int(value.strip())
+    elif isinstance(value, str) and (parsed := parse_whole_number(value.strip())) is not None:
+        num = parsed
     else:
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
         raise SessionRequestError(
-            f"num must be a non-negative whole number (a number or a string), got {value!r}"
+            f"num must be a non-negative whole number (a number or a string), got {shown!r}"
         )
     if num < 0:
         raise SessionRequestError(f"num must not be negative, got {num}")

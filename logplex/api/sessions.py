@@ -27,7 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from logplex.api.app import ApiError, ApiState, TailLike, api_state, read_json_object, require_admin
+from logplex.api.base import (
+    ApiError,
+    ApiState,
+    TailLike,
+    api_state,
+    read_json_object,
+    require_admin,
+)
 from logplex.api.registry import RegistryFull, SessionRequestError, parse_session_request
 from logplex.codecs.notices import tail_line
 from logplex.codecs.records import Message

@@ -244,6 +244,11 @@ async def serve(
                         public_url=public_url.rstrip("/"),
                         max_drains_per_channel=settings.max_drains_per_channel,
                         validate_drain_url=drains.validate_url,
+                        listen_addresses=(
+                            ("http", http_address),
+                            *(("shim", _bound_address([s])) for s in shim_sockets),
+                            *(("syslog", _bound_address([s])) for s in syslog_sockets),
+                        ),
                     ),
                 )
                 http_stop = trio.Event()

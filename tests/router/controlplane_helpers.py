@@ -29,7 +29,8 @@ from hypercorn.trio import serve
 from processes import read_listening
 
 from drains import parse_drain_url
-from logplex.api.app import ApiConfig, ApiState, create_app
+from logplex.api.app import create_app
+from logplex.api.base import ApiConfig, ApiState
 from logplex.api.sessions import IDLE_READER_TIMEOUT_S, drop_connections_that_stop_reading
 from logplex.config.store import ConfigStore
 from logplex.fanout.router import Router
@@ -116,7 +117,11 @@ async def running_api(
             binds: list[str] = await nursery.start(serve, app, hyper)
             base_url = binds[0]
             state: ApiState = app.state.api
-            state.config = dataclasses.replace(config, public_url=base_url)
+            # Like serve, the app learns the address it listens on only once bound.
+            listening = ("http", base_url.removeprefix("http://"))
+            state.config = dataclasses.replace(
+                config, public_url=base_url, listen_addresses=(listening,)
+            )
             app.state.ready = ready
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 yield ApiHarness(base_url, client, router, store, state, app.state)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -316,3 +318,82 @@ async def test_get_channel_logs_in_the_https_drain_layout(tmp_path: Path) -> Non
         response = await api.client.get("/v3/channels/nope/logs", headers=ADMIN)
         assert response.status_code == 404
         assert response.json() == {"error": "channel 'nope' not found"}
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+
+
+def doc_section(title: str) -> str:
+    """The text of docs/api.md under the ``### title`` heading, up to the next heading."""
+    text = DOC.read_text()
+    start = text.index(f"### {title}\n")
+    end = text.find("\n#", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+async def test_the_post_logs_example_of_the_docs_is_accepted_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    section = doc_section("POST /logs")
+    printf = re.search(r"^\$ printf '([^']*)' > body$", section, re.MULTILINE)
+    assert printf is not None, "the POST /logs example writes its body with printf"
+    body_text = printf.group(1)
+    assert "%" not in body_text
+    assert "\\" not in body_text
+    headers = dict(re.findall(r"-H '([^:]+): ([^']*)'", section))
+    assert headers.keys() >= {"Content-Type", "Logplex-Msg-Count"}
+    expected_status = re.search(r"--data-binary @body \S+\nHTTP/1\.1 (\d+)", section)
+    assert expected_status is not None
+    async with running_api(tmp_path) as api:
+        body = await api.create_channel("myapp", ["app"])
+        tokens = body["tokens"]
+        assert isinstance(tokens, dict)
+        response = await api.client.post(
+            "/logs",
+            content=body_text.encode(),
+            headers={**headers, **basic("token", tokens["app"])},
+        )
+        assert response.status_code == int(expected_status.group(1)), response.text
+
+        # What the docs' GET /v3/channels/{ch}/logs example shows for that line.
+        logs = doc_section("GET /v3/channels/{ch}/logs?num=N")
+        shown = re.search(r"content-type: application/logplex-1\n\n(.+\n)```", logs)
+        assert shown is not None
+        response = await api.client.get("/v3/channels/myapp/logs?num=10", headers=ADMIN)
+        assert response.status_code == 200
+        assert response.content == shown.group(1).encode()
+
+
+async def test_a_client_that_leaves_mid_body_costs_one_short_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_api(tmp_path) as api:
+        token = await channel_with_token(api)
+        url = httpx.URL(api.base_url)
+        assert url.port is not None
+        requests = [
+            ("/logs", {**LOGPLEX1, **basic("token", token)}),
+            ("/v3/channels/c/tokens", ADMIN),
+        ]
+        for path, headers in requests:
+            conn = h11.Connection(h11.CLIENT)
+            request = h11.Request(
+                method="POST",
+                target=path,
+                headers=[("Host", url.host), *headers.items(), ("Content-Length", "1000")],
+            )
+            stream = await trio.open_tcp_stream(url.host, url.port)
+            await stream.send_all(conn.send(request) + conn.send(h11.Data(data=b"10 <190>1 x")))
+            await stream.aclose()
+            with trio.fail_after(10):
+                while not any(path in r.getMessage() for r in caplog.records):
+                    await trio.sleep(0.01)
+        assert api.router.history("c") == []
+    # running_api has checked that hypercorn logged no exception; here: one line each.
+    api_lines = [r for r in caplog.records if r.name.startswith("logplex")]
+    assert len(api_lines) == 2, [r.getMessage() for r in api_lines]
+    for record in api_lines:
+        assert record.exc_info is None
+        assert "went away" in record.getMessage()
+        assert len(record.getMessage()) < 200
