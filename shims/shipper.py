@@ -34,13 +34,13 @@ import zstandard
 from logplex.codecs import notices
 from logplex.codecs.backoff import equal_jitter_delay_s
 from logplex.codecs.errors import ProtocolError
+from logplex.codecs.shimbatch import compress_records
 from logplex.codecs.shimproto import (
     Ack,
     ErrorFrame,
     Ping,
     Ready,
     ShimFrameDecoder,
-    compress_records,
     encode_batch_payload,
     encode_hello,
     encode_pong,
