@@ -311,3 +311,18 @@ def test_encoders_refuse_what_the_protocol_cannot_carry(monkeypatch: pytest.Monk
 def test_encode_batch_without_a_compressor() -> None:
     frame = shimproto.encode_batch(1, [[1, 1, b"a"]], level=3)
     assert shimbatch.decode_batch_records(frame[13:], **LIMITS) == [[1, 1, b"a"]]
+
+
+def test_the_frame_bound_can_be_raised_between_frames() -> None:
+    decoder = ShimFrameDecoder(max_frame_bytes=10)
+    decoder.feed(shimproto.encode_ping() + shimproto.encode_batch(1, [[1, 1, b"x" * 100]]))
+    assert isinstance(decoder.next_event(), shimproto.Ping)
+    with pytest.raises(errors.FrameTooLarge):
+        decoder.next_event()
+    decoder = ShimFrameDecoder(max_frame_bytes=10)
+    decoder.feed(shimproto.encode_batch(1, [[1, 1, b"x" * 100]]))
+    decoder.max_frame_bytes = 1000
+    assert decoder.max_frame_bytes == 1000
+    assert isinstance(decoder.next_event(), shimproto.BatchFrame)
+    with pytest.raises(ValueError, match="positive"):
+        decoder.max_frame_bytes = 0
