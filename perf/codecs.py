@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import zstandard  # noqa: E402
 
-from logplex.codecs import logplex1, octet, rfc5424, shimproto  # noqa: E402
+from logplex.codecs import logplex1, octet, rfc5424, shimbatch, shimproto  # noqa: E402
 from logplex.codecs.records import Message  # noqa: E402
 from logplex.codecs.timestamps import format_ts  # noqa: E402
 from perf.results import append_results  # noqa: E402
@@ -145,12 +145,12 @@ def bench_batch(rounds: int, batches: int) -> dict[str, Any]:
 
     def decode() -> None:
         for _ in range(batches):
-            shimproto.decode_batch_messages(payload, ps=b"web.1", sources=sources, **limits)
+            shimbatch.decode_batch_messages(payload, ps=b"web.1", sources=sources, **limits)
 
     def both() -> None:
         for seq in range(1, batches + 1):
             frame = shimproto.encode_batch(seq, records, compressor=compressor)
-            shimproto.decode_batch_messages(frame[13:], ps=b"web.1", sources=sources, **limits)
+            shimbatch.decode_batch_messages(frame[13:], ps=b"web.1", sources=sources, **limits)
 
     units = 500 * batches
     return {

@@ -34,7 +34,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from logplex.codecs import logplex1, octet, rfc5424, shimproto, timestamps  # noqa: E402
+from logplex.codecs import logplex1, octet, rfc5424, shimbatch, shimproto, timestamps  # noqa: E402
 from logplex.codecs.errors import ProtocolError  # noqa: E402
 from logplex.codecs.lines import LineSplitter  # noqa: E402
 from perf.results import append_results  # noqa: E402
@@ -134,7 +134,7 @@ def run_shim(data: bytes, rng: random.Random) -> None:
 
 def run_batch_payload(payload: bytes, rng: random.Random) -> None:
     with contextlib.suppress(ProtocolError):
-        shimproto.decode_batch_messages(
+        shimbatch.decode_batch_messages(
             payload,
             max_bytes=65536,
             max_records=rng.choice((2, 500)),
@@ -160,7 +160,7 @@ def run_batch(data: bytes, rng: random.Random) -> None:
         payload = mutate(COMPRESSOR.compress(rng.choice(RECORD_CONTENTS)), rng, [data])
     run_batch_payload(payload, rng)
     with contextlib.suppress(ProtocolError):
-        shimproto.decode_batch_records(payload, max_bytes=65536, max_records=500)
+        shimbatch.decode_batch_records(payload, max_bytes=65536, max_records=500)
 
 
 def run_lines(data: bytes, rng: random.Random) -> None:
@@ -190,7 +190,7 @@ TARGETS: dict[str, tuple[str, Callable[[bytes, random.Random], Any]]] = {
     "logplex1.parse_input_frame": ("syslog", lambda d, r: logplex1.parse_input_frame(d)),
     "timestamps.parse_ts": ("ts", lambda d, r: timestamps.parse_ts(d, lenient=r.random() < 0.5)),
     "shimproto.ShimFrameDecoder": ("shim", run_shim),
-    "shimproto.decode_batch": ("shim", run_batch),
+    "shimbatch.decode_batch": ("shim", run_batch),
     "lines.LineSplitter": ("syslog", run_lines),
 }
 

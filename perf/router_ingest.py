@@ -52,7 +52,7 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "perf":
     sys.path[0] = str(ROOT)
 
 from drains import DrainContext, DrainStatus  # noqa: E402
-from logplex.codecs import shimproto  # noqa: E402
+from logplex.codecs import shimbatch, shimproto  # noqa: E402
 from logplex.codecs.octet import encode_octet_frame  # noqa: E402
 from logplex.codecs.records import Batch  # noqa: E402
 from logplex.codecs.syslog_reader import read_decoder, scan_common_python  # noqa: E402
@@ -126,7 +126,7 @@ def shim_client(port: int, batches: int) -> None:
             [1_795_000_000_000_000 + n, 1, line(b * LINES_PER_BATCH + n)]
             for n in range(LINES_PER_BATCH)
         ]
-        payloads.append(shimproto.compress_records(records, compressor))
+        payloads.append(shimbatch.compress_records(records, compressor))
     frames = [
         shimproto.encode_batch_payload(seq, payloads[seq % distinct])
         for seq in range(1, batches + 1)

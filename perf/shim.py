@@ -89,7 +89,7 @@ def run_receiver() -> None:
     """Serve one shim stream on a loopback port; print counts as JSON when stdin closes."""
     import trio
 
-    from logplex.codecs import shimproto
+    from logplex.codecs import shimbatch, shimproto
 
     counts: dict[str, int] = {"stdout": 0, "stderr": 0, "notices": 0, "l12": 0, "l13": 0}
     counts.update(batches=0, connections=0)
@@ -118,7 +118,7 @@ def run_receiver() -> None:
 
     def count_records() -> None:
         for payload in payloads:
-            records = shimproto.decode_batch_records(
+            records = shimbatch.decode_batch_records(
                 payload, max_bytes=1024 * 1024, max_records=100_000
             )
             counts["batches"] += 1

@@ -6,6 +6,8 @@ DESIGN section 4 (frames, READY/ACK/PING, resend after reconnect), section 6 (``
 
 One connection at a time, over TCP or TLS (``tls://``; system CAs or ``--ca-file``):
 
+- The protocol's rules (which frame when, cumulative ACKs, the seq rule, PONG) are
+  ``logplex.codecs.shimsession.ShimSession``; this module moves its bytes and the outbox's.
 - HELLO (same stream uuid for the whole run) → READY. Everything above READY's ``acked`` is
   resent, byte-identical and within the new window, then new batches follow while fewer than
   ``window`` are unacked.
@@ -26,7 +28,7 @@ import ssl
 import time
 import uuid
 from collections import deque
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 import trio
 import zstandard
@@ -34,17 +36,9 @@ import zstandard
 from logplex.codecs import notices
 from logplex.codecs.backoff import equal_jitter_delay_s
 from logplex.codecs.errors import ProtocolError
-from logplex.codecs.shimproto import (
-    Ack,
-    ErrorFrame,
-    Ping,
-    Ready,
-    ShimFrameDecoder,
-    compress_records,
-    encode_batch_payload,
-    encode_hello,
-    encode_pong,
-)
+from logplex.codecs.shimbatch import compress_records
+from logplex.codecs.shimproto import PROTOCOL_VERSION, Hello, encode_batch_payload
+from logplex.codecs.shimsession import Acked, Refused, Resume, ShimSession
 from logplex.codecs.version import package_version
 from shims.console import warn
 from shims.options import RouterAddress, ShimOptions
@@ -62,7 +56,6 @@ MAX_WRITE_BYTES: Final = 1024 * 1024
 # batch (pack + compress) costs ~0.5 ms, reading 1 MiB of lines ~3 ms; with a long turn the
 # shipper would keep a fast app waiting on its pipe (see perf/shim.py).
 BATCHES_PER_TURN: Final = 4
-REFUSAL_CODES: Final = frozenset({"bad_frame", "too_large"})
 
 
 def reconnect_delay_s(attempt: int, jitter: float) -> float:
@@ -142,8 +135,13 @@ class Shipper:
         )
         self._rng = rng or random.Random()
         self._ssl_context = ssl_context(options.ca_file) if options.router.tls else None
-        self._hello = encode_hello(
-            options.token, options.ps, self.stream_id, agent_version(), options.platform_token
+        self._hello = Hello(
+            PROTOCOL_VERSION,
+            options.token,
+            options.ps,
+            self.stream_id,
+            agent_version(),
+            options.platform_token,
         )
         self.flushing = False
         self.connected = False
@@ -224,65 +222,69 @@ class Shipper:
     async def _connect_and_ship(self) -> None:
         stream = await self._open_stream()
         async with stream:
-            decoder = ShimFrameDecoder(MAX_ROUTER_FRAME_BYTES)
-            await stream.send_all(self._hello)
+            session = ShimSession(self._hello, max_frame_bytes=MAX_ROUTER_FRAME_BYTES)
+            await stream.send_all(session.start())
             with trio.fail_after(READY_TIMEOUT_S):
-                ready = await self._receive_ready(stream, decoder)
+                resume = await self._receive_ready(stream, session)
             self.connections += 1
             self.connected = True
             self.last_error = None
-            self.window = ready.window
-            self.max_batch_bytes = ready.max_batch_bytes
-            resend = deque(self.outbox.resume(ready.acked, time.time_ns() // 1000))
+            self.window = resume.window
+            self.max_batch_bytes = resume.max_batch_bytes
+            resend = deque(self.outbox.resume(resume.acked, time.time_ns() // 1000))
             self._made_progress()
             self.batches_resent += len(resend)
             send_lock = trio.StrictFIFOLock()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive_loop, stream, decoder, send_lock)
-                await self._send_loop(stream, send_lock, resend)
+                nursery.start_soon(self._receive_loop, stream, session, send_lock)
+                await self._send_loop(stream, session, send_lock, resend)
 
-    async def _receive_ready(self, stream: trio.abc.Stream, decoder: ShimFrameDecoder) -> Ready:
+    async def _receive_ready(self, stream: trio.abc.Stream, session: ShimSession) -> Resume:
         while True:
-            event = decoder.next_event()
+            event = session.next_event()
             if event is None:
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     raise ConnectionLost("the router closed the connection before READY")
-                decoder.feed(bytes(data))
+                session.receive_data(bytes(data))
                 continue
-            if isinstance(event, Ready):
-                return event
-            if isinstance(event, ErrorFrame):
+            if isinstance(event, Refused):
                 self._refused(event)
-            raise ConnectionLost(f"expected READY from the router, got {type(event).__name__}")
+            assert isinstance(event, Resume)  # the session's table allows nothing else
+            return event
 
-    def _refused(self, event: ErrorFrame) -> None:
-        if event.code in REFUSAL_CODES:
+    def _refused(self, event: Refused) -> NoReturn:
+        if event.batch_refused:
             self.outbox.note_refusal(time.time_ns() // 1000)
         raise RouterRefused(event.code, event.message)
 
     async def _receive_loop(
-        self, stream: trio.abc.Stream, decoder: ShimFrameDecoder, send_lock: trio.StrictFIFOLock
+        self, stream: trio.abc.Stream, session: ShimSession, send_lock: trio.StrictFIFOLock
     ) -> None:
         while True:
+            # The frames after READY in its own read come first.
+            while (event := session.next_event()) is not None:
+                if isinstance(event, Acked):
+                    if self.outbox.ack(event.seq):
+                        self._made_progress()
+                else:
+                    assert isinstance(event, Refused)  # the session's table allows no other
+                    self._refused(event)
+            pongs = session.data_to_send()
+            if pongs:
+                async with send_lock:
+                    await stream.send_all(pongs)
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
                 raise ConnectionLost("the router closed the connection")
-            decoder.feed(bytes(data))
-            while (event := decoder.next_event()) is not None:
-                if isinstance(event, Ack):
-                    if self.outbox.ack(event.seq):
-                        self._made_progress()
-                elif isinstance(event, Ping):
-                    async with send_lock:
-                        await stream.send_all(encode_pong())
-                elif isinstance(event, ErrorFrame):
-                    self._refused(event)
-                else:
-                    raise ConnectionLost(f"unexpected {type(event).__name__} frame from the router")
+            session.receive_data(bytes(data))
 
     async def _send_loop(
-        self, stream: trio.abc.Stream, send_lock: trio.StrictFIFOLock, resend: deque[SentBatch]
+        self,
+        stream: trio.abc.Stream,
+        session: ShimSession,
+        send_lock: trio.StrictFIFOLock,
+        resend: deque[SentBatch],
     ) -> None:
         """Send what the window allows: first the resends (oldest first), then new batches."""
         outbox = self.outbox
@@ -294,20 +296,23 @@ class Shipper:
             # Resends count against the window once they are on the wire, like new batches.
             while (
                 resend
-                and len(outbox.unacked) - len(resend) < self.window
+                and session.may_send(len(outbox.unacked) - len(resend))
                 and size < MAX_WRITE_BYTES
             ):
-                frames.append(resend.popleft().frame)
-                size += len(frames[-1])
+                resent = resend.popleft()
+                session.sending(resent.seq)
+                frames.append(resent.frame)
+                size += len(resent.frame)
             while (
                 not resend
-                and len(outbox.unacked) < self.window
+                and session.may_send(len(outbox.unacked))
                 and len(frames) < BATCHES_PER_TURN
                 and outbox.batch_due(now_s, flushing=self.flushing)
             ):
                 batch = outbox.cut_batch(time.time_ns() // 1000, self.max_batch_bytes)
                 if batch is None:
                     break
+                session.sending(batch.seq)
                 frames.append(batch.frame)
                 size += len(batch.frame)
             if frames:
@@ -316,7 +321,7 @@ class Shipper:
                     await stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
                 continue
             deadline = outbox.batch_deadline_s()
-            if deadline is None or resend or len(outbox.unacked) >= self.window:
+            if deadline is None or resend or not session.may_send(len(outbox.unacked)):
                 deadline = trio.current_time() + 3600.0
             with trio.move_on_at(deadline):
                 await wake.wait()

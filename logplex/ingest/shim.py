@@ -1,24 +1,22 @@
 """The shim stream listener (DESIGN section 4, protocol v1; delivery rules of section 8).
 
 One task per connection, each independent: a bad or slow client only ever ends its own
-connection. The wire format is ``logplex.codecs.shimproto`` (sans-IO); this module owns the
-connection state and the timers:
+connection. The protocol's rules (which frame when, the seq rule, the HELLO-sized frame bound
+before authentication, the PING/PONG and frame timers) are ``logplex.codecs.shimsession``'s
+``RouterSession``; this module moves bytes and owns what needs the router:
 
-- HELLO must arrive within ``hello_timeout_s``; its token is checked with
-  ``router.lookup_token`` (unknown -> ERROR ``unauthorized``; ``v`` other than 1 ->
-  ``unsupported_version``). The answer is READY with ``acked``, the highest seq the router
-  holds for this (token, stream) — kept in a bounded LRU (``StreamAcks``) so a shim that
-  reconnects resends only what is missing — plus ``window`` and ``max_batch_bytes``.
-- BATCH: a seq at or below ``acked`` is a resend of something held, dropped; anything but
-  ``acked + 1`` is ERROR ``bad_frame``. The zstd/msgpack content is decoded with a bound
-  on its decompressed size and record count, every batch of one read is published in one
-  ``router.publish`` call, and then ONE cumulative ACK goes back: the records are in the
-  router's memory before they are acknowledged (DESIGN 8).
-- Idle: no frame for ``idle_ping_s`` -> PING; nothing within ``pong_timeout_s`` more -> close.
-- Slow readers: every send has ``send_timeout_s``; a peer that does not read its ACKs is
-  closed once the kernel buffers are full and the timeout runs out.
-- Slow writers: a frame that has begun must be complete within ``frame_timeout_s``, so a
-  peer trickling bytes cannot hold a frame buffer (up to ~1.1 MiB) open for ever.
+- HELLO: its fields are checked and its token with ``router.lookup_token`` (unknown -> ERROR
+  ``unauthorized``). READY carries ``acked``, the highest seq the router holds for this
+  (token, stream), kept in a bounded LRU (``StreamAcks``); 0 for a stream it does not know,
+  whose first batch then starts it (a restarted router never cuts a shim off).
+- BATCH: a new one is decoded (``logplex.codecs.shimbatch``) with a bound on its decompressed
+  size and record count; every batch of one read is published in one ``router.publish``
+  call, and then ONE cumulative ACK goes back: the records are in the router's memory before
+  they are acknowledged (DESIGN 8). Every complete frame of a read is processed at once,
+  HELLO and the batches sent with it included.
+- Deadlines: HELLO within ``hello_timeout_s``; PING after ``idle_ping_s`` without a frame and
+  close ``pong_timeout_s`` later; a begun frame complete within ``frame_timeout_s``; every
+  send within ``send_timeout_s`` (a peer that does not read its ACKs is closed).
 - At most ``max_connections`` at once; past that a new connection gets ERROR ``overloaded``
   and is closed (memory stays bounded; the shim keeps its lines and retries).
 - Any protocol error -> ERROR frame with its code (best effort, bounded) and close.
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -40,6 +37,14 @@ from logplex.codecs import shimproto
 from logplex.codecs.errors import EncodeError, ProtocolError
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import PROCID_MAX, check_header_field
+from logplex.codecs.shimbatch import decode_batch_messages_and_bytes
+from logplex.codecs.shimsession import (
+    MAX_HELLO_BYTES,
+    BatchVerdict,
+    RouterSession,
+    RouterSessionLimits,
+    SessionTimeout,
+)
 from logplex.fanout.router import Router
 from logplex.ingest.accept import AcceptLoop, close_within
 
@@ -70,6 +75,7 @@ class ShimListenerSettings:
     frame_timeout_s: float = 30.0
     max_connections: int = 10_000
     remembered_streams: int = 100_000
+    max_hello_bytes: int = MAX_HELLO_BYTES
 
     def __post_init__(self) -> None:
         if self.max_batch_bytes < shimproto.MIN_MAX_BATCH_BYTES:
@@ -140,6 +146,17 @@ class ShimListener:
         self.router = router
         self.settings = settings or ShimListenerSettings()
         self.streams = StreamAcks(self.settings.remembered_streams)
+        settings = self.settings
+        self.session_limits = RouterSessionLimits(
+            window=settings.window,
+            max_batch_bytes=settings.max_batch_bytes,
+            max_frame_bytes=settings.max_frame_bytes,
+            max_hello_bytes=settings.max_hello_bytes,
+            hello_timeout_s=settings.hello_timeout_s,
+            idle_ping_s=settings.idle_ping_s,
+            pong_timeout_s=settings.pong_timeout_s,
+            frame_timeout_s=settings.frame_timeout_s,
+        )
         self._accept_loop = AcceptLoop(PROTOCOL, self.settings.max_connections)
 
     @property
@@ -232,53 +249,67 @@ def check_hello_fields(hello: shimproto.Hello) -> None:
 
 
 class _ShimConnection:
-    """The state of one shim connection between HELLO and close."""
+    """One shim connection: moves bytes between the socket and its ``RouterSession``."""
 
     def __init__(self, listener: ShimListener, stream: trio.abc.Stream) -> None:
         self.router = listener.router
         self.settings = listener.settings
         self.streams = listener.streams
         self.stream = stream
-        self.decoder = shimproto.ShimFrameDecoder(max_frame_bytes=self.settings.max_frame_bytes)
+        self.session = RouterSession(listener.session_limits, trio.current_time())
         self.token = ""
         self.stream_id = ""
         self.channel = ""
-        self.acked = 0
         self.ps = b""
         self.sources: tuple[bytes, bytes, bytes] = (b"", b"", b"")
 
     async def run(self) -> None:
-        hello = await self._receive_hello()
-        self._accept_hello(hello)
-        await self._send(
-            shimproto.encode_ready(
-                acked=self.acked,
-                window=self.settings.window,
-                max_batch_bytes=self.settings.max_batch_bytes,
+        session = self.session
+        while True:
+            data: bytes | bytearray = b""
+            # Before HELLO is accepted, read no more than a HELLO may hold.
+            receive_bytes = min(RECEIVE_BYTES, session.max_frame_bytes + 5)
+            with trio.move_on_at(session.deadline_s()):
+                data = await self.stream.receive_some(receive_bytes)
+                if not data:
+                    raise ShimConnectionClosed("eof")
+            if not data:
+                try:
+                    ping = session.on_deadline(trio.current_time())
+                except SessionTimeout as exc:
+                    log.info("shim connection closed: %s", exc.message)
+                    raise ShimConnectionClosed(exc.reason) from None
+                await self._send(ping)
+                continue
+            session.receive_data(
+                data if isinstance(data, bytes) else bytes(data), trio.current_time()
             )
-        )
-        await self._serve_batches()
+            await self._process_frames()
 
-    async def _receive_hello(self) -> shimproto.Hello:
-        with trio.move_on_after(self.settings.hello_timeout_s):
-            while True:
-                event = self.decoder.next_event()
-                if event is None:
-                    data = await self.stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        raise ShimConnectionClosed("eof")
-                    self.decoder.feed(bytes(data))
-                    continue
-                if isinstance(event, shimproto.Hello):
-                    return event
-                raise ProtocolError(
-                    f"expected HELLO as the first frame, got {type(event).__name__}; "
-                    "send HELLO first (DESIGN 4)"
-                )
-        log.info("shim connection closed: no HELLO within %.0f s", self.settings.hello_timeout_s)
-        raise ShimConnectionClosed("hello_timeout")
+    async def _process_frames(self) -> None:
+        """Every complete frame of what was read: publish once, then PONGs and one ACK."""
+        session = self.session
+        published: list[Message] = []
+        message_bytes = 0
+        try:
+            while (event := session.next_event()) is not None:
+                if isinstance(event, shimproto.BatchFrame):
+                    message_bytes += self._accept_batch(event, published)
+                else:
+                    await self._send(session.accept_hello(self._accept_hello(event)))
+        finally:
+            # What was decoded before an error is still published; it is recorded as held,
+            # so READY on the shim's next connection acknowledges it.
+            if published:
+                self.router.publish(self.channel, published)
+                _MESSAGES.inc(len(published))
+                _BYTES.inc(message_bytes)
+        replies = session.data_to_send()
+        if replies:
+            await self._send(replies)
 
-    def _accept_hello(self, hello: shimproto.Hello) -> None:
+    def _accept_hello(self, hello: shimproto.Hello) -> int:
+        """Check HELLO and its token; return the seq held for its stream (0: not known)."""
         check_hello_fields(hello)
         info = self.router.lookup_token(hello.token)
         if info is None:
@@ -294,87 +325,19 @@ class _ShimConnection:
         self.ps = hello.ps.encode()
         # Sources of record kinds 1 (stdout), 2 (stderr) and 3 (shim notice).
         self.sources = (info.source, info.source, notice_source)
-        self.acked = self.streams.acked(self.token, self.stream_id)
-
-    async def _serve_batches(self) -> None:
-        settings = self.settings
-        pinged = False
-        # Once a frame has begun it must be complete within frame_timeout_s: a peer trickling
-        # one byte at a time cannot hold a frame buffer open for ever.
-        frame_deadline = math.inf
-        while True:
-            timeout_s = settings.pong_timeout_s if pinged else settings.idle_ping_s
-            data: bytes | bytearray = b""
-            with trio.move_on_at(min(trio.current_time() + timeout_s, frame_deadline)):
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-                if not data:
-                    raise ShimConnectionClosed("eof")
-            if not data:
-                if trio.current_time() >= frame_deadline:
-                    log.info(
-                        "shim connection closed: a frame took longer than %.0f s to arrive",
-                        settings.frame_timeout_s,
-                    )
-                    raise ShimConnectionClosed("frame_timeout")
-                if pinged:
-                    log.info("shim connection closed: no PONG within %.0f s", timeout_s)
-                    raise ShimConnectionClosed("ping_timeout")
-                pinged = True
-                await self._send(shimproto.encode_ping())
-                continue
-            pinged = False
-            self.decoder.feed(data if isinstance(data, bytes) else bytes(data))
-            await self._process_frames()
-            if not self.decoder.buffered:
-                frame_deadline = math.inf
-            elif frame_deadline == math.inf:
-                frame_deadline = trio.current_time() + settings.frame_timeout_s
-
-    async def _process_frames(self) -> None:
-        """Decode every complete frame of the buffer, publish once, ACK once."""
-        published: list[Message] = []
-        message_bytes = 0
-        acked_before = self.acked
-        try:
-            while (event := self.decoder.next_event()) is not None:
-                if isinstance(event, shimproto.BatchFrame):
-                    message_bytes += self._accept_batch(event, published)
-                elif isinstance(event, shimproto.Pong):
-                    pass
-                elif isinstance(event, shimproto.Ping):
-                    await self._send(shimproto.encode_pong())
-                else:
-                    raise ProtocolError(
-                        f"unexpected {type(event).__name__} frame after HELLO; a shim sends "
-                        "only BATCH, PING and PONG once connected"
-                    )
-        finally:
-            # What was decoded before an error is still published; it is recorded as held,
-            # so READY on the shim's next connection acknowledges it.
-            if published:
-                self.router.publish(self.channel, published)
-                _MESSAGES.inc(len(published))
-                _BYTES.inc(message_bytes)
-        if self.acked != acked_before:
-            await self._send(shimproto.encode_ack(self.acked))
+        return self.streams.acked(self.token, self.stream_id)
 
     def _accept_batch(self, frame: shimproto.BatchFrame, published: list[Message]) -> int:
         """Decode a new batch into ``published``; return its message bytes (0: a resend)."""
-        seq = frame.seq
         # Another connection of the same stream (a reconnect racing the old socket) may have
         # moved it on meanwhile: the shared record is the truth.
-        self.acked = max(self.acked, self.streams.acked(self.token, self.stream_id))
-        if seq <= self.acked:
+        verdict = self.session.admit_batch(frame, self.streams.acked(self.token, self.stream_id))
+        if verdict is BatchVerdict.DUPLICATE:
             metrics.SHIM_DUPLICATE_BATCHES.inc()
             return 0
-        if seq != self.acked + 1:
-            raise ProtocolError(
-                f"batch seq {seq} does not follow {self.acked}: seqs increase by one per batch "
-                "and a reconnecting shim resends from READY's acked + 1"
-            )
         if self.router.lookup_token(self.token) is None:
             raise Unauthorized("the token was revoked or its channel deleted")
-        messages, message_bytes = shimproto.decode_batch_messages_and_bytes(
+        messages, message_bytes = decode_batch_messages_and_bytes(
             frame.payload,
             max_bytes=self.settings.max_batch_bytes,
             max_records=self.settings.max_records,
@@ -382,8 +345,8 @@ class _ShimConnection:
             sources=self.sources,
         )
         published.extend(messages)
-        self.acked = seq
-        self.streams.record(self.token, self.stream_id, seq)
+        self.session.batch_held(frame.seq)
+        self.streams.record(self.token, self.stream_id, frame.seq)
         return message_bytes
 
     async def _send(self, data: bytes) -> None:
@@ -397,9 +360,13 @@ class _ShimConnection:
 
     async def send_error(self, code: str, message: str) -> None:
         """Best effort: the peer may be gone or not reading; never wait long for it."""
+        try:
+            frame = self.session.refuse(code, message)
+        except RuntimeError:  # already closed
+            return
         with trio.move_on_after(min(1.0, self.settings.send_timeout_s)):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await self.stream.send_all(shimproto.encode_error(code, message))
+                await self.stream.send_all(frame)
 
 
 class Unauthorized(ProtocolError):

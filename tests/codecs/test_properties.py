@@ -10,7 +10,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logplex.codecs import logplex1, octet, rfc5424, shimproto
+from logplex.codecs import logplex1, octet, rfc5424, shimbatch, shimproto
 from logplex.codecs.errors import EncodeError
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import SDElement, SyslogMessage
@@ -225,14 +225,14 @@ def test_batch_round_trip(seq: int, records: list[list[Any]], data: Any) -> None
     assert isinstance(event, shimproto.BatchFrame)
     assert event.seq == seq
     limits: dict[str, Any] = {"max_bytes": 1 << 20, "max_records": 50}
-    assert shimproto.decode_batch_records(event.payload, **limits) == records
+    assert shimbatch.decode_batch_records(event.payload, **limits) == records
     sources = (b"out", b"err", b"notice")
     expected = [
         message
         for ts_us, kind, line in records
         for message in [(ts_us, (190, 187, 189)[kind - 1], sources[kind - 1], b"ps", line)]
     ]
-    got = shimproto.decode_batch_messages(event.payload, ps=b"ps", sources=sources, **limits)
+    got = shimbatch.decode_batch_messages(event.payload, ps=b"ps", sources=sources, **limits)
     if not any(b"\n" in record[2] for record in records):
         assert got == expected
 

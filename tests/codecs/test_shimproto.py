@@ -9,7 +9,7 @@ import pytest
 import zstandard
 from codec_vectors import GARBAGE, load
 
-from logplex.codecs import errors, shimproto
+from logplex.codecs import errors, shimbatch, shimproto
 from logplex.codecs.errors import EncodeError, ProtocolError
 from logplex.codecs.records import PRI_SHIM_NOTICE, PRI_STDERR, PRI_STDOUT
 from logplex.codecs.shimproto import ShimFrameDecoder
@@ -88,7 +88,7 @@ def test_encoders_are_byte_exact(frame: dict[str, Any]) -> None:
 def test_batch_vector_records() -> None:
     batch = next(frame for frame in FRAMES if "records" in frame)
     payload = expected_event(batch["event"]).payload  # type: ignore[union-attr]
-    records = shimproto.decode_batch_records(payload, max_bytes=65536, max_records=10)
+    records = shimbatch.decode_batch_records(payload, max_bytes=65536, max_records=10)
     assert records == [[ts, kind, raw(data)] for ts, kind, data in batch["records"]]
 
 
@@ -99,13 +99,13 @@ def test_payload_vectors(payload: dict[str, Any]) -> None:
     if "error" in payload:
         error_class = getattr(errors, payload["error"])
         with pytest.raises(error_class):
-            shimproto.decode_batch_records(data, **limits)
+            shimbatch.decode_batch_records(data, **limits)
         with pytest.raises(error_class):
-            shimproto.decode_batch_messages(
+            shimbatch.decode_batch_messages(
                 data, ps=b"web.1", sources=(b"app", b"app", b"heroku"), **limits
             )
     else:
-        assert shimproto.decode_batch_records(data, **limits) == payload["records"]
+        assert shimbatch.decode_batch_records(data, **limits) == payload["records"]
 
 
 def test_error_codes_map_to_the_error_frame_codes() -> None:
@@ -131,7 +131,7 @@ def batch_payload(records: list[list[Any]]) -> bytes:
 
 def test_batch_messages_map_kinds_to_pri_and_source() -> None:
     payload = batch_payload([[5, 1, b"out"], [6, 2, b"err"], [7, 3, b"notice"]])
-    messages = shimproto.decode_batch_messages(
+    messages = shimbatch.decode_batch_messages(
         payload, ps=b"web.1", sources=(b"app", b"app", b"heroku"), **LIMITS
     )
     assert messages == [
@@ -143,7 +143,7 @@ def test_batch_messages_map_kinds_to_pri_and_source() -> None:
 
 def test_batch_messages_of_one_kind() -> None:
     payload = batch_payload([[5, 3, b"a"], [6, 3, b"b"]])
-    messages = shimproto.decode_batch_messages(
+    messages = shimbatch.decode_batch_messages(
         payload, ps=b"p", sources=(b"s1", b"s2", b"s3"), **LIMITS
     )
     assert messages == [
@@ -154,7 +154,7 @@ def test_batch_messages_of_one_kind() -> None:
 
 def test_batch_data_with_lf_becomes_one_message_per_line() -> None:
     payload = batch_payload([[5, 1, b"a\nb\n"], [6, 2, b"c"], [7, 1, b"\n"]])
-    messages = shimproto.decode_batch_messages(
+    messages = shimbatch.decode_batch_messages(
         payload, ps=b"p", sources=(b"app", b"app", b"app"), **LIMITS
     )
     assert [m[4] for m in messages] == [b"a", b"b", b"c", b""]
@@ -163,7 +163,7 @@ def test_batch_data_with_lf_becomes_one_message_per_line() -> None:
 
 def test_empty_batch() -> None:
     assert (
-        shimproto.decode_batch_messages(
+        shimbatch.decode_batch_messages(
             batch_payload([]), ps=b"p", sources=(b"a", b"a", b"a"), **LIMITS
         )
         == []
@@ -188,13 +188,13 @@ def test_empty_batch() -> None:
 def test_batch_records_are_validated(records: list[Any], reason: str) -> None:
     payload = COMPRESSOR.compress(msgpack.packb(records))
     with pytest.raises(errors.ShimFrameError, match=reason):
-        shimproto.decode_batch_records(payload, **LIMITS)
+        shimbatch.decode_batch_records(payload, **LIMITS)
 
 
 def test_batch_kind_equal_to_one_is_read_as_one() -> None:
     # A float 1.0 or msgpack true equals 1: it maps to the same PRI and source, harmlessly.
     payload = COMPRESSOR.compress(msgpack.packb([[1, 1.0, b"a"], [2, True, b"b"]]))
-    messages = shimproto.decode_batch_messages(
+    messages = shimbatch.decode_batch_messages(
         payload, ps=b"p", sources=(b"a", b"b", b"c"), **LIMITS
     )
     assert [(m[1], m[2]) for m in messages] == [(PRI_STDOUT, b"a"), (PRI_STDOUT, b"a")]
@@ -203,7 +203,7 @@ def test_batch_kind_equal_to_one_is_read_as_one() -> None:
 def test_too_many_records_is_too_large() -> None:
     payload = COMPRESSOR.compress(msgpack.packb([[1, 1, b"a"]] * 11))
     with pytest.raises(errors.TooManyRecords, match="more than 10") as err:
-        shimproto.decode_batch_records(payload, max_bytes=1000, max_records=10)
+        shimbatch.decode_batch_records(payload, max_bytes=1000, max_records=10)
     assert err.value.code == "too_large"
 
 
@@ -212,7 +212,7 @@ def test_decompression_bomb_is_refused_before_allocation() -> None:
     bomb = zstandard.ZstdCompressor(level=19).compress(b"\x00" * 50_000_000)
     assert len(bomb) < 10_000
     with pytest.raises(errors.DecompressedTooLarge, match="50000000 bytes"):
-        shimproto.decode_batch_records(bomb, max_bytes=65536, max_records=10)
+        shimbatch.decode_batch_records(bomb, max_bytes=65536, max_records=10)
 
 
 def test_content_size_lie_is_caught_by_zstd() -> None:
@@ -223,7 +223,7 @@ def test_content_size_lie_is_caught_by_zstd() -> None:
     assert header[4] & 0xC0 == 0
     header[5] = 10
     with pytest.raises(errors.ShimFrameError, match="not one valid zstd frame"):
-        shimproto.decode_batch_records(bytes(header), max_bytes=65536, max_records=10)
+        shimbatch.decode_batch_records(bytes(header), max_bytes=65536, max_records=10)
 
 
 def test_hello_with_platform_token_round_trips() -> None:
@@ -310,4 +310,19 @@ def test_encoders_refuse_what_the_protocol_cannot_carry(monkeypatch: pytest.Monk
 
 def test_encode_batch_without_a_compressor() -> None:
     frame = shimproto.encode_batch(1, [[1, 1, b"a"]], level=3)
-    assert shimproto.decode_batch_records(frame[13:], **LIMITS) == [[1, 1, b"a"]]
+    assert shimbatch.decode_batch_records(frame[13:], **LIMITS) == [[1, 1, b"a"]]
+
+
+def test_the_frame_bound_can_be_raised_between_frames() -> None:
+    decoder = ShimFrameDecoder(max_frame_bytes=10)
+    decoder.feed(shimproto.encode_ping() + shimproto.encode_batch(1, [[1, 1, b"x" * 100]]))
+    assert isinstance(decoder.next_event(), shimproto.Ping)
+    with pytest.raises(errors.FrameTooLarge):
+        decoder.next_event()
+    decoder = ShimFrameDecoder(max_frame_bytes=10)
+    decoder.feed(shimproto.encode_batch(1, [[1, 1, b"x" * 100]]))
+    decoder.max_frame_bytes = 1000
+    assert decoder.max_frame_bytes == 1000
+    assert isinstance(decoder.next_event(), shimproto.BatchFrame)
+    with pytest.raises(ValueError, match="positive"):
+        decoder.max_frame_bytes = 0

@@ -20,6 +20,8 @@ import pytest
 import trio
 from processes import read_listening
 
+from logplex.codecs.octet import OctetFrameDecoder
+
 LOGPLEX = str(Path(sys.executable).with_name("logplex"))
 LOGSHIM = str(Path(sys.executable).with_name("logshim"))
 
@@ -31,19 +33,26 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+LISTENERS = ("http", "shim", "syslog")
+
+
 @asynccontextmanager
-async def logplex_serve(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
-    """Run the router; yield the CLI environment plus ``shim`` (its shim listener)."""
+async def logplex_serve(
+    tmp_path: Path, addresses: dict[str, str] | None = None
+) -> AsyncIterator[dict[str, str]]:
+    """Run the router (on port 0, or on ``addresses`` again); yield the CLI environment plus
+    each listener's address under its name (``shim``, ``http``, ``syslog``)."""
     env = cli_env(tmp_path)
+    where = addresses or dict.fromkeys(LISTENERS, "127.0.0.1:0")
     process = await trio.lowlevel.open_process(
-        [LOGPLEX, "serve", *(f"--{name}=127.0.0.1:0" for name in ("http", "shim", "syslog"))],
+        [LOGPLEX, "serve", *(f"--{name}={where[name]}" for name in LISTENERS)],
         stdout=subprocess.PIPE,
         env=env,
     )
     assert process.stdout is not None
     try:
-        addresses = await read_listening(process.stdout, 3)
-        yield {**env, "LOGPLEX_API_URL": f"http://{addresses['http']}", "shim": addresses["shim"]}
+        bound = await read_listening(process.stdout, 3)
+        yield {**env, "LOGPLEX_API_URL": f"http://{bound['http']}", **bound}
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
@@ -54,7 +63,7 @@ async def logplex_serve(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
 async def cli(env: dict[str, str], *args: str) -> str:
     done = await trio.run_process(
         [LOGPLEX, *args],
-        env={k: v for k, v in env.items() if k != "shim"},
+        env={k: v for k, v in env.items() if k not in LISTENERS},
         capture_stdout=True,
         capture_stderr=True,
     )
@@ -104,3 +113,74 @@ async def test_lines_and_notices_reach_the_router_under_their_sources(tmp_path: 
         f"Starting process with command `{sys.executable} -c {one_line_code} -- ignored`",
         "Process exited with status 0",
     ]
+
+
+async def syslog_receiver(
+    listeners: list[trio.SocketListener], received: list[bytes], task_status: trio.TaskStatus[None]
+) -> None:
+    """A syslog TCP drain's receiver: collects each frame's MSG, across router restarts."""
+    task_status.started()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        decoder = OctetFrameDecoder(max_frame_bytes=20_000, policy="strict")
+        async for chunk in stream:
+            decoder.feed(chunk)
+            # <PRI>1 TS HOST SOURCE PS - - MSG (LF)
+            received.extend(frame.rstrip(b"\n").split(b" ", 7)[7] for frame in decoder.frames())
+
+    await trio.serve_listeners(serve, listeners)
+
+
+@pytest.mark.slow
+async def test_a_router_restart_does_not_cut_a_connected_shim_off(tmp_path: Path) -> None:
+    """DESIGN 8: the restarted router does not know the shim's stream, answers READY acked 0
+    and takes the shim's resend as the start of the stream: no line is lost (duplicates
+    are allowed), nothing is refused."""
+    lines = 1500
+    received: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        drain_listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        drain_port = drain_listeners[0].socket.getsockname()[1]
+        await nursery.start(syslog_receiver, drain_listeners, received)
+        async with logplex_serve(tmp_path) as env:
+            await cli(env, "channels", "create", "myapp")
+            token = (await cli(env, "tokens", "add", "myapp", "app")).strip()
+            await cli(env, "drains", "add", "myapp", f"syslog://127.0.0.1:{drain_port}")
+            addresses = {name: env[name] for name in LISTENERS}
+            code = (
+                "import sys, time\n"
+                f"for n in range({lines}):\n"
+                "    print(f'line {n}', flush=True)\n"
+                "    time.sleep(0.004)\n"
+            )
+            shim = await trio.lowlevel.open_process(
+                [
+                    *(LOGSHIM, "--url", f"tcp://{env['shim']}", "--token", token),
+                    *("--ps", "web.1", "--no-tee", "--flush-timeout", "60"),
+                    *("--", sys.executable, "-c", code),
+                ],
+                stderr=subprocess.PIPE,
+                env={k: v for k, v in env.items() if k not in LISTENERS},
+            )
+            assert shim.stderr is not None
+            with trio.fail_after(60):
+                while len(received) < 200:  # the shim is connected and shipping
+                    await trio.sleep(0.02)
+        # The first router is gone; the shim keeps running and buffering.
+        async with logplex_serve(tmp_path, addresses):
+            with trio.fail_after(120):
+                await shim.wait()
+                stderr = b""
+                while chunk := await shim.stderr.receive_some(65536):
+                    stderr += chunk
+            await shim.stderr.aclose()
+            assert shim.returncode == 0, stderr
+            with trio.fail_after(60):
+                while b"Process exited with status 0" not in received:
+                    await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert b"bad_frame" not in stderr, stderr
+    assert b"not delivered" not in stderr, stderr
+    app_lines = [m for m in received if m.startswith(b"line ")]
+    assert set(app_lines) == {b"line %d" % n for n in range(lines)}  # none lost
+    assert not [m for m in received if b"L13" in m or b"L12" in m]

@@ -174,8 +174,11 @@ BAD_AFTER_HELLO = {
         raw_batch(1, zstandard.ZstdCompressor().compress(msgpack.packb([[1, 9, "str"]]))),
         "bad_frame",
     ),
+    # Batch 1 starts the stream (a stream the router does not know starts at any seq, DESIGN
+    # 8); batch 3 then leaves a gap.
     "seq gap": (
-        raw_batch(2, zstandard.ZstdCompressor().compress(msgpack.packb([[1, 1, b"x"]]))),
+        raw_batch(1, zstandard.ZstdCompressor().compress(msgpack.packb([[1, 1, b"x"]])))
+        + raw_batch(3, zstandard.ZstdCompressor().compress(msgpack.packb([[1, 1, b"y"]]))),
         "bad_frame",
     ),
     "second HELLO": (shimproto.encode_hello(TOKEN, "web.1", "s", "x"), "bad_frame"),
@@ -225,7 +228,9 @@ async def test_bad_input_gets_error_and_close_and_spares_others(
         (shimproto.encode_hello(TOKEN, "w" * 129, "s", "a"), "bad_frame"),
         (shimproto.encode_hello(TOKEN, "web.1", "s" * 65, "a"), "bad_frame"),  # stream id
         (shimproto.encode_hello(TOKEN, "web.1", "", "a"), "bad_frame"),
-        (shimproto.encode_hello("t." + "x" * 100_000, "web.1", "s", "a"), "unauthorized"),
+        (shimproto.encode_hello("t." + "x" * 1000, "web.1", "s", "a"), "unauthorized"),
+        # Before authentication a frame may be only HELLO-sized (a few KiB).
+        (shimproto.encode_hello("t." + "x" * 100_000, "web.1", "s", "a"), "too_large"),
     ],
     ids=[
         "wrong token",
@@ -236,6 +241,7 @@ async def test_bad_input_gets_error_and_close_and_spares_others(
         "ps over 128",
         "stream id over 64",
         "empty stream id",
+        "long token",
         "huge token",
     ],
 )
@@ -468,3 +474,102 @@ async def test_connections_past_the_limit_are_refused_as_overloaded() -> None:
             for client in clients:
                 await client.stream.aclose()
     assert msgs(router) == [b"still here"]
+
+
+async def test_a_router_that_does_not_know_a_stream_starts_it_at_the_first_seq() -> None:
+    """DESIGN 8: after a router restart READY says acked 0 and the shim resends what it holds
+    unacknowledged (here 50 and 51): the first seq starts the stream, nothing is refused."""
+    router = make_router()
+    async with serving(router) as (port, _):
+        client = await ShimTestClient.connect(port)
+        ready = await client.hello(TOKEN, stream_id="restarted")
+        assert isinstance(ready, shimproto.Ready)
+        assert ready.acked == 0
+        await client.send(client.batch(50, [b"line 50"]) + client.batch(51, [b"line 51"]))
+        await client.wait_acked(51)
+        await client.send(client.batch(51, [b"line 51"]) + client.batch(52, [b"line 52"]))
+        await client.wait_acked(52)
+        assert msgs(router) == [b"line 50", b"line 51", b"line 52"]
+        await client.aclose()
+        again = await ShimTestClient.connect(port)
+        ready = await again.hello(TOKEN, stream_id="restarted")
+        assert isinstance(ready, shimproto.Ready)
+        assert ready.acked == 52  # now known: a gap is refused again
+        await again.send(again.batch(54, [b"gap"]))
+        assert (await again.expect_error_then_close()).code == "bad_frame"
+
+
+async def test_hello_and_batches_in_one_write_are_answered_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = make_router()
+    listener = ShimListener(router)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.handle_connection, server_end)
+        client = ShimTestClient(client_end)
+        started = trio.current_time()
+        await client.send(
+            shimproto.encode_hello(TOKEN, "web.1", STREAM, "logshim/test")
+            + client.batch(1, [b"with hello 1"])
+            + client.batch(2, [b"with hello 2"])
+        )
+        assert isinstance(await client.next_event(), shimproto.Ready)
+        assert await client.next_event() == shimproto.Ack(2)  # not a PING 30 s later
+        assert trio.current_time() == started
+        assert msgs(router) == [b"with hello 1", b"with hello 2"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        struct.pack(">IB", 4097, 1),  # a HELLO longer than a HELLO may be
+        struct.pack(">IB", 1024 * 1024 + 9, 3),  # a 1 MiB BATCH before HELLO
+    ],
+    ids=["long hello", "batch before hello"],
+)
+async def test_before_hello_only_a_hello_sized_frame_is_read(
+    header: bytes, autojump_clock: trio.testing.MockClock
+) -> None:
+    router = make_router()
+    listener = ShimListener(router)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.handle_connection, server_end)
+        client = ShimTestClient(client_end)
+        started = trio.current_time()
+        await client.send(header + b"\0" * 1000)
+        error = await client.next_event()
+        assert isinstance(error, shimproto.ErrorFrame)
+        assert error.code == "too_large"
+        assert trio.current_time() == started  # at once, not at the HELLO deadline
+        with pytest.raises(EOFError):
+            await client.next_event()
+
+
+async def test_a_partial_hello_is_closed_at_the_hello_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = make_router()
+    listener = ShimListener(router)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    closed = metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol="shim", reason="hello_timeout")
+    closed_before = closed._value.get()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(listener.handle_connection, server_end)
+        client = ShimTestClient(client_end)
+        started = trio.current_time()
+        hello = shimproto.encode_hello(TOKEN, "web.1", STREAM, "logshim/test")
+
+        async def trickle() -> None:
+            with contextlib.suppress(trio.BrokenResourceError):
+                for byte in hello[:-1]:
+                    await client.send(bytes([byte]))
+                    await trio.sleep(1)
+
+        nursery.start_soon(trickle)
+        with pytest.raises(EOFError):
+            await client.next_event()
+        assert trio.current_time() - started == pytest.approx(10)
+    assert closed._value.get() == closed_before + 1

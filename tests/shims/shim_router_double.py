@@ -24,12 +24,12 @@ from typing import Any
 import trio
 
 from logplex.codecs.errors import ProtocolError
+from logplex.codecs.shimbatch import decode_batch_records
 from logplex.codecs.shimproto import (
     BatchFrame,
     Hello,
     Pong,
     ShimFrameDecoder,
-    decode_batch_records,
     encode_ack,
     encode_error,
     encode_ping,

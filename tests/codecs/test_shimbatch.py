@@ -16,7 +16,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from logplex.codecs import errors, shimproto
+from logplex.codecs import errors, shimbatch
 from logplex.codecs.records import Message
 
 COMPRESSOR = zstandard.ZstdCompressor(level=1)
@@ -29,7 +29,7 @@ PRI_OF_KIND = {1: 190, 2: 187, 3: 189}
 def reference(payload: bytes) -> tuple[list[Message], int]:
     """Messages and their bytes, one record at a time, from the spec's rules."""
     messages: list[Message] = []
-    for ts_us, kind, data in shimproto.decode_batch_records(payload, **LIMITS):
+    for ts_us, kind, data in shimbatch.decode_batch_records(payload, **LIMITS):
         lines = data.split(b"\n")
         if len(lines) > 1 and not lines[-1]:
             lines.pop()
@@ -39,7 +39,7 @@ def reference(payload: bytes) -> tuple[list[Message], int]:
 
 
 def fast(payload: bytes) -> tuple[list[Message], int]:
-    return shimproto.decode_batch_messages_and_bytes(payload, ps=PS, sources=SOURCES, **LIMITS)
+    return shimbatch.decode_batch_messages_and_bytes(payload, ps=PS, sources=SOURCES, **LIMITS)
 
 
 def compressed(records: Any) -> bytes:
@@ -100,7 +100,7 @@ def test_fast_path_table(
 ) -> None:
     payload = compressed(records)
     assert fast(payload) == (messages, message_bytes)
-    assert shimproto.decode_batch_messages(payload, ps=PS, sources=SOURCES, **LIMITS) == messages
+    assert shimbatch.decode_batch_messages(payload, ps=PS, sources=SOURCES, **LIMITS) == messages
     assert all(type(message[1]) is int for message in fast(payload)[0])
 
 
@@ -122,7 +122,7 @@ def test_fast_path_refuses_what_the_record_path_refuses(
 ) -> None:
     payload = compressed(records)
     with pytest.raises(error):
-        shimproto.decode_batch_records(payload, **LIMITS)
+        shimbatch.decode_batch_records(payload, **LIMITS)
     with pytest.raises(error):
         fast(payload)
 
