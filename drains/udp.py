@@ -37,6 +37,7 @@ class UdpDrain(DrainCore):
 
         super().__init__(ctx, url, encode=encode, memo_key=f"drains.udp:{ctx.token}")
         self._random = random.Random()
+        self._send_failures = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -77,14 +78,17 @@ class UdpDrain(DrainCore):
             if taken is None:
                 continue
             self.begin(taken)
+            failures = self._send_failures
             lost = await self._send_datagrams(sock, taken)
             if lost.message_count or lost.notice_count:
                 self.record_delivered(
-                    taken.message_count - lost.message_count, taken.byte_count - lost.byte_count
+                    taken.message_count - lost.message_count,
+                    taken.byte_count - lost.byte_count,
+                    all_attempts_ok=False,
                 )
                 self.finish(lost, delivered=False)
             else:
-                self.finish(taken, delivered=True)
+                self.finish(taken, delivered=True, all_attempts_ok=failures == self._send_failures)
 
     async def _send_datagrams(self, sock: trio.socket.SocketType, taken: Taken) -> Taken:
         """Send each frame; returns what the kernel refused twice (to count into L10)."""
@@ -95,6 +99,7 @@ class UdpDrain(DrainCore):
                     await sock.send(datagram)
                     break
                 except OSError as exc:
+                    self._send_failures += 1
                     self.record_failure(f"send to {self.url.redacted()} failed: {exc}")
                     if attempt:
                         lost.byte_count += len(datagram)
