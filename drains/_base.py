@@ -6,8 +6,9 @@ A drain kind (``http``, ``syslog``, ``udp``) subclasses ``DrainCore`` and writes
 ``drains._interface.drain_state``; metrics follow ``drains._metrics``.
 
 A success clears ``last_error``. The drain's state changes are logged on the ``drains``
-logger once per transition, never per attempt: a warning when it starts failing (degraded,
-or down) with the reason, and a line when it is up again; the URL is always the redacted one.
+logger once per transition, never per attempt: a warning when it becomes degraded or down
+(a TLS failure included) with the reason, and a line when a delivery succeeds again; the
+URL is always the redacted one.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class DrainCore:
         self._last_attempt_ok: bool | None = None
         self._last_success_s: float | None = None
         self._last_error: str | None = None
-        self._logged_state: DrainState = "pending"
+        self._logged_failing: DrainState | None = None  # the failing state last logged
         self._progress = trio.Event()
         LIVE_DRAINS.add(self)
 
@@ -115,30 +116,25 @@ class DrainCore:
         self._last_success_s = time.time()
         if all_attempts_ok:
             self._last_error = None
-        self._log_transition()
+        if self._logged_failing is not None:
+            self._logged_failing = None
+            log.info("%s is up again", self._log_name())
 
     def record_connected(self) -> None:
         """A connection opened: the drain is reachable again."""
         self._last_attempt_ok = True
-        self._log_transition()
 
     def record_failure(self, error: str) -> None:
         """Remember a failed attempt; ``error`` must already be free of credentials."""
         self._last_attempt_ok = False
         self._last_error = error[:MAX_ERROR_CHARS]
-        self._log_transition()
-
-    def _log_transition(self) -> None:
-        """Log a change of state once: failing (degraded or down) with the reason, or up."""
         state = self.current_state(time.time())
-        before, self._logged_state = self._logged_state, state
-        if state == before:
-            return
-        where = f"drain {self.ctx.drain_id} of {self.ctx.channel} ({self.url.redacted()})"
-        if state in ("degraded", "down"):
-            log.warning("%s is %s: %s", where, state, self._last_error)
-        elif before in ("degraded", "down"):
-            log.info("%s is up again", where)
+        if state != self._logged_failing:  # degraded or down, logged once each
+            self._logged_failing = state
+            log.warning("%s is %s: %s", self._log_name(), state, self._last_error)
+
+    def _log_name(self) -> str:
+        return f"drain {self.ctx.drain_id} of {self.ctx.channel} ({self.url.redacted()})"
 
     def record_retry(self, taken: Taken) -> None:
         self.metrics.retried.inc(taken.message_count)
