@@ -1,7 +1,7 @@
 """Syslog drains over TCP and TLS: RFC 6587 octet counting (DESIGN sections 5.1 and 8).
 
 Frames are ``LEN SP <PRI>1 SP TS SP d.TOKEN SP SOURCE SP PS SP - SP - SP MSG LF``
-(``logplex.codecs.rfc5424.syslog_frames``, once per published batch), coalesced into
+(``logplex.codecs.drain_frames.syslog_frames``, once per published batch), coalesced into
 writes of up to 256 KiB.
 
 Delivery without silent loss across reconnects: every write is remembered with its position
@@ -41,8 +41,8 @@ from drains._notices import l14_message
 from drains._retry import reconnect_delay_s
 from drains._tls import client_tls_context
 from drains._url import DrainURL
+from logplex.codecs.drain_frames import syslog_frames
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import syslog_frames
 
 COALESCE_BYTES: Final = 256 * 1024
 COALESCE_MESSAGES: Final = 8192

@@ -1,7 +1,7 @@
 """Syslog drains over UDP (DESIGN sections 5.1 and 8): fire-and-forget datagrams.
 
 One datagram per message, the syslog-drain layout without ``LEN SP`` and without LF, cut to
-2048 bytes (``logplex.codecs.rfc5424.syslog_datagram``). A datagram the kernel refuses
+2048 bytes (``logplex.codecs.drain_frames.syslog_datagram``). A datagram the kernel refuses
 (an ICMP port-unreachable from an earlier datagram shows up as ``ECONNREFUSED`` on the next
 send) is tried once more, then counted as dropped into the next L10. Nothing else is known
 about UDP delivery: a datagram the kernel took counts as delivered.
@@ -19,8 +19,8 @@ from drains._buffer import Taken
 from drains._interface import DrainContext
 from drains._retry import reconnect_delay_s
 from drains._url import DrainURL
+from logplex.codecs.drain_frames import syslog_datagram
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import syslog_datagram
 
 BATCH_MESSAGES: Final = 1024
 BATCH_BYTES: Final = 1024 * 1024

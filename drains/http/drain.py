@@ -56,7 +56,7 @@ from drains._tls import client_tls_context
 from drains._url import DrainURL
 from drains.http.connection import Http11Client, network_stream_opener
 from drains.http.request import PostEncoder, PreparedPost, basic_auth_header
-from logplex.codecs.logplex1 import https_frames
+from logplex.codecs.drain_frames import https_frames
 from logplex.codecs.records import Batch, Message
 
 MAX_BATCH_MESSAGES: Final = 1000
