@@ -52,7 +52,7 @@ ALPHABET = b' 0123456789<>.-+:TZ\n\xef[]"\\='
 
 
 MODULES = {  # name in the child: source
-    "_syslogscan": ROOT / "logplex" / "_syslogscan.c",
+    "_syslogscan": ROOT / "logplex" / "codecs" / "_syslogscan.c",
     "_cframes": ROOT / "logplex" / "codecs" / "_cframes.c",
 }
 
