@@ -2,13 +2,15 @@
 
 The router sees drains only through what this module exports (docs/architecture.md):
 ``parse_drain_url``, ``open_drain`` and the records around them. Each drain kind lives in
-its own module (``http``, ``syslog``, ``udp``); the shared buffer with drop-oldest and loss
-accounting (``_buffer``), the retry policy (``_retry``) and the metrics (``_metrics``) are
-private. ``receiver`` and ``sink`` are for drain subscribers (DESIGN 5.4).
+its own module (``http`` is a package: request, connection, response, drain loop;
+``syslog``, ``udp``); the shared buffer with drop-oldest and loss accounting (``_buffer``),
+the retry policy (``_retry``), TLS (``_tls``), the errors (``_errors``) and the metrics
+(``_metrics``) are private. ``receiver`` and ``sink`` are for drain subscribers (DESIGN 5.4).
 """
 
 from __future__ import annotations
 
+from drains._errors import DrainError, InvalidDrainURL
 from drains._interface import (
     Drain,
     DrainContext,
@@ -16,7 +18,10 @@ from drains._interface import (
     DrainState,
     DrainStatus,
 )
-from drains._url import DrainError, DrainURL, InvalidDrainURL, parse_drain_url
+from drains._url import DrainURL, parse_drain_url
+from drains.http import HttpDrain
+from drains.syslog import SyslogDrain
+from drains.udp import UdpDrain
 
 __all__ = [
     "Drain",
@@ -39,13 +44,7 @@ def open_drain(ctx: DrainContext) -> Drain:
     """
     url = parse_drain_url(ctx.url)
     if url.kind == "http":
-        from drains.http import HttpDrain  # load httpx only when needed
-
         return HttpDrain(ctx, url)
     if url.kind == "syslog+udp":
-        from drains.udp import UdpDrain
-
         return UdpDrain(ctx, url)
-    from drains.syslog import SyslogDrain
-
     return SyslogDrain(ctx, url)

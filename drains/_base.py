@@ -2,14 +2,18 @@
 
 A drain kind (``http``, ``syslog``, ``udp``) subclasses ``DrainCore`` and writes only its
 ``run`` loop: take frames from ``self.queue``, send them, and report each outcome through
-``record_delivered`` / ``record_failure`` / ``give_up``. Status follows
+``record_delivered`` / ``record_failure`` / ``finish``. Status follows
 ``drains._interface.drain_state``; metrics follow ``drains._metrics``.
+
+A success clears ``last_error``. The drain's state changes are logged on the ``drains``
+logger once per transition, never per attempt: a warning when it becomes degraded or down
+(a TLS failure included) with the reason, and a line when a delivery succeeds again; the
+URL is always the redacted one.
 """
 
 from __future__ import annotations
 
-import functools
-import ssl
+import logging
 import time
 from collections.abc import Callable
 
@@ -24,58 +28,7 @@ from logplex.codecs.records import Batch, Message
 
 MAX_ERROR_CHARS = 500
 
-
-def client_tls_context(url: DrainURL, ca_file: str | None) -> ssl.SSLContext:
-    """System CAs plus ``ca_file``, host name checked; verification off only for ``#insecure``.
-
-    Contexts are shared between drains: building one loads the system CA store, about
-    50 ms of CPU, which a router with hundreds of TLS drains must not pay per drain.
-    """
-    return _shared_tls_context(ca_file, url.insecure)
-
-
-@functools.lru_cache(maxsize=16)
-def _shared_tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind ``exc``, if that is what it is."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def describe_exception(exc: BaseException) -> str:
-    """A one-line reason for a failed attempt, from the most specific error in the chain."""
-    certificate = certificate_error(exc)
-    if certificate is not None:
-        reason = certificate.verify_message or certificate.reason or str(certificate)
-        return f"certificate validation failed: {reason}"
-    chain: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(chain) < 10:
-        if isinstance(seen, BaseExceptionGroup) and seen.exceptions:
-            seen = seen.exceptions[0]  # e.g. trio's "all attempts to connect failed"
-            continue
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    for candidate in reversed(chain):
-        text = str(candidate)
-        if text and text != type(candidate).__name__:
-            return f"{type(candidate).__name__}: {text}"
-    return type(exc).__name__
+log = logging.getLogger("drains")
 
 
 class DrainCore:
@@ -107,6 +60,7 @@ class DrainCore:
         self._last_attempt_ok: bool | None = None
         self._last_success_s: float | None = None
         self._last_error: str | None = None
+        self._logged_failing: DrainState | None = None  # the failing state last logged
         self._progress = trio.Event()
         LIVE_DRAINS.add(self)
 
@@ -118,8 +72,8 @@ class DrainCore:
             self._report_dropped()
 
     async def wait_flushed(self) -> None:
-        """Return once nothing is queued, in flight, or owed as an L10 notice."""
-        while self.queue.queued_messages or self.in_flight_messages or self.queue.lost_pending:
+        """Return once nothing is queued, in flight, or owed as an L10 that will go alone."""
+        while self.queue.queued_messages or self.in_flight_messages or self.queue.notice_due:
             self._progress = trio.Event()
             await self._progress.wait()
 
@@ -151,12 +105,20 @@ class DrainCore:
         """``taken`` is in flight (a drain may have more than one batch out at a time)."""
         self.in_flight_messages += taken.message_count
 
-    def record_delivered(self, message_count: int, byte_count: int) -> None:
+    def record_delivered(
+        self, message_count: int, byte_count: int, *, all_attempts_ok: bool = True
+    ) -> None:
+        """Count a delivery; it clears ``last_error`` unless part of the send failed."""
         self.delivered += message_count
         self.metrics.delivered.inc(message_count)
         self.metrics.bytes_delivered.inc(byte_count)
         self._last_attempt_ok = True
         self._last_success_s = time.time()
+        if all_attempts_ok:
+            self._last_error = None
+        if self._logged_failing is not None:
+            self._logged_failing = None
+            log.info("%s is up again", self._log_name())
 
     def record_connected(self) -> None:
         """A connection opened: the drain is reachable again."""
@@ -166,15 +128,24 @@ class DrainCore:
         """Remember a failed attempt; ``error`` must already be free of credentials."""
         self._last_attempt_ok = False
         self._last_error = error[:MAX_ERROR_CHARS]
+        state = self.current_state(time.time())
+        if state != self._logged_failing:  # degraded or down, logged once each
+            self._logged_failing = state
+            log.warning("%s is %s: %s", self._log_name(), state, self._last_error)
+
+    def _log_name(self) -> str:
+        return f"drain {self.ctx.drain_id} of {self.ctx.channel} ({self.url.redacted()})"
 
     def record_retry(self, taken: Taken) -> None:
         self.metrics.retried.inc(taken.message_count)
         self.metrics.bytes_retried.inc(taken.byte_count)
 
-    def finish(self, taken: Taken, *, delivered: bool) -> None:
+    def finish(self, taken: Taken, *, delivered: bool, all_attempts_ok: bool = True) -> None:
         """Close out a taken batch (a batch given up on is counted into the next L10)."""
         if delivered:
-            self.record_delivered(taken.message_count, taken.byte_count)
+            self.record_delivered(
+                taken.message_count, taken.byte_count, all_attempts_ok=all_attempts_ok
+            )
         else:
             self.metrics.bytes_dropped.inc(taken.byte_count)
         self.queue.settle(taken, delivered=delivered)

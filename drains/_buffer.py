@@ -13,6 +13,9 @@ Follows DESIGN section 8 ("Router → drains") and 5.5 (L10). In the spirit of L
   the count its L10 carried are added to the next L10 (nothing vanishes silently).
 - When losses are pending and nothing is queued, the notice becomes takeable on its own
   ``notice_delay_s`` (1 s) after the loss, so it is never held back indefinitely.
+- A notice that was itself given up on (sent alone and refused, or out of retries) does not
+  beget another lone notice: its count waits for the next batch, or for the next loss of
+  messages, so a drain that refuses everything gets one lone L10 per loss, not one a second.
 
 ``DrainQueue`` is the seam for the durable spool (DESIGN section 2, ``--spool``): drains use
 only that protocol, which a spool can implement with the same loss reporting.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import bisect
 import collections
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +70,11 @@ class DrainQueue(Protocol):
     @property
     def lost_pending(self) -> int: ...
 
+    @property
+    def notice_due(self) -> bool:
+        """An L10 is owed and will be sent on its own if no batch comes to carry it."""
+        ...
+
     def push_batch(self, batch: Batch) -> None: ...
 
     def take(self, max_messages: int, max_bytes: int) -> Taken | None: ...
@@ -105,7 +114,7 @@ class DrainBuffer:
         self._queued_bytes = 0
         self._lost_pending = 0  # messages to report in the next L10
         self._lost_since_us = 0  # wall-clock time of the first loss of the streak
-        self._notice_due_at = 0.0  # trio time at which a lone notice becomes takeable
+        self._notice_due_at = math.inf  # trio time at which a lone notice becomes takeable
         self._dropped_total = 0
         self._wakeup = trio.Event()
 
@@ -127,6 +136,10 @@ class DrainBuffer:
     @property
     def lost_pending(self) -> int:
         return self._lost_pending
+
+    @property
+    def notice_due(self) -> bool:
+        return self._lost_pending > 0 and self._notice_due_at != math.inf
 
     # -- producer side (synchronous, called from the router's publish) ----------------
 
@@ -199,14 +212,21 @@ class DrainBuffer:
             dropped += cut
         self._record_loss(dropped, int(self._wall_clock_s() * 1_000_000))
 
-    def _record_loss(self, count: int, since_us: int) -> None:
+    def _record_loss(self, count: int, since_us: int, *, messages_lost: bool = True) -> None:
+        """Count ``count`` losses into the next L10.
+
+        ``messages_lost`` False: only the count of a notice that was given up on, which
+        rides on the next batch (or the next loss) instead of going alone again.
+        """
         if count <= 0:
             return
         if self._lost_pending == 0:
             self._lost_since_us = since_us
-            self._notice_due_at = trio.current_time() + self._notice_delay_s
+            self._notice_due_at = math.inf
         else:
             self._lost_since_us = min(self._lost_since_us, since_us)
+        if messages_lost and self._notice_due_at == math.inf:
+            self._notice_due_at = trio.current_time() + self._notice_delay_s
         self._lost_pending += count
         self._dropped_total += count
         self._wakeup.set()
@@ -291,7 +311,11 @@ class DrainBuffer:
         if taken.notice_count:
             # The notice's own count is already in dropped_total; carry it over.
             self._dropped_total -= taken.notice_count
-        self._record_loss(taken.notice_count + taken.message_count, since_us)
+        self._record_loss(
+            taken.notice_count + taken.message_count,
+            since_us,
+            messages_lost=taken.message_count > 0,
+        )
 
     def _now_us(self) -> int:
         return int(self._wall_clock_s() * 1_000_000)

@@ -20,6 +20,10 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from drains._errors import DrainError, InvalidDrainURL
+
+__all__ = ["DrainError", "DrainKind", "DrainURL", "InvalidDrainURL", "parse_drain_url"]
+
 DrainKind = Literal["http", "syslog", "syslog+tls", "syslog+udp"]
 
 ACCEPTED_SCHEMES: Final = "https://, http://, syslog://, syslog+tls:// or syslog+udp://"
@@ -41,14 +45,6 @@ _KIND_BY_SCHEME: Final[dict[str, DrainKind]] = {
     "syslog+tls": "syslog+tls",
     "syslog+udp": "syslog+udp",
 }
-
-
-class DrainError(Exception):
-    """Base of every error the drains raise."""
-
-
-class InvalidDrainURL(DrainError, ValueError):
-    """A drain URL that cannot be used; the message says what is wrong and what is accepted."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ to ``--jsonl`` or stdout. ``--blackhole`` checks the headers and the line count 
 counts, for benchmarks.
 
 The bound address is printed first as ``listening http=HOST:PORT`` (flushed), so scripts
-can use port 0. TLS is ``drains._http11.TlsOverSocket`` on the server side; h11 parses each
+can use port 0. TLS is ``drains._tls.TlsOverSocket`` on the server side; h11 parses each
 request head and a ``Content-Length`` body is read straight into one buffer (the cost per
 100 KiB post matters: a benchmark's sink must not be the bottleneck). Every connection has a
 handshake deadline, an idle timeout and a deadline per request; heads and bodies are bounded.
@@ -33,7 +33,7 @@ from typing import BinaryIO, Final
 import h11
 import trio
 
-from drains._http11 import TlsOverSocket
+from drains._tls import TlsOverSocket
 from drains.receiver import (
     MAX_BODY_BYTES,
     ReceiverError,

@@ -1,7 +1,7 @@
 """Syslog drains over TCP and TLS: RFC 6587 octet counting (DESIGN sections 5.1 and 8).
 
 Frames are ``LEN SP <PRI>1 SP TS SP d.TOKEN SP SOURCE SP PS SP - SP - SP MSG LF``
-(``logplex.codecs.rfc5424.syslog_frames``, once per published batch), coalesced into
+(``logplex.codecs.drain_frames.syslog_frames``, once per published batch), coalesced into
 writes of up to 256 KiB.
 
 Delivery without silent loss across reconnects: every write is remembered with its position
@@ -33,19 +33,16 @@ from typing import Final
 
 import trio
 
-from drains._base import (
-    DrainCore,
-    certificate_error,
-    client_tls_context,
-    describe_exception,
-)
+from drains._base import DrainCore
 from drains._buffer import Taken
+from drains._errors import certificate_error, certificate_reason, describe_exception
 from drains._interface import DrainContext
 from drains._notices import l14_message
 from drains._retry import reconnect_delay_s
+from drains._tls import client_tls_context
 from drains._url import DrainURL
+from logplex.codecs.drain_frames import syslog_frames
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import syslog_frames
 
 COALESCE_BYTES: Final = 256 * 1024
 COALESCE_MESSAGES: Final = 8192
@@ -215,7 +212,7 @@ class SyslogDrain(DrainCore):
             return
         certificate = certificate_error(exc)
         if certificate is not None:
-            reason = certificate.verify_message or certificate.reason or "invalid"
+            reason = certificate_reason(certificate)
             self.record_failure(f"certificate validation failed for {where}: {reason}")
             if not self._certificate_failure_reported:
                 self._certificate_failure_reported = True
@@ -262,7 +259,7 @@ class SyslogDrain(DrainCore):
             if self._resend:
                 taken = self._resend.popleft()
             else:
-                if not self.queue.queued_messages and not self.queue.lost_pending:
+                if not self.queue.queued_messages and not self.queue.notice_due:
                     if conn.writes:
                         with trio.move_on_after(ACK_POLL_INTERVAL_S):
                             await self.queue.wait_takeable()

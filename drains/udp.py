@@ -1,7 +1,7 @@
 """Syslog drains over UDP (DESIGN sections 5.1 and 8): fire-and-forget datagrams.
 
 One datagram per message, the syslog-drain layout without ``LEN SP`` and without LF, cut to
-2048 bytes (``logplex.codecs.rfc5424.syslog_datagram``). A datagram the kernel refuses
+2048 bytes (``logplex.codecs.drain_frames.syslog_datagram``). A datagram the kernel refuses
 (an ICMP port-unreachable from an earlier datagram shows up as ``ECONNREFUSED`` on the next
 send) is tried once more, then counted as dropped into the next L10. Nothing else is known
 about UDP delivery: a datagram the kernel took counts as delivered.
@@ -19,8 +19,8 @@ from drains._buffer import Taken
 from drains._interface import DrainContext
 from drains._retry import reconnect_delay_s
 from drains._url import DrainURL
+from logplex.codecs.drain_frames import syslog_datagram
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import syslog_datagram
 
 BATCH_MESSAGES: Final = 1024
 BATCH_BYTES: Final = 1024 * 1024
@@ -37,6 +37,7 @@ class UdpDrain(DrainCore):
 
         super().__init__(ctx, url, encode=encode, memo_key=f"drains.udp:{ctx.token}")
         self._random = random.Random()
+        self._send_failures = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -77,14 +78,17 @@ class UdpDrain(DrainCore):
             if taken is None:
                 continue
             self.begin(taken)
+            failures = self._send_failures
             lost = await self._send_datagrams(sock, taken)
             if lost.message_count or lost.notice_count:
                 self.record_delivered(
-                    taken.message_count - lost.message_count, taken.byte_count - lost.byte_count
+                    taken.message_count - lost.message_count,
+                    taken.byte_count - lost.byte_count,
+                    all_attempts_ok=False,
                 )
                 self.finish(lost, delivered=False)
             else:
-                self.finish(taken, delivered=True)
+                self.finish(taken, delivered=True, all_attempts_ok=failures == self._send_failures)
 
     async def _send_datagrams(self, sock: trio.socket.SocketType, taken: Taken) -> Taken:
         """Send each frame; returns what the kernel refused twice (to count into L10)."""
@@ -95,6 +99,7 @@ class UdpDrain(DrainCore):
                     await sock.send(datagram)
                     break
                 except OSError as exc:
+                    self._send_failures += 1
                     self.record_failure(f"send to {self.url.redacted()} failed: {exc}")
                     if attempt:
                         lost.byte_count += len(datagram)

@@ -52,7 +52,7 @@ ALPHABET = b' 0123456789<>.-+:TZ\n\xef[]"\\='
 
 
 MODULES = {  # name in the child: source
-    "_syslogscan": ROOT / "logplex" / "_syslogscan.c",
+    "_syslogscan": ROOT / "logplex" / "codecs" / "_syslogscan.c",
     "_cframes": ROOT / "logplex" / "codecs" / "_cframes.c",
 }
 
@@ -171,16 +171,16 @@ def fuzz_scanner(module: Any, rng: random.Random) -> None:
 
 
 def fuzz_formatter(rng: random.Random) -> None:
-    from logplex.codecs import logplex1, rfc5424
+    from logplex.codecs import drain_frames
 
     batch = [record(rng) for _ in range(rng.randrange(12))]
     layouts = [
-        (b"host", logplex1._https_headers, logplex1._https_header),
-        (b"d.x", rfc5424._syslog_headers, rfc5424._syslog_header),
+        (b"host", drain_frames._https_headers, drain_frames._https_header),
+        (b"d.x", drain_frames._syslog_headers, drain_frames._syslog_header),
     ]
     for first_field, headers, make_header in layouts:
         outcomes = []
-        for encode in (rfc5424._frames_with_headers_c, rfc5424._frames_with_headers_python):
+        for encode in (drain_frames.frames_with_headers_c, drain_frames.frames_with_headers_python):
             try:
                 outcomes.append(encode(batch, first_field, headers, make_header))
             except Exception as exc:  # the same error from both is the expected outcome
@@ -190,10 +190,10 @@ def fuzz_formatter(rng: random.Random) -> None:
 
 
 def fuzz(directory: str, seconds: float, seed: int) -> dict[str, Any]:
-    from logplex.codecs import rfc5424
+    from logplex.codecs import drain_frames
 
     scanner = load(directory, "_syslogscan")
-    rfc5424._c_frames = load(directory, "_cframes").frames_with_headers  # type: ignore[attr-defined]
+    drain_frames._c_frames = load(directory, "_cframes").frames_with_headers  # type: ignore[attr-defined]
     rng = random.Random(seed)
     inputs = {"scanner": 0, "formatter": 0}
     started = time.monotonic()

@@ -34,7 +34,15 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from logplex.codecs import logplex1, octet, rfc5424, shimbatch, shimproto, timestamps  # noqa: E402
+from logplex.codecs import (  # noqa: E402
+    drain_frames,
+    logplex1,
+    octet,
+    rfc5424,
+    shimbatch,
+    shimproto,
+    timestamps,
+)
 from logplex.codecs.errors import ProtocolError  # noqa: E402
 from logplex.codecs.lines import LineSplitter  # noqa: E402
 from perf.results import append_results  # noqa: E402
@@ -60,9 +68,9 @@ def load_seeds() -> dict[str, list[bytes]]:
     for frame in shim["frames"]:
         seeds["shim"].append(bytes.fromhex(frame["hex"].replace(" ", "")))
     message = (1_795_811_973_123_456, 190, b"app", b"web.1", b"hello \xc3\xa9 world")
-    seeds["syslog"].append(rfc5424.syslog_frame(message, b"d.1234")[3:])
-    seeds["body"].append(logplex1.encode_https_body([message] * 3)[0])
-    seeds["octet"].append(logplex1.encode_https_body([message] * 3)[0])
+    seeds["syslog"].append(drain_frames.syslog_frame(message, b"d.1234")[3:])
+    seeds["body"].append(drain_frames.encode_https_body([message] * 3)[0])
+    seeds["octet"].append(drain_frames.encode_https_body([message] * 3)[0])
     seeds["shim"].append(
         shimproto.encode_hello("t.x", "web.1", "s", "logshim/0", platform_token="t.y")
         + shimproto.encode_batch(5, [[1, 1, b"a"], [2, 2, b"b\n"], [3, 3, b""]])

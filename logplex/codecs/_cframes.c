@@ -1,6 +1,6 @@
 /*
  * logplex.codecs._cframes: the octet-counted drain frames of a batch, at C speed
- * (DESIGN 5.1 and 5.2; the pure-Python twin is rfc5424._frames_with_headers_python).
+ * (DESIGN 5.1 and 5.2; the pure-Python twin is drain_frames.frames_with_headers_python).
  *
  * frames_with_headers(messages: list, parts_of, prefix_of, /) -> list[bytes] | None
  *

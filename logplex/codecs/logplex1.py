@@ -4,8 +4,8 @@ A body is RFC 6587 octet-counted frames back to back, each ``LEN SP SYSLOG-MSG``
 
 Output (DESIGN 5.2), what HTTPS drains receive: Heroku's layout without a STRUCTURED-DATA
 field, ``LEN SP <PRI>1 SP TS SP host SP SOURCE SP PS SP - SP MSG LF``, LEN counting every
-byte after its space including the LF. ``encode_https_body`` formats a whole batch with one
-join; header fields are validated once per distinct (PRI, host, source, ps).
+byte after its space including the LF. It is formatted by ``logplex.codecs.drain_frames``
+(``https_frame``, ``https_frames``, ``encode_https_body``, importable from here too).
 ``parse_drain_body`` reads that layout back, byte-exactly by the counts, for receivers.
 
 Input (DESIGN section 3), what ``POST /logs`` and the syslog listener receive: Logplex's
@@ -34,31 +34,26 @@ from __future__ import annotations
 
 from typing import Final, NamedTuple
 
+# The output layout is formatted by drain_frames, which the syslog layout shares; it is
+# also this format's public face, so those names stay importable from here.
+from logplex.codecs.drain_frames import (
+    APP_NAME_MAX,
+    HOSTNAME_MAX,
+    MSGID_MAX,
+    PRI_MAX,
+    PROCID_MAX,
+    check_header_field,
+    encode_https_body,
+    https_frame,
+    https_frames,
+)
 from logplex.codecs.errors import Logplex1Error, OctetFramingError, ProtocolError
 from logplex.codecs.lines import split_embedded_lines
 from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.octet import _counts as _octet_counts  # the shared b"1".."10240" table
 from logplex.codecs.records import Message
-from logplex.codecs.rfc5424 import (
-    _LENGTH_PREFIXES,
-    APP_NAME_MAX,
-    BOM,
-    HOSTNAME_MAX,
-    MSGID_MAX,
-    PRI_MAX,
-    PROCID_MAX,
-    _frames_with_headers,
-    check_header_field,
-    check_pri,
-    parse_structured_data,
-)
-from logplex.codecs.timestamps import (  # the format caches are shared within the package
-    _MICROS_UTC,
-    _millisecond_prefix,
-    _prefix_by_millisecond,
-    format_ts,
-    parse_ts,
-)
+from logplex.codecs.rfc5424 import BOM, parse_structured_data
+from logplex.codecs.timestamps import parse_ts
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -78,89 +73,10 @@ __all__ = [
 
 MAX_FRAME_BYTES: Final = 10240
 
-_HEADER_CACHE_LIMIT: Final = 4096
 # LF as an int: ``0x0A in data`` is a memchr, while ``b"\n" in data`` first tries the
 # operand as an int, builds a TypeError message and discards it (about ten times the cost
 # in CPython 3.11, once per line on the ingest paths).
 _LF: Final = 0x0A
-_TS_LEN: Final = 32
-
-# (host, pri, source, ps) -> (b"<PRI>1 ", b" host SOURCE PS - ", fixed byte count)
-_https_headers: dict[tuple[bytes, int, bytes, bytes], tuple[bytes, bytes, int]] = {}
-
-
-def _https_header(key: tuple[bytes, int, bytes, bytes]) -> tuple[bytes, bytes, int]:
-    host, pri, source, ps = key
-    check_pri(pri)
-    check_header_field("HOSTNAME", host, HOSTNAME_MAX)
-    check_header_field("APP-NAME (source)", source, APP_NAME_MAX)
-    check_header_field("PROCID (ps)", ps, PROCID_MAX)
-    head = b"<%d>1 " % pri
-    middle = b" %b %b %b - " % (host, source, ps)
-    parts = (head, middle, len(head) + _TS_LEN + len(middle) + 1)
-    if len(_https_headers) >= _HEADER_CACHE_LIMIT:
-        _https_headers.clear()
-    _https_headers[key] = parts
-    return parts
-
-
-def https_frame(m: Message, host: bytes = b"host") -> bytes:
-    """One HTTPS-drain frame (DESIGN 5.2), ``LEN SP <PRI>1 ... MSG LF``."""
-    ts_us, pri, source, ps, msg = m
-    key = (host, pri, source, ps)
-    parts = _https_headers.get(key)
-    if parts is None:
-        parts = _https_header(key)
-    head, middle, fixed = parts
-    return b"".join(
-        (str(fixed + len(msg)).encode(), b" ", head, format_ts(ts_us), middle, msg, b"\n")
-    )
-
-
-def encode_https_body(messages: list[Message], host: bytes = b"host") -> tuple[bytes, int]:
-    """The logplex-1 body of ``messages`` and its message count (``Logplex-Msg-Count``).
-
-    This is ``b"".join(map(https_frame, messages))`` with everything per message inlined
-    (header cache, length prefix table, the timestamp caches of ``timestamps``): it runs
-    for every message of every HTTPS drain batch.
-    """
-    headers = _https_headers
-    length_prefixes = _LENGTH_PREFIXES
-    longest = len(length_prefixes)
-    ts_prefixes = _prefix_by_millisecond
-    ts_tails = _MICROS_UTC
-    pieces: list[bytes] = []
-    extend = pieces.extend
-    for ts_us, pri, source, ps, msg in messages:
-        parts = headers.get((host, pri, source, ps))
-        if parts is None:
-            parts = _https_header((host, pri, source, ps))
-        head, middle, fixed = parts
-        length = fixed + len(msg)
-        ts_prefix = ts_prefixes.get(ts_us // 1000)
-        if ts_prefix is None:
-            ts_prefix = _millisecond_prefix(ts_us // 1000)
-        extend(
-            (
-                length_prefixes[length] if length < longest else b"%d " % length,
-                head,
-                ts_prefix,
-                ts_tails[ts_us % 1000],
-                middle,
-                msg,
-                b"\n",
-            )
-        )
-    return b"".join(pieces), len(messages)
-
-
-def https_frames(messages: list[Message], host: bytes = b"host") -> list[bytes]:
-    """``[https_frame(m, host) for m in messages]``, for a whole batch at once.
-
-    A drain buffer keeps one frame per message (it cuts posts and counts losses by frame),
-    so this returns the list, not the joined body.
-    """
-    return _frames_with_headers(messages, host, _https_headers, _https_header)
 
 
 # --- input layout -----------------------------------------------------------------------

@@ -1,14 +1,8 @@
-r"""RFC 5424 syslog messages: the syslog-drain encoder (DESIGN 5.1) and two parsers.
+r"""RFC 5424 syslog messages: two parsers, and the syslog-drain encoder's names (DESIGN 5.1).
 
-Encoding (DESIGN 5.1): ``LEN SP <PRI>1 SP TS SP d.TOKEN SP SOURCE SP PS SP - SP - SP MSG LF``
-for TCP/TLS drains (RFC 6587 section 3.4.1 octet counting; LEN counts every byte after its
-space, the LF included), and the same message without ``LEN SP`` and LF, cut to 2048 bytes,
-for UDP drains (RFC 5426). The drain token goes in HOSTNAME, the source in APP-NAME, the ps
-in PROCID; MSGID and STRUCTURED-DATA are NILVALUE. Header fields must be PRINTUSASCII
-(33..126) of 1..N bytes (RFC 5424 section 6: HOSTNAME 255, APP-NAME 48, PROCID 128, MSGID
-32); the encoder refuses anything else with ``EncodeError``. Validation and the formatting of
-the constant parts happen once per distinct (token, PRI, source, ps) thanks to a small cache,
-so the per-message cost is a timestamp and one join.
+Encoding (DESIGN 5.1) is ``logplex.codecs.drain_frames``, which formats both drain layouts:
+``syslog_frame``, ``syslog_frames`` and ``syslog_datagram`` are importable from here too,
+with the RFC 5424 field limits and ``check_header_field``.
 
 Parsing: ``parse_strict`` implements the ABNF of RFC 5424 section 6:
 
@@ -37,25 +31,33 @@ starts MSG. Only a missing or malformed PRI makes ``parse_lenient`` raise.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from logplex.codecs.errors import EncodeError, ProtocolError, SyslogParseError
-from logplex.codecs.lines import split_utf8_chunks
-from logplex.codecs.records import Message
-from logplex.codecs.timestamps import (  # the format caches are shared within the package
-    _MICROS_UTC,
-    _millisecond_prefix,
-    _prefix_by_millisecond,
-    format_ts,
-    parse_ts,
+# The encoder lives in drain_frames, which the HTTPS layout shares; it is also this
+# format's public face, so these names stay importable from here.
+from logplex.codecs.drain_frames import (
+    APP_NAME_MAX,
+    C_FORMATTER,
+    HOSTNAME_MAX,
+    MSGID_MAX,
+    PRI_MAX,
+    PROCID_MAX,
+    UDP_MAX_BYTES,
+    check_header_field,
+    syslog_datagram,
+    syslog_frame,
+    syslog_frames,
 )
+from logplex.codecs.errors import ProtocolError, SyslogParseError
+from logplex.codecs.timestamps import parse_ts
 
 __all__ = [
     "APP_NAME_MAX",
+    "C_FORMATTER",
     "HOSTNAME_MAX",
     "MSGID_MAX",
+    "PRI_MAX",
     "PROCID_MAX",
     "UDP_MAX_BYTES",
     "SDElement",
@@ -69,239 +71,9 @@ __all__ = [
     "syslog_frames",
 ]
 
-HOSTNAME_MAX: Final = 255
-APP_NAME_MAX: Final = 48
-PROCID_MAX: Final = 128
-MSGID_MAX: Final = 32
-PRI_MAX: Final = 191
-UDP_MAX_BYTES: Final = 2048
-_HEADER_CACHE_LIMIT: Final = 4096
-
-_PRINTUSASCII: Final = bytes(range(33, 127))
-
-
-def check_header_field(name: str, value: bytes, max_len: int) -> None:
-    """Raise ``EncodeError`` unless ``value`` is 1..max_len bytes of PRINTUSASCII (33..126)."""
-    if not value:
-        raise EncodeError(f"syslog {name} must not be empty (RFC 5424 section 6)")
-    if len(value) > max_len:
-        raise EncodeError(
-            f"syslog {name} {value[:40]!r}... is {len(value)} bytes; RFC 5424 allows at most "
-            f"{max_len}"
-        )
-    if value.translate(None, _PRINTUSASCII):
-        raise EncodeError(
-            f"syslog {name} {value!r} may only hold printable US-ASCII without spaces "
-            "(bytes 33..126, RFC 5424 section 6)"
-        )
-
-
-def check_pri(pri: int) -> None:
-    """Raise ``EncodeError`` unless ``pri`` is an RFC 5424 PRI value (0..191)."""
-    if type(pri) is not int or not 0 <= pri <= PRI_MAX:
-        raise EncodeError(f"syslog PRI {pri!r} is outside 0..{PRI_MAX}")
-
-
-# (hostname, pri, source, ps) -> (b"<PRI>1 ", b" HOST APP PROCID - - ", the frame's byte
-# count without MSG: everything after ``LEN SP``, timestamp and LF included)
-_syslog_headers: dict[tuple[bytes, int, bytes, bytes], tuple[bytes, bytes, int]] = {}
-
-
-def _syslog_header(key: tuple[bytes, int, bytes, bytes]) -> tuple[bytes, bytes, int]:
-    hostname, pri, source, ps = key
-    check_pri(pri)
-    check_header_field("HOSTNAME (drain token)", hostname, HOSTNAME_MAX)
-    check_header_field("APP-NAME (source)", source, APP_NAME_MAX)
-    check_header_field("PROCID (ps)", ps, PROCID_MAX)
-    head = b"<%d>1 " % pri
-    middle = b" %b %b %b - - " % (hostname, source, ps)
-    parts = (head, middle, len(head) + 32 + len(middle) + 1)
-    if len(_syslog_headers) >= _HEADER_CACHE_LIMIT:
-        _syslog_headers.clear()
-    _syslog_headers[key] = parts
-    return parts
-
-
-def syslog_frame(m: Message, drain_token: bytes) -> bytes:
-    """One octet-counted syslog-drain frame (DESIGN 5.1), ``LEN SP ... MSG LF``."""
-    ts_us, pri, source, ps, msg = m
-    key = (drain_token, pri, source, ps)
-    parts = _syslog_headers.get(key)
-    if parts is None:
-        parts = _syslog_header(key)
-    head, middle, fixed = parts
-    return b"".join(
-        (str(fixed + len(msg)).encode(), b" ", head, format_ts(ts_us), middle, msg, b"\n")
-    )
-
-
-# b"N " for every length a frame of a 10240-byte message can reach with the longest header
-# fields: one list index per frame instead of formatting an int.
-_LENGTH_PREFIXES: Final = [b"%d " % n for n in range(10240 + 1024)]
-
-
-def syslog_frames(messages: list[Message], drain_token: bytes) -> list[bytes]:
-    """``[syslog_frame(m, drain_token) for m in messages]``, for a whole batch at once.
-
-    A drain buffer keeps one frame per message (it cuts writes and counts acknowledged
-    frames by frame), so this returns the list.
-    """
-    return _frames_with_headers(messages, drain_token, _syslog_headers, _syslog_header)
-
-
-HeaderParts = tuple[bytes, bytes, int]
-HeaderKey = tuple[bytes, int, bytes, bytes]
-
-
-class _PartsByPs(dict[bytes, HeaderParts]):
-    """The header parts of one (first field, PRI, source) by ps, within one batch.
-
-    A miss (``__missing__``) reads the shared cache, or builds and validates the parts.
-    """
-
-    __slots__ = ("_first_field", "_headers", "_make_header", "_pri", "_source")
-
-    def __init__(
-        self,
-        first_field: bytes,
-        pri: int,
-        source: bytes,
-        headers: dict[HeaderKey, HeaderParts],
-        make_header: Callable[[HeaderKey], HeaderParts],
-    ) -> None:
-        super().__init__()
-        self._first_field = first_field
-        self._pri = pri
-        self._source = source
-        self._headers = headers
-        self._make_header = make_header
-
-    def __missing__(self, ps: bytes) -> HeaderParts:
-        key = (self._first_field, self._pri, self._source, ps)
-        parts = self._headers.get(key) or self._make_header(key)
-        self[ps] = parts
-        return parts
-
-
-FramesWithHeaders = Callable[
-    [list[Message], bytes, dict[HeaderKey, HeaderParts], Callable[[HeaderKey], HeaderParts]],
-    list[bytes],
-]
-
-
-def _ts_prefix(ts_ms: int) -> bytes:
-    return _prefix_by_millisecond.get(ts_ms) or _millisecond_prefix(ts_ms)
-
-
-def _frames_with_headers_c(
-    messages: list[Message],
-    first_field: bytes,
-    headers: dict[HeaderKey, HeaderParts],
-    make_header: Callable[[HeaderKey], HeaderParts],
-) -> list[bytes]:
-    """``_frames_with_headers_python`` through ``logplex.codecs._cframes`` (same frames, same
-    errors, about five times faster); a batch it finds unusual goes the Python way."""
-
-    def parts_of(pri: int, source: bytes, ps: bytes) -> HeaderParts:
-        key = (first_field, pri, source, ps)
-        return headers.get(key) or make_header(key)
-
-    frames = _c_frames(messages, parts_of, _ts_prefix)
-    if frames is None:
-        return _frames_with_headers_python(messages, first_field, headers, make_header)
-    return frames
-
-
-def _frames_with_headers_python(
-    messages: list[Message],
-    first_field: bytes,
-    headers: dict[HeaderKey, HeaderParts],
-    make_header: Callable[[HeaderKey], HeaderParts],
-) -> list[bytes]:
-    """Octet-counted frames ``LEN SP head TS middle MSG LF`` of a batch, for both drain
-    layouts (``first_field`` is the syslog drain token or the HTTPS ``host``).
-
-    The header parts are looked up only when (PRI, source, ps) differs from the previous
-    message's and the timestamp prefix only when the millisecond does: in a router batch both
-    mostly repeat, and what is left per message is one join of seven parts. When the ps
-    alternates (several dynos of one app interleaved), the parts are found by ps alone in a
-    dict of this batch's (PRI, source): a bytes key whose hash is cached, where the shared
-    cache's 4-tuple key would be built, hashed and compared per message (17 % of a batch's
-    formatting with 8 alternating ps, measured best-of-40).
-    """
-    length_prefixes = _LENGTH_PREFIXES
-    longest = len(length_prefixes)
-    ts_prefixes = _prefix_by_millisecond
-    ts_tails = _MICROS_UTC
-    frames: list[bytes] = []
-    append = frames.append
-    join = b"".join
-    by_ps = _PartsByPs(first_field, -1, b"", headers, make_header)  # replaced at once
-    # None never equals a field: the first message looks its header up (and validates it).
-    last_pri: int | None = None
-    last_source: bytes | None = None
-    last_ps: bytes | None = None
-    last_ms: int | None = None
-    head = middle = ts_prefix = b""
-    fixed = 0
-    for ts_us, pri, source, ps, msg in messages:
-        if ps != last_ps or source != last_source or pri != last_pri:
-            if source != last_source or pri != last_pri:
-                by_ps = _PartsByPs(first_field, pri, source, headers, make_header)
-                last_pri = pri
-                last_source = source
-            head, middle, fixed = by_ps[ps]
-            last_ps = ps
-        ts_ms = ts_us // 1000
-        if ts_ms != last_ms:
-            ts_prefix = ts_prefixes.get(ts_ms) or _millisecond_prefix(ts_ms)
-            last_ms = ts_ms
-        length = fixed + len(msg)
-        append(
-            join(
-                (
-                    length_prefixes[length] if length < longest else b"%d " % length,
-                    head,
-                    ts_prefix,
-                    ts_tails[ts_us % 1000],
-                    middle,
-                    msg,
-                    b"\n",
-                )
-            )
-        )
-    return frames
-
-
-try:
-    from logplex.codecs._cframes import frames_with_headers as _c_frames
-except ImportError:  # pragma: no cover - built without a C compiler (setup.py)
-    _frames_with_headers: FramesWithHeaders = _frames_with_headers_python
-else:
-    _frames_with_headers = _frames_with_headers_c
-#: whether drain frames are formatted by the C module (``logplex serve`` warns when not)
-C_FORMATTER: Final = _frames_with_headers is _frames_with_headers_c
-
-
-def syslog_datagram(m: Message, drain_token: bytes) -> bytes:
-    """One UDP syslog message (DESIGN 5.1): no LEN, no LF, at most 2048 bytes.
-
-    A longer message is cut at 2048 bytes, never inside a UTF-8 sequence.
-    """
-    ts_us, pri, source, ps, msg = m
-    key = (drain_token, pri, source, ps)
-    parts = _syslog_headers.get(key)
-    if parts is None:
-        parts = _syslog_header(key)
-    head, middle, _ = parts
-    datagram = b"".join((head, format_ts(ts_us), middle, msg))
-    if len(datagram) > UDP_MAX_BYTES:
-        datagram = split_utf8_chunks(datagram, UDP_MAX_BYTES)[0]
-    return datagram
-
-
 # --- parsing ----------------------------------------------------------------------------
 
+_PRINTUSASCII: Final = bytes(range(33, 127))
 NILVALUE: Final = b"-"
 BOM: Final = b"\xef\xbb\xbf"
 SD_NAME_MAX: Final = 32

@@ -23,7 +23,7 @@ from typing import Final
 
 from logplex.codecs.errors import TimestampError
 
-__all__ = ["MAX_TS_US", "format_ts", "parse_ts"]
+__all__ = ["MAX_TS_US", "MICROS_UTC", "format_ts", "millisecond_prefix", "parse_ts"]
 
 MAX_TS_US: Final = 253_402_300_800_000_000  # 10000-01-01T00:00:00Z, first value out of range
 
@@ -45,8 +45,9 @@ _HEAD: Final = re.compile(rb"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{
 _TAIL: Final = re.compile(rb"(?:\.([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2}))")
 # Three-digit groups of the fraction, the second one with the offset appended: two list
 # indexings and two concatenations are several times cheaper than bytes %-formatting.
+# ``MICROS_UTC[ts_us % 1000]`` ends a timestamp whose ``millisecond_prefix`` came first.
 _MILLIS: Final = [b"%03d" % n for n in range(1000)]
-_MICROS_UTC: Final = [b"%03d+00:00" % n for n in range(1000)]
+MICROS_UTC: Final = [b"%03d+00:00" % n for n in range(1000)]
 
 
 def _millisecond_prefix(ts_ms: int) -> bytes:
@@ -66,12 +67,22 @@ def _millisecond_prefix(ts_ms: int) -> bytes:
     return prefix
 
 
+def millisecond_prefix(ts_ms: int) -> bytes:
+    """``b"YYYY-MM-DDTHH:MM:SS.mmm"`` of ``ts_ms`` milliseconds since the epoch (cached).
+
+    With ``MICROS_UTC`` it lets a formatter of many timestamps (``drain_frames``) build each
+    prefix once per millisecond: ``format_ts(t) == millisecond_prefix(t // 1000) +
+    MICROS_UTC[t % 1000]``.
+    """
+    return _prefix_by_millisecond.get(ts_ms) or _millisecond_prefix(ts_ms)
+
+
 def format_ts(ts_us: int) -> bytes:
     """``2026-11-27T20:39:33.123456+00:00`` for ``ts_us`` microseconds since the epoch."""
     prefix = _prefix_by_millisecond.get(ts_us // 1000)
     if prefix is None:
         prefix = _millisecond_prefix(ts_us // 1000)
-    return prefix + _MICROS_UTC[ts_us % 1000]
+    return prefix + MICROS_UTC[ts_us % 1000]
 
 
 def _head_second(head: bytes, value: bytes) -> int:

@@ -14,20 +14,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_properties import messages, run_messages
 
-from logplex.codecs import logplex1, rfc5424
+from logplex.codecs import drain_frames
 from logplex.codecs.errors import EncodeError
 from logplex.codecs.records import Message
 
 TS_US = 1_795_811_973_123_456
 TOKEN = b"d.9173ea1f-6f14-4976-9cf0-7cd0dafdcdbc"
 LAYOUTS = [
-    (b"host", logplex1._https_headers, logplex1._https_header),
-    (TOKEN, rfc5424._syslog_headers, rfc5424._syslog_header),
+    (b"host", drain_frames._https_headers, drain_frames._https_header),
+    (TOKEN, drain_frames._syslog_headers, drain_frames._syslog_header),
 ]
 
 
 def test_the_c_formatter_is_built() -> None:
-    assert rfc5424.C_FORMATTER, (
+    assert drain_frames.C_FORMATTER, (
         "logplex.codecs._cframes is not built: the venv was installed without a C "
         "compiler. Install gcc (apt-get install -y gcc) and reinstall: make clean test"
     )
@@ -37,7 +37,7 @@ def both(batch: list[Any], layout: int) -> tuple[object, object]:
     """(C result or error, Python result or error) for one layout."""
     first_field, headers, make_header = LAYOUTS[layout]
     results: list[object] = []
-    for encode in (rfc5424._frames_with_headers_c, rfc5424._frames_with_headers_python):
+    for encode in (drain_frames.frames_with_headers_c, drain_frames.frames_with_headers_python):
         try:
             results.append(encode(batch, first_field, headers, make_header))
         except (EncodeError, ValueError, TypeError, OverflowError) as exc:
@@ -81,12 +81,12 @@ def test_unusual_records_go_the_python_way_with_the_same_outcome(
 
 
 def test_the_c_formatter_refuses_what_it_cannot_use() -> None:
-    c_frames = rfc5424._c_frames
+    c_frames = drain_frames._c_frames
     batch = [(TS_US, 190, b"app", b"web.1", b"x")]
     good_parts = (b"<190>1 ", b" host app web.1 - ", 58)  # 58: all but MSG
 
     def prefix(ts_ms: int) -> bytes:
-        return rfc5424._ts_prefix(ts_ms)
+        return drain_frames.millisecond_prefix(ts_ms)
 
     assert c_frames(batch, lambda *key: good_parts, prefix) == [
         b"59 <190>1 2026-11-27T20:39:33.123456+00:00 host app web.1 - x\n"
@@ -114,7 +114,7 @@ def test_parts_are_asked_once_per_ps_within_a_run_of_pri_and_source() -> None:
 
     def parts_of(pri: int, source: bytes, ps: bytes) -> tuple[bytes, bytes, int]:
         asked.append((pri, source, ps))
-        return rfc5424._syslog_header((TOKEN, pri, source, ps))
+        return drain_frames._syslog_header((TOKEN, pri, source, ps))
 
     batch = [
         (TS_US + n, pri, source, ps, b"m")
@@ -129,9 +129,9 @@ def test_parts_are_asked_once_per_ps_within_a_run_of_pri_and_source() -> None:
             ]
         )
     ]
-    frames = rfc5424._c_frames(batch, parts_of, rfc5424._ts_prefix)
-    assert frames == rfc5424._frames_with_headers_python(
-        batch, TOKEN, rfc5424._syslog_headers, rfc5424._syslog_header
+    frames = drain_frames._c_frames(batch, parts_of, drain_frames.millisecond_prefix)
+    assert frames == drain_frames.frames_with_headers_python(
+        batch, TOKEN, drain_frames._syslog_headers, drain_frames._syslog_header
     )
     assert asked == [
         (190, b"app", b"web.1"),

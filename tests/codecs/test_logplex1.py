@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from codec_vectors import GARBAGE, as_bytes, iso_to_us, load, optional_bytes
 
-from logplex.codecs import logplex1
+from logplex.codecs import drain_frames, logplex1
 from logplex.codecs.errors import EncodeError, Logplex1Error, ProtocolError
 from logplex.codecs.logplex1 import (
     DrainFrame,
@@ -210,7 +210,7 @@ def test_caches_stay_bounded() -> None:
     for index in range(5000):
         https_frame((TS_US, 190, b"app", b"web.%d" % index, b"x"))
         parse_input_frame(b"<%d>1 2026-11-27T20:39:33Z h a web.%d - - x" % (index % 192, index))
-    assert len(logplex1._https_headers) <= 4096
+    assert len(drain_frames._https_headers) <= 4096
     assert len(logplex1._valid_fields) <= 4096
     assert len(logplex1._pri_by_head) <= 192
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from codec_vectors import GARBAGE, as_bytes, iso_to_us, load, optional_bytes
 
-from logplex.codecs import rfc5424
+from logplex.codecs import drain_frames, rfc5424
 from logplex.codecs.errors import EncodeError, ProtocolError, SyslogParseError
 from logplex.codecs.records import Message
 from logplex.codecs.rfc5424 import SDElement, SyslogMessage, parse_lenient, parse_strict
@@ -152,4 +152,4 @@ def test_encoder_refuses_a_bad_drain_token() -> None:
 def test_header_cache_stays_bounded() -> None:
     for index in range(5000):
         rfc5424.syslog_frame((TS_US, 190, b"app", b"web.%d" % index, b"x"), b"d.x")
-    assert len(rfc5424._syslog_headers) <= 4096
+    assert len(drain_frames._syslog_headers) <= 4096

@@ -251,3 +251,48 @@ async def test_matches_a_list_model(max_messages: int, max_bytes: int, ops: list
         assert buffer.queued_messages == len(model)
         assert buffer.queued_bytes == sum(map(len, model))
         assert buffer.lost_pending == lost
+
+
+async def test_a_refused_lone_notice_waits_for_the_next_batch(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    buffer = make_buffer()
+    buffer.push_batch(batch(1))
+    first = buffer.take(100, 1 << 20)
+    assert first is not None
+    buffer.settle(first, delivered=False)  # refused for good: m1 is lost
+    await buffer.wait_takeable()
+    notice = buffer.take(100, 1 << 20)
+    assert texts(notice) == [b"L10 1 since %d" % (WALL_S * 1_000_000)]
+    assert notice is not None
+    buffer.settle(notice, delivered=False)  # the lone notice is refused too
+    # It does not beget another lone notice: nothing is takeable, however long we wait,
+    # and a flush does not wait for it.
+    assert not buffer.notice_due
+    with trio.move_on_after(3600) as waited:
+        await buffer.wait_takeable()
+    assert waited.cancelled_caught
+    assert buffer.take(100, 1 << 20) is None
+    assert (buffer.lost_pending, buffer.dropped_total) == (1, 1)
+    # The next batch carries the count.
+    buffer.push_batch(batch(2))
+    assert texts(buffer.take(100, 1 << 20)) == [b"L10 1 since %d" % (WALL_S * 1_000_000), b"m2"]
+
+
+async def test_a_new_loss_after_a_refused_notice_is_told_alone_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    buffer = make_buffer(max_messages=1)
+    buffer.push_batch(batch(1))
+    first = buffer.take(100, 1 << 20)
+    assert first is not None
+    buffer.settle(first, delivered=False)
+    await buffer.wait_takeable()
+    notice = buffer.take(100, 1 << 20)
+    assert notice is not None
+    buffer.settle(notice, delivered=False)
+    assert not buffer.notice_due
+    buffer.push_batch(batch(2, 3))  # overflow: m2 dropped, m3 queued
+    assert buffer.notice_due
+    taken = buffer.take(100, 1 << 20)
+    assert texts(taken) == [b"L10 2 since %d" % (WALL_S * 1_000_000), b"m3"]

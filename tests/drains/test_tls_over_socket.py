@@ -1,4 +1,4 @@
-"""``drains._http11.TlsOverSocket`` against trio's ``SSLStream`` over real loopback TCP.
+"""``drains._tls.TlsOverSocket`` against trio's ``SSLStream`` over real loopback TCP.
 
 The server side is always ``trio.SSLStream`` (the implementation the drain used before):
 whatever the client sends must arrive byte for byte, whatever the server sends must be
@@ -20,7 +20,7 @@ import pytest
 import trio
 import trustme
 
-from drains._http11 import TlsOverSocket
+from drains._tls import TlsOverSocket
 
 Client = TlsOverSocket | trio.SSLStream[trio.SocketStream]
 

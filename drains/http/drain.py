@@ -1,35 +1,38 @@
-"""HTTPS and HTTP drains: ``application/logplex-1`` posts (DESIGN sections 5.2 and 8).
+"""The delivery loop of an HTTPS or HTTP drain (DESIGN sections 5.2 and 8).
 
 Up to two posts in flight, each on its own keep-alive HTTP/1.1 connection
-(``drains._http11``: a small HTTP/1.1 client over trio, chosen over httpx for its measured
-per-request cost); connect timeout 3 s, whole request 10 s. The loop sends on the first
-connection as soon as the drain is idle and lets the buffer accumulate while a request is
-in flight; the second
-connection takes a post only while a full one (1000 messages or 100 KiB) is waiting
-(``lane_to_use``), so a receiver's round trip overlaps the next post's work under backlog
-while a lightly loaded drain keeps one connection and strict order; and none starts while a
-post in flight is being retried, so at most one post overtakes a failing one. Not HTTP pipelining on
-one connection: RFC 9112 section 9.3.2 advises against pipelining after a non-idempotent
-method, and a failure would put every post behind it back in the buffer. Each post has its
-own Frame-Id, retries, backoff and accounting. A batch is encoded once into the exact
-request bytes (``drains._http11.PostEncoder``), and every retry resends those bytes.
+(``drains.http.connection``); connect timeout 3 s, whole request 10 s. The loop sends on the
+first connection as soon as the drain is idle and lets the buffer accumulate while a request
+is in flight; the second connection takes a post only while a full one (1000 messages or
+100 KiB) is waiting (``lane_to_use``), so a receiver's round trip overlaps the next post's
+work under backlog while a lightly loaded drain keeps one connection and strict order; and
+none starts while a post in flight is being retried, so at most one post overtakes a failing
+one. Not HTTP pipelining on one connection: RFC 9112 section 9.3.2 advises against
+pipelining after a non-idempotent method, and a failure would put every post behind it back
+in the buffer. Each post has its own Frame-Id, retries, backoff and accounting. A batch is
+encoded once into the exact request bytes (``drains.http.request.PostEncoder``), and every
+retry resends those bytes.
 
 Request, byte for byte: ``POST`` to the URL's path and query with ``Content-Type:
 application/logplex-1``, ``Logplex-Msg-Count`` (frames in the body, the L10 notice
 included), ``Logplex-Frame-Id`` (32 uppercase hex, fixed for every retry of the batch),
 ``Logplex-Drain-Token``, ``User-Agent`` and, when the URL has userinfo, Basic auth built from
-the percent-decoded user and password (UTF-8). The body is the frames back to back; a retry
-sends the same bytes.
+the percent-decoded user and password (UTF-8).
+
+Retry rules are ``drains._retry``. A post the receiver refuses for good (a 4xx other than
+408/429) is dropped into the next L10, and the drain then backs off before its next post as
+for any failing drain (capped exponential backoff, reset by a delivery); an L10 that is itself
+refused waits for the next batch instead of being sent alone again (``drains._buffer``).
+Whatever happens to a post, its batch is settled (delivered, or counted as dropped) and its
+connection freed in a ``finally``, so an unforeseen error can never leave a lane busy.
 
 Each message's frame is formatted once per ``Batch`` and memoised in ``Batch.encoded``, so
-N HTTPS drains of a channel format it once. Retry rules are ``drains._retry``. TLS is
-verified against the system CAs plus ``DrainSettings.ca_file``; ``#insecure`` is the only
-way to turn verification off.
+N HTTPS drains of a channel format it once. TLS is verified against the system CAs plus
+``DrainSettings.ca_file``; ``#insecure`` is the only way to turn verification off.
 """
 
 from __future__ import annotations
 
-import base64
 import random
 import time
 import urllib.parse
@@ -38,13 +41,22 @@ from typing import Final
 
 import trio
 
-from drains._base import DrainCore, client_tls_context, describe_exception
+from drains._base import DrainCore
 from drains._buffer import Taken
-from drains._http11 import Http11Client, HttpTransportError, PostEncoder, PreparedPost
+from drains._errors import HttpTransportError, describe_exception
 from drains._interface import DrainContext
-from drains._retry import Outcome, classify_status, next_retry_delay_s, parse_retry_after
+from drains._retry import (
+    Outcome,
+    backoff_delay_s,
+    classify_status,
+    next_retry_delay_s,
+    parse_retry_after,
+)
+from drains._tls import client_tls_context
 from drains._url import DrainURL
-from logplex.codecs.logplex1 import https_frames
+from drains.http.connection import Http11Client, network_stream_opener
+from drains.http.request import PostEncoder, PreparedPost, basic_auth_header
+from logplex.codecs.drain_frames import https_frames
 from logplex.codecs.records import Batch, Message
 
 MAX_BATCH_MESSAGES: Final = 1000
@@ -66,12 +78,6 @@ def encode_https_frames(messages: list[Message]) -> list[bytes]:
     the one record of a batch that cannot be formatted.
     """
     return https_frames(messages)
-
-
-def basic_auth_header(username: str, password: str) -> str:
-    """``Basic base64(user ":" password)`` over UTF-8, as RFC 7617 with charset UTF-8."""
-    credentials = f"{username}:{password}".encode()
-    return "Basic " + base64.b64encode(credentials).decode("ascii")
 
 
 def lane_to_use(busy: list[bool], *, backlogged: bool, retrying: bool) -> int | None:
@@ -122,12 +128,10 @@ class HttpDrain(DrainCore):
             tls = client_tls_context(self.url, ctx.settings.ca_file)
         # Two keep-alive connections, each carrying at most one post at a time; the second
         # connects only when it is first needed (a backlog), like the first.
+        open_stream = network_stream_opener(self.url.host, self.url.port, tls)
         self._clients = [
             Http11Client(
-                self.url.host,
-                self.url.port,
-                tls=tls,
-                host_header=parts.netloc,
+                open_stream,
                 connect_timeout_s=CONNECT_TIMEOUT_S,
                 max_response_bytes=MAX_RESPONSE_BYTES,
             )
@@ -137,6 +141,7 @@ class HttpDrain(DrainCore):
         self._lane_wakeup = trio.Event()
         self._wake_on_backlog = False
         self._posts_retrying = 0  # posts in flight that failed at least once
+        self._refusals_in_a_row = 0  # posts refused for good since the last delivery
 
     def push_batch(self, batch: Batch) -> None:
         super().push_batch(batch)
@@ -152,6 +157,10 @@ class HttpDrain(DrainCore):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        # A run after a failed one starts from free connections (every post settles its
+        # lane in a finally; this only makes a restart independent of how the last run ended).
+        self._busy = [False] * MAX_POSTS_IN_FLIGHT
+        self._posts_retrying = 0
         try:
             async with trio.open_nursery() as nursery:
                 while True:
@@ -194,14 +203,32 @@ class HttpDrain(DrainCore):
 
     async def _post_batch(self, lane: int, taken: Taken) -> None:
         retried = [False]  # set by _deliver at the first retry of this post
+        delivered = False
         try:
-            delivered = await self._deliver(self._clients[lane], taken, retried)
+            try:
+                delivered = await self._deliver(self._clients[lane], taken, retried)
+            finally:
+                self.finish(taken, delivered=delivered)
+            if not delivered and self._refusals_in_a_row:
+                # Refused for good: back off before the next post, as for any failing drain
+                # (the lane stays taken and counted as retrying, so no other post starts).
+                if not retried[0]:
+                    retried[0] = True
+                    self._posts_retrying += 1
+                await trio.sleep(self._refusal_backoff_s())
         finally:
             if retried[0]:
                 self._posts_retrying -= 1
-        self.finish(taken, delivered=delivered)
-        self._busy[lane] = False
-        self._lane_wakeup.set()
+            self._busy[lane] = False
+            self._lane_wakeup.set()
+
+    def _refusal_backoff_s(self) -> float:
+        return backoff_delay_s(
+            self._refusals_in_a_row - 1,
+            base_s=BACKOFF_BASE_S,
+            cap_s=BACKOFF_CAP_S,
+            jitter=self._random.random(),
+        )
 
     async def _deliver(self, client: Http11Client, taken: Taken, retried: list[bool]) -> bool:
         """Post one batch until it is delivered (True) or given up (False).
@@ -216,9 +243,11 @@ class HttpDrain(DrainCore):
         while True:
             outcome, retry_after_s, error = await self._post_once(client, post)
             if outcome is Outcome.DELIVERED:
+                self._refusals_in_a_row = 0
                 return True
             self.record_failure(error)
             if outcome is Outcome.DROP:
+                self._refusals_in_a_row += 1
                 return False
             delay_s = next_retry_delay_s(
                 attempt=attempt,

@@ -1,4 +1,4 @@
-"""The drain's POST encoder (``drains._http11.PostEncoder``) against RFC 9112 and h11.
+"""The drain's POST encoder (``drains.http.request.PostEncoder``) against RFC 9112 and h11.
 
 Table tests give whole requests byte for byte as RFC 9112 section 3 lays them out (request
 line, ``Name: value`` CRLF lines, an empty line, the body) with the header order of
@@ -13,7 +13,7 @@ import hypothesis
 import hypothesis.strategies as st
 import pytest
 
-from drains._http11 import PostEncoder
+from drains.http.request import PostEncoder
 
 FIXED = [
     ("Content-Type", "application/logplex-1"),
