@@ -15,12 +15,11 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import httpx
 
-if TYPE_CHECKING:
-    from logplex.cli.admin import ApiClient
+from logplex.cli.client import ApiClient, CliError, api_error_message, connection_error
 
 # Heroku's CLI colours dynos from a small palette; these are ANSI foreground colours that
 # read well on dark and light terminals. Router notices (heroku[logplex]) come out like any ps.
@@ -123,8 +122,6 @@ def wants_colour(out: BinaryIO, environ: dict[str, str]) -> bool:
 
 
 def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
-    from logplex.cli.admin import CliError, api_error_message, connection_error
-
     if args.num < 0:
         raise CliError(f"-n/--num must be 0 or more, not {args.num}")
     body: dict[str, object] = {"channel_id": args.channel, "num": str(args.num)}

@@ -264,3 +264,17 @@ async def test_channels_create_again_never_revokes_tokens_unless_told(tmp_path: 
         )
         assert narrowed["tokens"] == {"app": first["tokens"]["app"]}
         assert api.router.lookup_token(first["tokens"]["heroku"]) is None
+
+
+async def test_drain_tables_mask_query_string_secrets(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        await api.create_channel("c", ["app"])
+        env = cli_env(api, tmp_path, LOGPLEX_AUTH_KEY=AUTH_KEY)
+        added = await run_cli(["drains", "add", "c", "https://logs.example/in?key=qs3cret"], env)
+        assert added.stdout.decode().endswith("  https://logs.example/in?key=…\n")
+        for command in (["drains", "list", "c"], ["channels", "show", "c"]):
+            shown = (await run_cli(command, env)).stdout.decode()
+            assert "https://logs.example/in?key=…" in shown
+            assert "qs3cret" not in shown
+        listed = json.loads((await run_cli(["drains", "list", "c", "--json"], env)).stdout)
+        assert listed[0]["url"] == "https://logs.example/in?key=qs3cret"  # --json is whole
