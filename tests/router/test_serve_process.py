@@ -212,3 +212,49 @@ def test_a_broken_drains_package_is_not_swallowed(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert b"ImportError: drains is broken here" in result.stderr
     assert b"listening " not in result.stdout
+
+
+def start_tail(running: Router) -> subprocess.Popen[bytes]:
+    """``logplex tail -t`` on a new channel, once the router serves its live session."""
+    api = f"http://{running.addresses['http']}"
+    env = {**child_env(), "LOGPLEX_API_URL": api, "LOGPLEX_AUTH_KEY": "k"}
+    subprocess.run([LOGPLEX, "channels", "create", "c"], env=env, check=True, capture_output=True)
+    tail = subprocess.Popen(
+        [LOGPLEX, "tail", "c", "-t"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    deadline = time.monotonic() + 20
+    while not re.search(r"^logplex_tail_sessions 1", httpx.get(f"{api}/metrics").text, re.M):
+        assert time.monotonic() < deadline, "the tail never connected"
+        time.sleep(0.05)
+    return tail
+
+
+def finish(tail: subprocess.Popen[bytes]) -> tuple[int, bytes]:
+    try:
+        _, stderr = tail.communicate(timeout=20)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+            tail.communicate()
+    return tail.returncode, stderr
+
+
+def test_a_tail_cut_by_a_router_shutdown_says_so_and_exits_1(tmp_path: Path) -> None:
+    with router(tmp_path, *PORTS0) as running:
+        tail = start_tail(running)
+        running.proc.send_signal(signal.SIGTERM)
+        status, stderr = finish(tail)
+    assert status == 1
+    assert b"the router closed the stream" in stderr
+    assert b"run logplex tail again" in stderr
+
+
+def test_ctrl_c_to_router_and_tail_together_exits_the_tail_0(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground group: the router's shutdown may
+    cut the stream before the tail sees its own SIGINT."""
+    with router(tmp_path, *PORTS0) as running:
+        tail = start_tail(running)
+        running.proc.send_signal(signal.SIGINT)
+        tail.send_signal(signal.SIGINT)
+        status, stderr = finish(tail)
+    assert (status, stderr) == (0, b"")
