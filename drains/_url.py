@@ -68,15 +68,29 @@ class DrainURL:
     def uses_tls(self) -> bool:
         return self.scheme in ("https", "syslog+tls")
 
-    def redacted(self) -> str:
-        """The URL without credentials: userinfo removed, query values replaced by ``…``."""
+    def redacted(self, *, keep_username: bool = False) -> str:
+        """The URL without secrets, for logs, status and tables.
+
+        The userinfo is removed; with ``keep_username`` (tables shown to operators) a user
+        name is kept as ``user:***@`` when a password follows it, and shown as ``***@`` when
+        it stands alone (``https://TOKEN@host`` carries its secret in the user name). Every
+        query value is replaced by ``…`` (``?key=…``), and so is a bare query item
+        (``?s3cret`` becomes ``?…``). Only the ``#insecure`` fragment is kept.
+        """
         parts = urllib.parse.urlsplit(self.target)
+        userinfo = ""
+        if keep_username and self.username is not None:
+            user = urllib.parse.quote(self.username, safe="")
+            userinfo = f"{user}:***@" if self.password else "***@"
         query = ""
         if parts.query:
-            names = [pair.partition("=")[0] for pair in parts.query.split("&")]
-            query = "?" + "&".join(f"{name}=…" for name in names)
+            shown = [
+                f"{name}=…" if sep else "…"
+                for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&"))
+            ]
+            query = "?" + "&".join(shown)
         fragment = f"#{INSECURE_FRAGMENT}" if self.insecure else ""
-        return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
+        return f"{parts.scheme}://{userinfo}{parts.netloc}{parts.path}{query}{fragment}"
 
     def __repr__(self) -> str:  # never show the password in a traceback or a log line
         return f"DrainURL({self.redacted()!r})"

@@ -10,10 +10,8 @@ router's HTTP API (DESIGN section 3) with httpx:
     logplex drains add CHANNEL URL | list CHANNEL | remove CHANNEL ID
     logplex tail CHANNEL [-n NUM] [-t] [-s SRC] [-p PS] [--json]
 
-The API is ``--api URL`` / ``LOGPLEX_API_URL`` (default ``http://127.0.0.1:8001``); the key is
-``--auth-key`` / ``LOGPLEX_AUTH_KEY``, else the local router's ``DATA_DIR/auth-key`` (DATA_DIR
-from ``--data-dir`` / ``LOGPLEX_DATA_DIR``, default ``./.logplex``). Exit status: 0 done,
-1 the API refused or could not be reached (the message says which and why), 2 usage.
+Where the API is and which key it takes is resolved in ``logplex.cli.client``. Exit status:
+0 done, 1 the API refused or could not be reached (the message says which and why), 2 usage.
 """
 
 from __future__ import annotations
@@ -23,117 +21,30 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
-DEFAULT_API_URL = "http://127.0.0.1:8001"
-DEFAULT_DATA_DIR = "./.logplex"
-REQUEST_TIMEOUT_S = 30.0
-
-
-class CliError(Exception):
-    """Printed as ``logplex: error: MESSAGE``; exit status 1."""
-
-
-# -- configuration ----------------------------------------------------------------------------
-
-
-def resolve_api_url(args: argparse.Namespace, environ: dict[str, str]) -> str:
-    url: str = args.api or environ.get("LOGPLEX_API_URL") or DEFAULT_API_URL
-    return url.rstrip("/")
-
-
-def resolve_auth_key(args: argparse.Namespace, environ: dict[str, str]) -> str:
-    """``--auth-key``, else ``LOGPLEX_AUTH_KEY``, else the data dir's ``auth-key`` file."""
-    if args.auth_key:
-        return str(args.auth_key)
-    if environ.get("LOGPLEX_AUTH_KEY"):
-        return environ["LOGPLEX_AUTH_KEY"]
-    data_dir = Path(args.data_dir or environ.get("LOGPLEX_DATA_DIR") or DEFAULT_DATA_DIR)
-    key_file = data_dir / "auth-key"
-    try:
-        key = key_file.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise CliError(
-            f"no API key: pass --auth-key or set LOGPLEX_AUTH_KEY, or run where the router's "
-            f"data dir is ({key_file} does not exist; set --data-dir or LOGPLEX_DATA_DIR)"
-        ) from None
-    except OSError as error:
-        raise CliError(f"cannot read the API key from {key_file}: {error.strerror}") from None
-    if not key:
-        raise CliError(f"the API key file {key_file} is empty")
-    return key
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for tables printed on terminals)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-# -- HTTP -------------------------------------------------------------------------------------
-
-
-class ApiClient:
-    """Small synchronous client of the router API; every failure becomes a ``CliError``."""
-
-    def __init__(self, base_url: str, auth_key: str) -> None:
-        self.base_url = base_url
-        self._client = httpx.Client(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {auth_key}"},
-            timeout=REQUEST_TIMEOUT_S,
-        )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def request(
-        self, method: str, path: str, *, json_body: object = None, expect: Sequence[int] = (200,)
-    ) -> httpx.Response:
-        try:
-            response = self._client.request(method, path, json=json_body)
-        except httpx.HTTPError as error:
-            raise connection_error(self.base_url, error) from None
-        if response.status_code not in expect:
-            raise CliError(api_error_message(response))
-        return response
-
-
-def connection_error(base_url: str, error: httpx.HTTPError) -> CliError:
-    if isinstance(error, httpx.ConnectError):
-        return CliError(
-            f"cannot connect to the logplex API at {base_url} ({error}); the router may not "
-            "be running: start it with `logplex serve`, or point --api / LOGPLEX_API_URL at it"
-        )
-    if isinstance(error, httpx.TimeoutException):
-        return CliError(f"the logplex API at {base_url} did not answer in time ({error!r})")
-    return CliError(f"talking to the logplex API at {base_url} failed: {error}")
-
-
-def api_error_message(response: httpx.Response) -> str:
-    try:
-        reason = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
-        reason = response.text.strip() or response.reason_phrase
-    hint = ""
-    if response.status_code == 401:
-        hint = " (check --auth-key / LOGPLEX_AUTH_KEY or the data dir's auth-key)"
-    request = response.request
-    return f"{request.method} {request.url.path}: {response.status_code} {reason}{hint}"
-
+from drains import InvalidDrainURL, parse_drain_url
+from logplex.cli.client import (
+    DEFAULT_API_URL,
+    DEFAULT_DATA_DIR,
+    ApiClient,
+    CliError,
+    resolve_api_url,
+    resolve_auth_key,
+)
+from logplex.cli.tail import run_tail
 
 # -- output -----------------------------------------------------------------------------------
+
+
+def shown_drain_url(url: str) -> str:
+    """A drain URL as printed on terminals: ``DrainURL.redacted`` keeping the user name
+    (passwords and query values masked), so no secret lands in a scrollback or a screenshot."""
+    try:
+        return parse_drain_url(url).redacted(keep_username=True)
+    except InvalidDrainURL:
+        return "(hidden: the router returned a URL this CLI cannot parse; see --json)"
 
 
 def print_json(value: object, out: TextIO) -> None:
@@ -150,7 +61,7 @@ def print_channel(channel: dict[str, object], out: TextIO) -> None:
     drains = channel.get("drains") or []
     assert isinstance(drains, list)
     for drain in drains:
-        out.write(f"drain  {drain['id']}  {drain['token']}  {redact_url(drain['url'])}\n")
+        out.write(f"drain  {drain['id']}  {drain['token']}  {shown_drain_url(drain['url'])}\n")
 
 
 def drains_table(drains: list[dict[str, object]]) -> str:
@@ -167,7 +78,7 @@ def drains_table(drains: list[dict[str, object]]) -> str:
                 str(status.get("delivered", 0)),
                 str(status.get("dropped", 0)),
                 str(status.get("buffered", 0)),
-                redact_url(str(drain["url"])),
+                shown_drain_url(str(drain["url"])),
                 str(status.get("last_error") or "-"),
             )
         )
@@ -248,7 +159,7 @@ def cmd_drains_add(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int
     if args.json:
         print_json(drain, out)
     else:
-        out.write(f"drain {drain['id']}  {drain['token']}  {redact_url(drain['url'])}\n")
+        out.write(f"drain {drain['id']}  {drain['token']}  {shown_drain_url(drain['url'])}\n")
     return 0
 
 
@@ -268,8 +179,6 @@ def cmd_drains_remove(api: ApiClient, args: argparse.Namespace, out: TextIO) -> 
 
 
 def cmd_tail(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
-    from logplex.cli.tail import run_tail
-
     return run_tail(api, args)
 
 

@@ -4,7 +4,10 @@ DESIGN section 2 and 5.3. The command creates a session (``POST /v3/sessions``) 
 its URL. Lines are printed byte for byte as the router sends them (``TS SOURCE[PS]: MSG``);
 on a terminal each ps gets its own colour on the ``TS SOURCE[PS]:`` prefix, as the Heroku
 CLI does, and ``--json`` prints one JSON object per line for machines. Ctrl-C ends it with
-status 0, and so does a closed stdout (``logplex tail -t app | head``).
+status 0, and so does a closed stdout (``logplex tail -t app | head``). Ctrl-C in a terminal
+reaches a router started there too, which then cuts the stream: whichever the process sees
+first, an interrupted tail exits 0. A live tail cut by the router at any other time (it
+stopped or restarted) exits 1 saying so.
 
 The line splitting and colouring are pure functions over bytes, tested by table.
 """
@@ -14,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from types import FrameType
+from typing import BinaryIO, NamedTuple
 
 import httpx
 
-if TYPE_CHECKING:
-    from logplex.cli.admin import ApiClient
+from logplex.cli.client import ApiClient, CliError, api_error_message, connection_error
 
 # Heroku's CLI colours dynos from a small palette; these are ANSI foreground colours that
 # read well on dark and light terminals. Router notices (heroku[logplex]) come out like any ps.
@@ -122,9 +126,18 @@ def wants_colour(out: BinaryIO, environ: dict[str, str]) -> bool:
     return out.isatty() and "NO_COLOR" not in environ and environ.get("TERM") != "dumb"
 
 
-def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
-    from logplex.cli.admin import CliError, api_error_message, connection_error
+class Interrupts:
+    """Remembers a Ctrl-C (SIGINT) while raising ``KeyboardInterrupt`` as Python does."""
 
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
     if args.num < 0:
         raise CliError(f"-n/--num must be 0 or more, not {args.num}")
     body: dict[str, object] = {"channel_id": args.channel, "num": str(args.num)}
@@ -141,6 +154,10 @@ def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
     )
     read_timeout = None if args.tail else HISTORY_READ_TIMEOUT_S
     timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=read_timeout)
+    interrupts = Interrupts()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, interrupts)
+    streaming = False
     try:
         # No API key on this request: the session URL is the credential (and may be on
         # another host, the router's --public-url).
@@ -148,10 +165,18 @@ def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
             if response.status_code != 200:
                 response.read()
                 raise CliError(api_error_message(response))
+            streaming = True
             for chunk in response.iter_raw():
                 printer.feed(chunk)
         printer.finish()
     except httpx.HTTPError as error:
+        if interrupts.seen:
+            return 0  # the router stopped on the same Ctrl-C
+        if streaming and isinstance(error, httpx.RemoteProtocolError):
+            raise CliError(
+                f"the router closed the stream of {url} ({error}): it was stopped or "
+                "restarted; run logplex tail again once it is back"
+            ) from None
         raise connection_error(url, error) from None
     except KeyboardInterrupt:
         return 0

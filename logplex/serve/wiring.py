@@ -2,16 +2,23 @@
 
 Settings (flags, environment, TOML) are resolved in ``logplex.serve.settings``.
 
-Start-up: data dir -> auth key (``DATA_DIR/auth-key``, mode 0600, generated with ``secrets``)
+Start-up: the soft open-files limit raised to the hard one, and the ingest listeners' caps
+derived from it (``logplex.serve.limits``) -> data dir -> auth key (``DATA_DIR/auth-key``,
+mode 0600, generated with ``secrets``)
 -> config store -> ``Router`` with every stored channel applied -> HTTP (hypercorn on trio),
 shim and syslog listeners (TLS on the last two with ``--tls-cert/--tls-key``) -> one
 ``listening NAME=HOST:PORT`` line each on stdout, flushed -> ``/healthcheck`` ready.
 
 Shutdown on SIGTERM or SIGINT (one signal receiver for the whole run): stop accepting and
 close ingest connections (shims resend what was not acknowledged to the next router), stop
-the HTTP server, flush drain buffers for at most ``--shutdown-grace`` seconds, exit 0.
+the HTTP server, flush drain buffers for at most ``--shutdown-grace`` seconds, log
+``stopped``, exit 0.
 Another signal cuts the flush short, except a repeat of the first one within 2 s (a
 platform and a supervisor both delivering the same SIGTERM).
+
+Log lines go to stderr, each with an ISO 8601 UTC timestamp; stdout carries only the lines
+DESIGN 2 names. The drains package is imported at start like everything else: a broken
+install fails the start instead of a router that stores drains and never runs them.
 """
 
 from __future__ import annotations
@@ -27,18 +34,25 @@ import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import trio
+from hypercorn.config import Config as HttpConfig
+from hypercorn.trio import serve as serve_http
 from prometheus_client import REGISTRY
 
+from drains import DrainSettings, open_drain, parse_drain_url
 from logplex import metrics
+from logplex.api.app import ApiConfig, create_app
 from logplex.api.sessions import drop_connections_that_stop_reading
 from logplex.codecs import rfc5424
+from logplex.config.store import ConfigStore
 from logplex.fanout.router import DrainFactory, Router
-from logplex.ingest.shim import ShimListener
-from logplex.ingest.syslog import SyslogListener
+from logplex.ingest.shim import ShimListener, ShimListenerSettings
+from logplex.ingest.syslog import SyslogListener, SyslogListenerSettings
+from logplex.serve.limits import describe_caps, ingest_connection_cap, raise_open_files_limit
 from logplex.serve.settings import HostPort, ServeConfigError, ServeSettings, settings_from_args
 from logplex.serve.settings import (
     add_arguments as add_arguments,
@@ -84,18 +98,13 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 @dataclass(frozen=True, slots=True)
 class _DrainSupport:
-    factory: DrainFactory | None = None
-    settings: Any = None  # drains.DrainSettings
-    validate_url: Callable[[str], None] | None = None
+    factory: DrainFactory
+    settings: DrainSettings
+    validate_url: Callable[[str], None]
 
 
 def _drain_support(settings: ServeSettings) -> _DrainSupport:
-    """The drains package's factory, settings and URL check; drains stay pending without it."""
-    try:
-        from drains import DrainSettings, open_drain, parse_drain_url
-    except ImportError as exc:
-        log.warning("drains are unavailable (%s): drains are stored but not started", exc)
-        return _DrainSupport()
+    """The drains package's factory, settings and URL check."""
     drain_settings = DrainSettings(
         buffer_messages=settings.drain_buffer,
         retry_window_s=settings.drain_retry_window,
@@ -156,13 +165,15 @@ def _bind_http(address: HostPort) -> tuple[int, str]:
     return sock.detach(), str(HostPort(host, port))
 
 
-def _http_config(bind: str) -> Any:
-    from hypercorn.config import Config
-
-    config = Config()
+def _http_config(bind: str) -> HttpConfig:
+    config = HttpConfig()
     config.bind = [bind]
     config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our logging setup only
+    # Through our logging setup only, and without hypercorn's one INFO line ("Running on
+    # http://… (CTRL + C to quit)"): the ``listening http=…`` line already says it.
+    errorlog = logging.getLogger("hypercorn.error")
+    errorlog.setLevel(logging.WARNING)
+    config.errorlog = errorlog
     config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT_S
     return config
 
@@ -174,11 +185,9 @@ async def serve(
     settings: ServeSettings, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run the router until SIGTERM/SIGINT, then stop accepting, flush drains and return."""
-    from hypercorn.trio import serve as serve_http
-
-    from logplex.api.app import ApiConfig, create_app
-    from logplex.config.store import ConfigStore
-
+    open_files = raise_open_files_limit()
+    max_ingest_connections = ingest_connection_cap(open_files.soft)
+    log.info("%s", describe_caps(open_files, max_ingest_connections))
     try:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if settings.auth_key is not None:
@@ -252,7 +261,9 @@ async def serve(
                     ),
                 )
                 http_stop = trio.Event()
-                ingest = await root.start(_run_ingest, router, shim_sockets, syslog_sockets, tls)
+                ingest = await root.start(
+                    _run_ingest, router, shim_sockets, syslog_sockets, tls, max_ingest_connections
+                )
                 await root.start(_run_http, serve_http, app, http_fd, http_stop)
                 _announce("http", http_address)
                 _announce("shim", _bound_address(shim_sockets))
@@ -319,14 +330,18 @@ async def _run_ingest(
     shim_sockets: list[trio.SocketListener],
     syslog_sockets: list[trio.SocketListener],
     tls: ssl.SSLContext | None,
+    max_connections: int,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The shim and syslog listeners and all their connections, under one cancel scope."""
+    """The shim and syslog listeners and all their connections, under one cancel scope;
+    each listener serves at most ``max_connections`` at once (``logplex.serve.limits``)."""
+    shim = ShimListener(router, ShimListenerSettings(max_connections=max_connections))
+    syslog = SyslogListener(router, SyslogListenerSettings(max_connections=max_connections))
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
-            await nursery.start(ShimListener(router).serve, _with_tls(shim_sockets, tls))
-            await nursery.start(SyslogListener(router).serve, _with_tls(syslog_sockets, tls))
+            await nursery.start(shim.serve, _with_tls(shim_sockets, tls))
+            await nursery.start(syslog.serve, _with_tls(syslog_sockets, tls))
             task_status.started(scope)
 
 
@@ -355,9 +370,29 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+class UtcLogFormatter(logging.Formatter):
+    """``2026-11-27T20:39:33.123+00:00 LEVEL logger: message``: ISO 8601 UTC on every line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.fromtimestamp(record.created, UTC)
+        return moment.isoformat(timespec="milliseconds")
+
+
+def configure_logging() -> None:
+    """Router log lines go to stderr with a UTC timestamp; stdout keeps only the lines of
+    DESIGN 2 (``listening NAME=HOST:PORT``, the auth key's path)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(UtcLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def main(args: argparse.Namespace) -> int:
-    """``logplex serve``: 0 after a graceful stop, 2 for a configuration error."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """``logplex serve``: 0 after a graceful stop (logged ``stopped``), 2 for a
+    configuration error."""
+    configure_logging()
     try:
         settings = settings_from_args(args, os.environ)
         tune_gc()
@@ -365,4 +400,5 @@ def main(args: argparse.Namespace) -> int:
     except ServeConfigError as exc:
         sys.stderr.write(f"logplex serve: {exc}\n")
         return 2
+    log.info("stopped")
     return 0

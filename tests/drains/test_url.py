@@ -101,3 +101,30 @@ def test_non_ascii_path_and_host_are_encoded_for_the_wire() -> None:
     assert parsed.host == "xn--bcher-kva.example"
     assert parsed.target == "https://xn--bcher-kva.example/%C3%A9t%C3%A9?q=%C3%A0&x=%20"
     assert parsed.target.isascii()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "shown_with_username"),
+    [
+        ("syslog+tls://logs.example:6514", "syslog+tls://logs.example:6514", None),
+        (
+            "https://user:secret@logs.example/in?x=1",
+            "https://logs.example/in?x=…",
+            "https://user:***@logs.example/in?x=…",
+        ),
+        ("https://u:p@[::1]:8443/x", "https://[::1]:8443/x", "https://u:***@[::1]:8443/x"),
+        ("https://us%40er:p@h/", "https://h/", "https://us%40er:***@h/"),
+        # A lone user name is how many services carry their API token.
+        ("https://tokenonly@logs.example/", "https://logs.example/", "https://***@logs.example/"),
+        ("https://h/in?key=s3cret", "https://h/in?key=…", None),
+        ("https://h/in?s3cret", "https://h/in?…", None),
+        ("https://h/in?a=1&s3cret&b=", "https://h/in?a=…&…&b=…", None),
+        ("http://h/in?key=s3cret#", "http://h/in?key=…", None),
+    ],
+)
+def test_redacted_masks_userinfo_and_every_query_value(
+    url: str, shown: str, shown_with_username: str | None
+) -> None:
+    parsed = parse_drain_url(url)
+    assert parsed.redacted() == shown
+    assert parsed.redacted(keep_username=True) == (shown_with_username or shown)

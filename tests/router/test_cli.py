@@ -181,21 +181,26 @@ async def test_tail_follow_sees_live_lines_and_exits_0_on_ctrl_c(tmp_path: Path)
             [LOGPLEX, "tail", "c", "-t", "-n", "1"], stdout=subprocess.PIPE, env=env
         )
         assert process.stdout is not None
-        received = b""
-        with trio.fail_after(20):
-            while not received.endswith(b"three\n"):
-                received += await process.stdout.receive_some(4096)
-            api.router.publish("c", [(T0_US + 3, 190, b"app", b"web.2", b"live")])
-            while not received.endswith(b"live\n"):
-                received += await process.stdout.receive_some(4096)
-        assert received == (
-            b"2026-11-27T20:39:33.123458+00:00 heroku[router]: three\n"
-            b"2026-11-27T20:39:33.123459+00:00 app[web.2]: live\n"
-        )
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-        await process.stdout.aclose()
+        try:
+            received = b""
+            with trio.fail_after(20):
+                while not received.endswith(b"three\n"):
+                    received += await process.stdout.receive_some(4096)
+                api.router.publish("c", [(T0_US + 3, 190, b"app", b"web.2", b"live")])
+                while not received.endswith(b"live\n"):
+                    received += await process.stdout.receive_some(4096)
+            assert received == (
+                b"2026-11-27T20:39:33.123458+00:00 heroku[router]: three\n"
+                b"2026-11-27T20:39:33.123459+00:00 app[web.2]: live\n"
+            )
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(10):
+                assert await process.wait() == 0
+        finally:  # a failure above must not leak the pipe or the process
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.stdout.aclose()
 
 
 async def test_tail_colours_each_ps_on_a_terminal(tmp_path: Path) -> None:
@@ -264,3 +269,17 @@ async def test_channels_create_again_never_revokes_tokens_unless_told(tmp_path: 
         )
         assert narrowed["tokens"] == {"app": first["tokens"]["app"]}
         assert api.router.lookup_token(first["tokens"]["heroku"]) is None
+
+
+async def test_drain_tables_mask_query_string_secrets(tmp_path: Path) -> None:
+    async with running_api(tmp_path) as api:
+        await api.create_channel("c", ["app"])
+        env = cli_env(api, tmp_path, LOGPLEX_AUTH_KEY=AUTH_KEY)
+        added = await run_cli(["drains", "add", "c", "https://logs.example/in?key=qs3cret"], env)
+        assert added.stdout.decode().endswith("  https://logs.example/in?key=…\n")
+        for command in (["drains", "list", "c"], ["channels", "show", "c"]):
+            shown = (await run_cli(command, env)).stdout.decode()
+            assert "https://logs.example/in?key=…" in shown
+            assert "qs3cret" not in shown
+        listed = json.loads((await run_cli(["drains", "list", "c", "--json"], env)).stdout)
+        assert listed[0]["url"] == "https://logs.example/in?key=qs3cret"  # --json is whole

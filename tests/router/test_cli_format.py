@@ -11,7 +11,8 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from logplex.cli.admin import CliError, drains_table, redact_url, resolve_api_url, resolve_auth_key
+from logplex.cli.admin import drains_table, shown_drain_url
+from logplex.cli.client import CliError, resolve_api_url, resolve_auth_key
 from logplex.cli.tail import Colourer, LinePrinter, TailLine, line_as_json, split_tail_line
 from logplex.codecs.notices import tail_line
 from logplex.codecs.timestamps import format_ts
@@ -72,13 +73,15 @@ def test_json_lines() -> None:
     ("url", "shown"),
     [
         ("syslog+tls://logs.example:6514", "syslog+tls://logs.example:6514"),
-        ("https://user:secret@logs.example/in?x=1", "https://user:***@logs.example/in?x=1"),
+        ("https://user:secret@logs.example/in?x=1", "https://user:***@logs.example/in?x=…"),
         ("https://u:p@[::1]:8443/x", "https://u:***@[::1]:8443/x"),
-        ("https://tokenonly@logs.example/", "https://tokenonly@logs.example/"),
+        ("https://tokenonly@logs.example/", "https://***@logs.example/"),
+        ("https://h.example/in?api_key=s3cret", "https://h.example/in?api_key=…"),
+        ("not a url", "(hidden: the router returned a URL this CLI cannot parse; see --json)"),
     ],
 )
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
+def test_drain_urls_are_shown_without_secrets(url: str, shown: str) -> None:
+    assert shown_drain_url(url) == shown
 
 
 def test_drains_table_has_status_columns_and_hides_passwords() -> None:

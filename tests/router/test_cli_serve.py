@@ -88,22 +88,27 @@ async def test_tail_follow_then_ctrl_c(tmp_path: Path) -> None:
             [LOGPLEX, "tail", "c", "-t", "-p", "web"], stdout=subprocess.PIPE, env=router.env
         )
         assert process.stdout is not None
-        received = b""
-        with trio.fail_after(20):
-            while not received.endswith(b"before\n"):
-                received += await process.stdout.receive_some(4096)
-            await post_lines(router, token, "worker.1", "filtered out")
-            await post_lines(router, token, "web.2", "live")
-            while not received.endswith(b"live\n"):
-                received += await process.stdout.receive_some(4096)
-        assert received == (
-            b"2026-11-27T20:39:33.123456+00:00 app[web.1]: before\n"
-            b"2026-11-27T20:39:33.123456+00:00 app[web.2]: live\n"
-        )
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-        await process.stdout.aclose()
+        try:
+            received = b""
+            with trio.fail_after(20):
+                while not received.endswith(b"before\n"):
+                    received += await process.stdout.receive_some(4096)
+                await post_lines(router, token, "worker.1", "filtered out")
+                await post_lines(router, token, "web.2", "live")
+                while not received.endswith(b"live\n"):
+                    received += await process.stdout.receive_some(4096)
+            assert received == (
+                b"2026-11-27T20:39:33.123456+00:00 app[web.1]: before\n"
+                b"2026-11-27T20:39:33.123456+00:00 app[web.2]: live\n"
+            )
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(10):
+                assert await process.wait() == 0
+        finally:  # a failure above must not leak the pipe or the process
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.stdout.aclose()
 
 
 async def test_readme_quick_start(tmp_path: Path) -> None:
