@@ -119,13 +119,14 @@ async def test_readme_quick_start(tmp_path: Path) -> None:
         shim_url = f"tcp://{router.shim_address}"
         command = ["--", "echo", "hello, logplex"]
         shim = await trio.run_process(
-            [LOGSHIM, "--url", shim_url, "--token", token, "--ps", "web.1", *command],
+            [LOGSHIM, "--url", shim_url, "--ps", "web.1", *command],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
-            env=router.env,
+            env={**router.env, "LOGPLEX_TOKEN": token},
         )
         assert shim.returncode == 0, shim.stderr
+        assert b"token" not in shim.stderr, shim.stderr  # no warning: the token is not in argv
         tailed = (await cli(router, "tail", "myapp")).splitlines()
         assert re.fullmatch(TS_RE + r" app\[web\.1\]: hello, logplex", tailed[1]), tailed
         assert tailed[0].endswith("app[web.1]: Starting process with command `echo hello, logplex`")
