@@ -1,4 +1,4 @@
-"""Our syslog drains against receivers nobody here wrote (DESIGN 5.1, 8; issue 5).
+"""Our syslog drains against receivers nobody here wrote (DESIGN 5.1, 8).
 
 - rsyslog (Debian's ``rsyslogd``, imtcp, the ``ossl`` stream driver for TLS with a trustme
   certificate) receives our TCP and TLS drains; HOSTNAME, APP-NAME, PROCID and MSG are read

@@ -1,4 +1,4 @@
-"""A log-shuttle-shaped ``POST /logs`` lands in a real ``logplex serve`` (DESIGN 3; issue 3).
+"""A log-shuttle-shaped ``POST /logs`` lands in a real ``logplex serve`` (DESIGN 3).
 
 log-shuttle (Heroku's HTTP log shipper) posts ``application/logplex-1`` batches of frames
 ``LEN <190>1 TS shuttle t.TOKEN shuttle - - line`` with Basic auth ``token:t.TOKEN`` and the
