@@ -15,6 +15,7 @@ The line splitting and colouring are pure functions over bytes, tested by table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -127,14 +128,23 @@ def wants_colour(out: BinaryIO, environ: dict[str, str]) -> bool:
 
 
 class Interrupts:
-    """Remembers a Ctrl-C (SIGINT) while raising ``KeyboardInterrupt`` as Python does."""
+    """Ctrl-C (SIGINT) ends the tail at once with status 0, wherever the main thread is.
 
-    def __init__(self) -> None:
-        self.seen = False
+    A ``KeyboardInterrupt`` raised at an arbitrary point of the HTTP client can land while
+    it holds one of its locks, and its close then waits on that lock for ever (a tail that
+    would not stop under load). So the handler does not unwind through the client: it
+    flushes what was already printed and leaves the process, whose exit closes the stream.
+    A flush refused because the signal came in the middle of a write loses only the part of
+    a line not yet printed.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.seen = True
-        raise KeyboardInterrupt
+        with contextlib.suppress(OSError, RuntimeError, ValueError):
+            self.out.flush()
+        os._exit(0)
 
 
 def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
@@ -147,16 +157,15 @@ def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
         body["ps"] = args.ps
     if args.source:
         body["source"] = args.source
-    url = api.request("POST", "/v3/sessions", json_body=body, expect=(201,)).json()["url"]
     out = sys.stdout.buffer
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, Interrupts(out))
+    url = api.request("POST", "/v3/sessions", json_body=body, expect=(201,)).json()["url"]
     printer = LinePrinter(
         out, colour=not args.json and wants_colour(out, dict(os.environ)), as_json=bool(args.json)
     )
     read_timeout = None if args.tail else HISTORY_READ_TIMEOUT_S
     timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=read_timeout)
-    interrupts = Interrupts()
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, interrupts)
     streaming = False
     try:
         # No API key on this request: the session URL is the credential (and may be on
@@ -170,16 +179,12 @@ def run_tail(api: ApiClient, args: argparse.Namespace) -> int:
                 printer.feed(chunk)
         printer.finish()
     except httpx.HTTPError as error:
-        if interrupts.seen:
-            return 0  # the router stopped on the same Ctrl-C
         if streaming and isinstance(error, httpx.RemoteProtocolError):
             raise CliError(
                 f"the router closed the stream of {url} ({error}): it was stopped or "
                 "restarted; run logplex tail again once it is back"
             ) from None
         raise connection_error(url, error) from None
-    except KeyboardInterrupt:
-        return 0
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python from complaining
         # about flushing the closed stdout at exit.

@@ -83,7 +83,10 @@ class Router:
 
 @contextmanager
 def router(
-    tmp_path: Path, *args: str, preexec_fn: Callable[[], None] | None = None
+    tmp_path: Path,
+    *args: str,
+    preexec_fn: Callable[[], None] | None = None,
+    process_group: int | None = None,
 ) -> Iterator[Router]:
     stderr_path = tmp_path / "router.stderr"
     with stderr_path.open("wb") as stderr:
@@ -93,6 +96,7 @@ def router(
             stderr=stderr,
             env=child_env(),
             preexec_fn=preexec_fn,
+            process_group=process_group,
         )
     running = Router(proc, stderr_path)
     try:
@@ -214,13 +218,17 @@ def test_a_broken_drains_package_is_not_swallowed(tmp_path: Path) -> None:
     assert b"listening " not in result.stdout
 
 
-def start_tail(running: Router) -> subprocess.Popen[bytes]:
+def start_tail(running: Router, process_group: int | None = None) -> subprocess.Popen[bytes]:
     """``logplex tail -t`` on a new channel, once the router serves its live session."""
     api = f"http://{running.addresses['http']}"
     env = {**child_env(), "LOGPLEX_API_URL": api, "LOGPLEX_AUTH_KEY": "k"}
     subprocess.run([LOGPLEX, "channels", "create", "c"], env=env, check=True, capture_output=True)
     tail = subprocess.Popen(
-        [LOGPLEX, "tail", "c", "-t"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        [LOGPLEX, "tail", "c", "-t"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        process_group=process_group,
     )
     deadline = time.monotonic() + 20
     while not re.search(r"^logplex_tail_sessions 1", httpx.get(f"{api}/metrics").text, re.M):
@@ -250,11 +258,10 @@ def test_a_tail_cut_by_a_router_shutdown_says_so_and_exits_1(tmp_path: Path) -> 
 
 
 def test_ctrl_c_to_router_and_tail_together_exits_the_tail_0(tmp_path: Path) -> None:
-    """A terminal's Ctrl-C signals the whole foreground group: the router's shutdown may
-    cut the stream before the tail sees its own SIGINT."""
-    with router(tmp_path, *PORTS0) as running:
-        tail = start_tail(running)
-        running.proc.send_signal(signal.SIGINT)
-        tail.send_signal(signal.SIGINT)
+    """A terminal's Ctrl-C signals the whole foreground group at once: however soon the
+    router's shutdown cuts the stream, the tail stops on its own SIGINT, with status 0."""
+    with router(tmp_path, *PORTS0, process_group=0) as running:
+        tail = start_tail(running, process_group=running.proc.pid)
+        os.killpg(running.proc.pid, signal.SIGINT)
         status, stderr = finish(tail)
     assert (status, stderr) == (0, b"")

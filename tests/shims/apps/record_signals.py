@@ -26,18 +26,21 @@ def main() -> None:
         os.setpgid(0, os.getpgid(os.getppid()))
     if "--spawn-child" in sys.argv:
         child = subprocess.Popen([sys.executable, __file__, path + ".child", "-"])
-    out = open(path, "a", buffering=1)  # noqa: SIM115
+    # One unbuffered O_APPEND descriptor written with os.write: a handler may run while the
+    # main code is inside a write (the test signals as soon as it reads "ready"), and a
+    # buffered file object refuses such a reentrant call.
+    out = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     stopping = []
 
     def record(signum: int, _frame: object) -> None:
-        out.write(f"{signum}\n")
+        os.write(out, b"%d\n" % signum)
         if signum == stop_on:
             stopping.append(signum)
 
     for signum in signal.valid_signals():
         if signum not in (signal.SIGKILL, signal.SIGSTOP):
             signal.signal(signum, record)
-    out.write(f"ready {os.getpid()}\n")
+    os.write(out, b"ready %d\n" % os.getpid())
     while not stopping:
         time.sleep(0.01)
     if child is not None:
