@@ -1,4 +1,4 @@
-"""Drain throughput (DESIGN section 9; targets in issue 5).
+"""Drain throughput (DESIGN section 9; targets in perf/RESULTS.md).
 
 Messages per second from ``push_batch`` to the receiver, the drains running in this process
 on one core (trio is single-threaded), receivers in their own processes:

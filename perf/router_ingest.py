@@ -1,4 +1,4 @@
-"""Router ingest throughput and history memory (DESIGN section 9; targets in issue 3).
+"""Router ingest throughput and history memory (DESIGN section 9; targets in perf/RESULTS.md).
 
 Three measurements, each printed as part of one JSON line and appended to perf/RESULTS.md:
 

@@ -1,4 +1,4 @@
-"""logshim overhead: capture throughput, paced CPU cost, start-up (DESIGN section 9; issue 4).
+"""logshim overhead: capture throughput, paced CPU cost, start-up (DESIGN section 9).
 
 Three measurements, printed as one JSON line and appended as a row to perf/RESULTS.md:
 
