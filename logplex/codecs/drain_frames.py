@@ -98,36 +98,32 @@ _syslog_headers: dict[HeaderKey, HeaderParts] = {}
 _https_headers: dict[HeaderKey, HeaderParts] = {}
 
 
-def _cache(headers: dict[HeaderKey, HeaderParts], key: HeaderKey, parts: HeaderParts) -> None:
+def _header_parts(
+    key: HeaderKey, headers: dict[HeaderKey, HeaderParts], hostname_field: str, nil_fields: bytes
+) -> HeaderParts:
+    """Check a header's fields once, then remember its parts (bounded) for later frames."""
+    hostname, pri, source, ps = key
+    check_pri(pri)
+    check_header_field(hostname_field, hostname, HOSTNAME_MAX)
+    check_header_field("APP-NAME (source)", source, APP_NAME_MAX)
+    check_header_field("PROCID (ps)", ps, PROCID_MAX)
+    head = b"<%d>1 " % pri
+    middle = b" %b %b %b %b" % (hostname, source, ps, nil_fields)
+    parts = (head, middle, len(head) + TS_BYTES + len(middle) + 1)
     if len(headers) >= _HEADER_CACHE_LIMIT:
         headers.clear()
     headers[key] = parts
+    return parts
 
 
 def _syslog_header(key: HeaderKey) -> HeaderParts:
-    hostname, pri, source, ps = key
-    check_pri(pri)
-    check_header_field("HOSTNAME (drain token)", hostname, HOSTNAME_MAX)
-    check_header_field("APP-NAME (source)", source, APP_NAME_MAX)
-    check_header_field("PROCID (ps)", ps, PROCID_MAX)
-    head = b"<%d>1 " % pri
-    middle = b" %b %b %b - - " % (hostname, source, ps)
-    parts = (head, middle, len(head) + TS_BYTES + len(middle) + 1)
-    _cache(_syslog_headers, key, parts)
-    return parts
+    """5.1: the drain token in HOSTNAME, MSGID and STRUCTURED-DATA both NIL."""
+    return _header_parts(key, _syslog_headers, "HOSTNAME (drain token)", b"- - ")
 
 
 def _https_header(key: HeaderKey) -> HeaderParts:
-    host, pri, source, ps = key
-    check_pri(pri)
-    check_header_field("HOSTNAME", host, HOSTNAME_MAX)
-    check_header_field("APP-NAME (source)", source, APP_NAME_MAX)
-    check_header_field("PROCID (ps)", ps, PROCID_MAX)
-    head = b"<%d>1 " % pri
-    middle = b" %b %b %b - " % (host, source, ps)
-    parts = (head, middle, len(head) + TS_BYTES + len(middle) + 1)
-    _cache(_https_headers, key, parts)
-    return parts
+    """5.2: Heroku's layout, with no STRUCTURED-DATA field."""
+    return _header_parts(key, _https_headers, "HOSTNAME", b"- ")
 
 
 def _frame(
