@@ -64,6 +64,12 @@ def drain_target(url: str) -> tuple[str, int] | None:
     return parts.hostname, port if port is not None else default_port
 
 
+_LOOPBACK_OF_UNSPECIFIED = {
+    ipaddress.ip_address("0.0.0.0"): ipaddress.ip_address("127.0.0.1"),
+    ipaddress.ip_address("::"): ipaddress.ip_address("::1"),
+}
+
+
 def _address(text: str) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(text.partition("%")[0])
@@ -74,6 +80,13 @@ def _address(text: str) -> IPAddress | None:
     return address
 
 
+def _destination(text: str) -> IPAddress | None:
+    """Where a connection to ``text`` goes: the unspecified address means this host's
+    loopback (Linux connects ``0.0.0.0`` to ``127.0.0.1`` and ``::`` to ``::1``)."""
+    address = _address(text)
+    return _LOOPBACK_OF_UNSPECIFIED.get(address, address) if address is not None else None
+
+
 def listener_reached(
     resolved: Iterable[str],
     port: int,
@@ -81,7 +94,7 @@ def listener_reached(
     is_local: Callable[[IPAddress], bool],
 ) -> Listener | None:
     """The first listener a connection to one of ``resolved`` on ``port`` would reach."""
-    addresses = [a for a in map(_address, resolved) if a is not None]
+    addresses = [a for a in map(_destination, resolved) if a is not None]
     for listener in listeners:
         if listener.port != port:
             continue

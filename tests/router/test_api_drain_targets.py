@@ -44,6 +44,11 @@ def fake_is_local(address: IPAddress) -> bool:
         (["::1", "127.0.0.1"], 8001, HTTP),  # localhost: any of its addresses
         (["::ffff:127.0.0.1"], 8001, HTTP),  # IPv4-mapped is the same address
         (["127.0.0.2"], 8001, None),  # the listener is bound to 127.0.0.1 only
+        # Connecting to the unspecified address reaches this host's loopback of its family.
+        (["0.0.0.0"], 8001, HTTP),
+        (["0.0.0.0"], 6601, SYSLOG_ANY),
+        (["::"], 8001, None),  # ::1, where no listener of port 8001 is bound
+        (["::"], 6001, SHIM_ANY6),
         (["127.0.0.1"], 8003, None),  # another port
         (["93.184.216.34"], 8001, None),
         (["10.9.9.9"], 6601, SYSLOG_ANY),  # 0.0.0.0: every local address
