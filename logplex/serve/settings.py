@@ -10,6 +10,7 @@ function of those sources, table-tested.
 from __future__ import annotations
 
 import argparse
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ class ServeSettings:
     drain_ca_file: Path | None
     shutdown_grace: float
     drain_retry_window: float
+    spool: Path | None = None  # None: DATA_DIR/spool (see ``spool_dir``)
+    no_spool: bool = False
+    spool_max_bytes: int = 1 << 30
+    spool_sync_ms: int = 50
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """Where the durable spool lives, or None with ``--no-spool``."""
+        if self.no_spool:
+            return None
+        return self.spool if self.spool is not None else self.data_dir / "spool"
 
 
 def parse_host_port(text: str) -> HostPort:
@@ -81,6 +93,60 @@ def _seconds(text: str) -> float:
     return value
 
 
+_SIZE_UNITS: Final = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+MIN_SPOOL_BYTES: Final = 1 << 20
+
+
+_SIZE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_byte_size(text: str) -> int:
+    """``1073741824``, ``1GiB``, ``512 MiB``, ``2G`` (decimal units without the ``i``)."""
+    match = _SIZE.fullmatch(text.replace("_", ""))
+    factor = _SIZE_UNITS.get(match[2].lower()) if match else None
+    if match is None or factor is None:
+        raise ValueError(f"{text!r} is not a size in bytes (for example 1073741824, 1GiB, 500MB)")
+    value = int(float(match[1]) * factor)
+    if value < MIN_SPOOL_BYTES:
+        raise ValueError(f"{text!r} is below the minimum of {MIN_SPOOL_BYTES} bytes (1 MiB)")
+    return value
+
+
+def _sync_ms(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 10_000:
+        raise ValueError(f"{value} is outside 1..10000 milliseconds")
+    return value
+
+
+_TRUE: Final = {"1", "true", "yes", "on"}
+_FALSE: Final = {"0", "false", "no", "off", ""}
+
+
+def _switch(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("it is not a yes/no value (1, true, yes, on / 0, false, no, off)")
+
+
 def _text(text: str) -> str:
     if not text:
         raise ValueError("it is empty")
@@ -94,6 +160,7 @@ class _Setting:
     default: Any
     metavar: str
     help: str
+    switch: bool = False  # a flag without a value (``--no-spool``); env/TOML take yes/no
 
 
 SETTINGS: Final = (
@@ -141,7 +208,37 @@ SETTINGS: Final = (
         _seconds,
         60.0,
         "SECONDS",
-        "how long a failing batch is retried before it is dropped (L10)",
+        "without the spool, how long a failing batch is retried before it is dropped (L10)",
+    ),
+    _Setting(
+        "spool",
+        Path,
+        None,
+        "DIR",
+        "durable spool: accepted batches are fsynced before they are acknowledged "
+        "(default DATA_DIR/spool)",
+    ),
+    _Setting(
+        "no-spool",
+        _switch,
+        False,
+        "",
+        "memory only: per-drain buffers of --drain-buffer messages, drop-oldest, L10",
+        switch=True,
+    ),
+    _Setting(
+        "spool-max-bytes",
+        parse_byte_size,
+        1 << 30,
+        "BYTES",
+        "disk bound of the spool (1GiB, 500MB, ...); beyond it the oldest segments go (L10)",
+    ),
+    _Setting(
+        "spool-sync-ms",
+        _sync_ms,
+        50,
+        "MS",
+        "group commit: the longest an accepted batch waits for its fsync",
     ),
 )
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
@@ -163,6 +260,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if default is not None
             else (f" (env {env_name(setting.name)})")
         )
+        if setting.switch:
+            parser.add_argument(
+                f"--{setting.name}",
+                dest=setting.name.replace("-", "_"),
+                action="store_const",
+                const="1",
+                default=None,
+                help=f"{setting.help} (env {env_name(setting.name)}=1)",
+            )
+            continue
         parser.add_argument(
             f"--{setting.name}",
             dest=setting.name.replace("-", "_"),
@@ -209,6 +316,9 @@ def resolve_settings(
             raw, origin = env_value, env_name(setting.name)
         elif setting.name in toml:
             value = toml[setting.name]
+            if setting.switch and isinstance(value, bool):
+                values[setting.name.replace("-", "_")] = value
+                continue
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise ServeConfigError(
                     f"{setting.name} in {toml_path} must be a string or a number, "
@@ -231,6 +341,11 @@ def resolve_settings(
         raise ServeConfigError(
             "--tls-cert and --tls-key go together: give both (TLS on the shim and syslog "
             "listeners) or neither"
+        )
+    if settings.no_spool and settings.spool is not None:
+        raise ServeConfigError(
+            "--spool and --no-spool contradict each other: give a spool directory or turn "
+            "the spool off, not both"
         )
     return settings
 
