@@ -165,18 +165,22 @@ def encode_batch_body(
     published_us: int,
     stream: StreamMark | None,
     compressor: zstandard.ZstdCompressor,
-) -> bytes:
-    payload = compressor.compress(msgpack.packb(messages))
+) -> tuple[bytes, int]:
+    """The body of a batch record, and the size of its messages packed (before zstd)."""
+    packed: bytes = msgpack.packb(messages)
+    payload = compressor.compress(packed)
     mark = None if stream is None else [stream.token, stream.stream, stream.seq]
-    return msgpack.packb(
+    body: bytes = msgpack.packb(
         [KIND_BATCH, channel, first_n, len(messages), published_us, mark, payload]
     )
+    return body, len(packed)
 
 
 def encode_snapshot_body(next_numbers: dict[str, int], streams: list[StreamMark]) -> bytes:
-    return msgpack.packb(
+    body: bytes = msgpack.packb(
         [KIND_SNAPSHOT, next_numbers, [[s.token, s.stream, s.seq] for s in streams]]
     )
+    return body
 
 
 def _stream_mark(value: Any) -> StreamMark:
@@ -263,7 +267,7 @@ def _record_at(data: bytes | memoryview, offset: int) -> int | None:
     if len(data) - offset < RECORD_HEADER_BYTES:
         return None
     magic, length, crc = _RECORD.unpack_from(data, offset)
-    end = offset + RECORD_HEADER_BYTES + length
+    end: int = offset + RECORD_HEADER_BYTES + length
     if magic != RECORD_MAGIC or length > MAX_RECORD_BYTES or end > len(data):
         return None
     if zlib.crc32(data[offset + RECORD_HEADER_BYTES : end]) != crc:
