@@ -15,7 +15,8 @@ One connection at a time, over TCP or TLS (``tls://``; system CAs or ``--ca-file
   its first line, or at exit), at most ``BATCHES_PER_TURN`` per turn so the pipe readers are
   never kept waiting, and coalesces the frames of a turn into one write. A receiver task
   applies cumulative ACKs, answers PING with PONG and turns ERROR into a reconnect (after
-  ``bad_frame``/``too_large`` the refused batch becomes an L13 notice, see ``Outbox``).
+  ``bad_frame``/``too_large`` the refused batch becomes an L13 notice, see ``Outbox``; only
+  an ERROR after a batch went out on the connection refuses one, never an answer to HELLO).
 - Any failure closes the connection; the next attempt waits a capped exponential backoff with
   jitter (``reconnect_delay_s``). The readers never wait for any of this: they push into the
   outbox, which drops the oldest lines when full (or, with ``--block``, makes them wait).
@@ -69,8 +70,8 @@ MAX_WRITE_BYTES: Final = 1024 * 1024
 # shipper would keep a fast app waiting on its pipe (see perf/shim.py).
 BATCHES_PER_TURN: Final = 4
 # A connection that stays up this long after READY ends a failure streak even if the router
-# acknowledged nothing new (an idle app): twice the backoff cap, so a router that cuts every
-# connection after a while still sees at most one attempt per this many seconds.
+# acknowledged nothing new (an idle app). Twice the backoff cap: a router that cuts every
+# connection sooner keeps the streak, and the backoff, growing.
 HEALTHY_AFTER_S: Final = 2 * BACKOFF_CAP_S
 # Distinct failure texts printed per streak: a router's messages may carry changing numbers.
 WARNINGS_PER_STREAK: Final = 4
