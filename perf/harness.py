@@ -163,6 +163,7 @@ class RouterProcess:
             )
         self.pid = self.process.pid
         self.addresses = self._read_listening(3)
+        self.listening_s = time.monotonic() - self.started_s  # spawn to all ports printed
         self.http = self.addresses["http"]
         self.shim = self.addresses["shim"]
         self.syslog_port = int(self.addresses["syslog"].rsplit(":", 1)[1])
