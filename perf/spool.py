@@ -374,7 +374,10 @@ def main() -> None:
         return
     only = args.only or list(CASES)
     flags = args.router_flag
-    results: dict[str, Any] = {"router_flags": flags, "load_1m_before": os.getloadavg()[0]}
+    results: dict[str, Any] = {
+        "router_flags": flags,
+        "load_1m_before": round(os.getloadavg()[0], 2),
+    }
     targets: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="perf-spool-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -408,7 +411,7 @@ def main() -> None:
                 targets["replay_0_lost"] = run["lost"] == 0 and run["l10"] == 0
             results[case] = run
             print(json.dumps({case: run}), file=sys.stderr)
-    results["load_1m_after"] = os.getloadavg()[0]
+    results["load_1m_after"] = round(os.getloadavg()[0], 2)
     results["targets_met"] = targets
     print(json.dumps(results))
     if not args.no_row:
