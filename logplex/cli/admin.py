@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "sink", help="run a drain receiver (see `logplex sink --help`)", add_help=False
     )
+    commands.add_parser(
+        "spool", help="verify a spool offline (`logplex spool check DIR`)", add_help=False
+    )
 
     def leaf(
         group: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -268,8 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _delegate(name: str, argv: list[str]) -> int:
-    """``logplex serve …`` / ``logplex sink …``: the module owns its flags."""
-    module = importlib.import_module("logplex.serve.wiring" if name == "serve" else "drains.sink")
+    """``logplex serve …`` / ``sink …`` / ``spool …``: the module owns its flags."""
+    module = importlib.import_module(
+        {"serve": "logplex.serve.wiring", "sink": "drains.sink", "spool": "logplex.spool.check"}[
+            name
+        ]
+    )
     parser = argparse.ArgumentParser(prog=f"logplex {name}")
     module.add_arguments(parser)
     result: int = module.main(parser.parse_args(argv))
@@ -278,11 +285,11 @@ def _delegate(name: str, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("serve", "sink"):
+    if argv and argv[0] in ("serve", "sink", "spool"):
         return _delegate(argv[0], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in ("serve", "sink"):  # reached only with global options before it
+    if args.command in ("serve", "sink", "spool"):  # reached only with global options before
         parser.error(f"put options of `{args.command}` after the word {args.command}")
     environ = dict(os.environ)
     try:
