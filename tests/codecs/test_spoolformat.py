@@ -77,7 +77,8 @@ def test_batch_body_round_trip() -> None:
 def test_batch_without_stream() -> None:
     body, _ = encode_batch_body("ch", 0, MESSAGES[:1], 1, None, zstandard.ZstdCompressor())
     record = decode_body(body)
-    assert isinstance(record, BatchRecord) and record.stream is None
+    assert isinstance(record, BatchRecord)
+    assert record.stream is None
 
 
 def test_snapshot_round_trip() -> None:
@@ -169,7 +170,8 @@ def test_a_torn_tail_is_reported_where_valid_data_ends(cut: int) -> None:
     whole = segment(b"one", b"second")
     data = whole[: len(whole) - cut]
     events = list(scan_records(data))
-    assert isinstance(events[0], ScannedRecord) and events[0].body == b"one"
+    assert isinstance(events[0], ScannedRecord)
+    assert events[0].body == b"one"
     assert events[-1] == TornTail(events[0].end, len(data))
 
 

@@ -3,8 +3,8 @@
 ``logshim`` runs an app that writes lines as fast as it can and ships them to ``logplex
 serve``; the channel has an HTTPS drain to ``logplex sink`` (TLS verified against a trustme
 CA given with ``--drain-ca-file``), a syslog TCP drain to a plain loopback receiver, and a
-live tail session. The router runs memory-only (``--no-spool``) with a small drain buffer, so that drops really
-happen.
+live tail session. The router runs memory-only (``--no-spool``) with a small drain buffer,
+so that drops really happen.
 
 For every output: messages published (app lines plus shim notices) = unique messages
 delivered + the sum of N in the loss notices it received (L10 for drains, L11 for the tail,

@@ -238,7 +238,8 @@ def test_every_flag_parses_through_argparse(tmp_path: Path) -> None:
     )
     assert settings.spool_dir == tmp_path / "spool"  # the default: DATA_DIR/spool
     off = settings_from_args(parser.parse_args(["--no-spool"]), {})
-    assert off.no_spool and off.spool_dir is None
+    assert off.no_spool
+    assert off.spool_dir is None
     assert settings_from_args(parser.parse_args([]), {"LOGPLEX_NO_SPOOL": "yes"}).no_spool
     with pytest.raises(SystemExit):
         parser.parse_args(["--no-spool", "x"])  # a switch takes no value
