@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import msgpack
 import trio
@@ -46,8 +46,27 @@ from drains import EncodeMessages, MakeNotice, Taken
 from logplex.codecs.records import Batch, Message
 from logplex.codecs.spoolformat import ScannedRecord, frame_record, scan_records
 
-if TYPE_CHECKING:
-    from logplex.spool.log import ChannelLog, Spool
+
+class ChannelReader(Protocol):
+    """What a queue reads of its channel (``logplex.spool.log.ChannelLog``)."""
+
+    @property
+    def committed_n(self) -> int: ...
+    def first_n(self) -> int: ...
+    def batch_at(self, n: int) -> tuple[int, int, Batch | None] | None: ...
+    def frame_bytes_estimate(self) -> int: ...
+    def published_us_at(self, n: int) -> int: ...
+
+
+class SpoolSide(Protocol):
+    """What a queue needs of its spool (``logplex.spool.log.Spool``)."""
+
+    @property
+    def spool_id(self) -> str: ...
+    @property
+    def journal(self) -> CursorJournal: ...
+    def count_budget_loss(self, count: int) -> None: ...
+    def cursor_moved(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +238,8 @@ class SpoolQueue:
 
     def __init__(
         self,
-        spool: Spool,
-        channel: ChannelLog,
+        spool: SpoolSide,
+        channel: ChannelReader,
         token: str,
         state: CursorState,
         *,

@@ -563,8 +563,9 @@ class Spool:
         if previous is not None:
             previous.detached = True
             previous.wake()
-            if previous in previous.channel.queues:
-                previous.channel.queues.remove(previous)
+            owner = self.channels.get(previous.state.channel)
+            if owner is not None and previous in owner.queues:
+                owner.queues.remove(previous)
         queue = SpoolQueue(
             self,
             channel,
@@ -588,8 +589,9 @@ class Spool:
                 metrics.SPOOL_ABANDONED_MESSAGES.inc(abandoned)
             queue.detached = True
             queue.wake()
-            if queue in queue.channel.queues:
-                queue.channel.queues.remove(queue)
+            owner = self.channels.get(queue.state.channel)
+            if owner is not None and queue in owner.queues:
+                owner.queues.remove(queue)
         self.journal.write(token, None)
 
     def forget_unknown_drains(self, tokens: Iterable[str]) -> None:
