@@ -1,7 +1,8 @@
 """Outbound drains: HTTPS (application/logplex-1) and syslog over TCP, TLS and UDP.
 
 The router sees drains only through what this module exports (docs/architecture.md):
-``parse_drain_url``, ``open_drain`` and the records around them. Each drain kind lives in
+``parse_drain_url``, ``open_drain`` and the records around them, and the queue protocol
+(``DrainQueue``, ``Taken``) a durable spool implements. Each drain kind lives in
 its own module (``http`` is a package: request, connection, response, drain loop;
 ``syslog``, ``udp``); the shared buffer with drop-oldest and loss accounting (``_buffer``),
 the retry policy (``_retry``), TLS (``_tls``), the errors (``_errors``) and the metrics
@@ -10,6 +11,7 @@ the retry policy (``_retry``), TLS (``_tls``), the errors (``_errors``) and the 
 
 from __future__ import annotations
 
+from drains._buffer import DrainQueue, EncodeMessages, MakeNotice, QueueFactory, Taken
 from drains._errors import DrainError, InvalidDrainURL
 from drains._interface import (
     Drain,
@@ -27,11 +29,16 @@ __all__ = [
     "Drain",
     "DrainContext",
     "DrainError",
+    "DrainQueue",
     "DrainSettings",
     "DrainState",
     "DrainStatus",
     "DrainURL",
+    "EncodeMessages",
     "InvalidDrainURL",
+    "MakeNotice",
+    "QueueFactory",
+    "Taken",
     "open_drain",
     "parse_drain_url",
 ]

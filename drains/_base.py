@@ -47,6 +47,8 @@ class DrainCore:
         self.url = url if url is not None else parse_drain_url(ctx.url)
         self.kind = self.url.kind
         self.metrics = KindMetrics(self.kind)
+        if queue is None and ctx.make_queue is not None:
+            queue = ctx.make_queue(encode, memo_key, l10_message)
         self.queue: DrainQueue = queue or DrainBuffer(
             max_messages=ctx.settings.buffer_messages,
             max_bytes=ctx.settings.buffer_bytes,
@@ -55,8 +57,8 @@ class DrainCore:
             make_notice=l10_message,
         )
         self.in_flight_messages = 0
-        self.delivered = 0
-        self._dropped_reported = 0
+        self.delivered = self.queue.restored_delivered
+        self._dropped_reported = self.queue.dropped_total  # counted by an earlier process
         self._last_attempt_ok: bool | None = None
         self._last_success_s: float | None = None
         self._last_error: str | None = None
@@ -110,6 +112,7 @@ class DrainCore:
     ) -> None:
         """Count a delivery; it clears ``last_error`` unless part of the send failed."""
         self.delivered += message_count
+        self.queue.note_delivered(message_count)
         self.metrics.delivered.inc(message_count)
         self.metrics.bytes_delivered.inc(byte_count)
         self._last_attempt_ok = True

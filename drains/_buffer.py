@@ -18,7 +18,8 @@ Follows DESIGN section 8 ("Router → drains") and 5.5 (L10). In the spirit of L
   messages, so a drain that refuses everything gets one lone L10 per loss, not one a second.
 
 ``DrainQueue`` is the seam for the durable spool (DESIGN section 2, ``--spool``): drains use
-only that protocol, which a spool can implement with the same loss reporting.
+only that protocol; ``logplex.spool.SpoolQueue`` implements it over the spool with the same
+loss reporting, handed to the drain through ``DrainContext.make_queue``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class Taken:
     byte_count: int
     notice_count: int = 0
     notice_since_us: int = 0
+    # Set by a spool queue: the Frame-Id every send of these frames carries (also after a
+    # restart), and the channel message numbers [start, end) they hold.
+    frame_id: str | None = None
+    extent: tuple[int, int] | None = None
 
 
 class DrainQueue(Protocol):
@@ -82,6 +87,18 @@ class DrainQueue(Protocol):
     def settle(self, taken: Taken, *, delivered: bool) -> None: ...
 
     async def wait_takeable(self) -> None: ...
+
+    @property
+    def restored_delivered(self) -> int:
+        """Messages delivered before this process started (a spool keeps the count)."""
+        ...
+
+    def note_delivered(self, message_count: int) -> None:
+        """``message_count`` more messages were delivered (a spool persists the count)."""
+
+
+QueueFactory = Callable[[EncodeMessages, str, MakeNotice], DrainQueue]
+"""Builds a drain's queue from its encoder, memo key and L10 maker (``DrainContext``)."""
 
 
 class DrainBuffer:
@@ -132,6 +149,13 @@ class DrainBuffer:
     def dropped_total(self) -> int:
         """Messages dropped so far (overflow and batches given up), for status and tests."""
         return self._dropped_total
+
+    @property
+    def restored_delivered(self) -> int:
+        return 0  # memory only: nothing survives a restart
+
+    def note_delivered(self, message_count: int) -> None:
+        del message_count  # DrainCore counts deliveries; memory keeps nothing more
 
     @property
     def lost_pending(self) -> int:

@@ -20,6 +20,7 @@ from typing import Final, Literal, Protocol
 
 import trio
 
+from drains._buffer import QueueFactory
 from logplex.codecs.records import Batch, Message
 from logplex.codecs.version import package_version
 
@@ -57,6 +58,8 @@ class DrainContext:
     settings: DrainSettings = DrainSettings()
     # Router notices (L14) go into the channel's history and tails through this.
     post_notice: Callable[[list[Message]], None] = _ignore_notices
+    # With the spool: builds the drain's queue over it (None: an in-memory DrainBuffer).
+    make_queue: QueueFactory | None = None
 
 
 def format_rfc3339(epoch_s: float) -> str:

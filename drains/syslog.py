@@ -83,10 +83,12 @@ def split_taken(taken: Taken, frame_count: int) -> tuple[int, int, Taken | None]
     delivered_messages = frame_count - (1 if taken.notice_count else 0)
     if frame_count >= len(taken.frames):
         return delivered_messages, delivered_bytes, None
+    extent = taken.extent
     rest = Taken(
         frames=taken.frames[frame_count:],
         message_count=taken.message_count - delivered_messages,
         byte_count=taken.byte_count - delivered_bytes,
+        extent=None if extent is None else (extent[0] + delivered_messages, extent[1]),
     )
     return delivered_messages, delivered_bytes, rest
 
@@ -321,6 +323,7 @@ class SyslogDrain(DrainCore):
                     self.in_flight_messages -= messages
                     self.record_delivered(messages, byte_count)
                 if rest is None:
+                    self.queue.settle(taken, delivered=True)
                     continue
                 taken = rest
             self.record_retry(taken)

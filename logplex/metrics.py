@@ -12,7 +12,7 @@ URL, channel name or message text.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import trio
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -65,6 +65,58 @@ SHIM_DUPLICATE_BATCHES = Counter(
     "Shim BATCH frames dropped because the router already held their (stream, seq).",
 )
 
+# -- the durable spool (logplex.spool) --------------------------------------------------
+
+SPOOL_FSYNC_SECONDS = Histogram(
+    "logplex_spool_commit_seconds",
+    "Time of one group commit of the spool (write and fdatasync of every pending batch).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+SPOOL_SYNC_OVERRUNS = Counter(
+    "logplex_spool_sync_overruns_total",
+    "Group commits that took longer than --spool-sync-ms.",
+)
+SPOOL_WRITE_ERRORS = Counter(
+    "logplex_spool_write_errors_total",
+    "Times the spool could not write or fsync and fell back to memory (ENOSPC, EIO, ...).",
+)
+SPOOL_MODE = Gauge(
+    "logplex_spool_durable",
+    "1 while accepted batches are fsynced before they are acknowledged, 0 while the spool "
+    "runs on memory after a disk error.",
+)
+SPOOL_DROPPED_MESSAGES = Counter(
+    "logplex_spool_dropped_messages_total",
+    "Messages drains lost because the spool no longer held them (--spool-max-bytes, or "
+    "memory-only batches let go while the disk failed), summed over drains.",
+)
+SPOOL_ABANDONED_MESSAGES = Counter(
+    "logplex_spool_abandoned_messages_total",
+    "Messages a drain had not delivered when it was removed.",
+)
+SPOOL_DAMAGED_RECORDS = Counter(
+    "logplex_spool_damaged_records_total",
+    "Damaged spool records found: a torn tail cut at start-up, damage skipped in the "
+    "middle of a segment, or a record that could not be read back.",
+    ["where"],  # tail | middle | read
+)
+SPOOL_TORN_BYTES = Counter(
+    "logplex_spool_torn_bytes_total",
+    "Bytes of torn segment tails cut at start-up.",
+)
+SPOOL_REPLAY_RECORDS = Gauge(
+    "logplex_spool_replay_records",
+    "Records read from the spool at start-up.",
+)
+SPOOL_REPLAY_SECONDS = Gauge(
+    "logplex_spool_replay_seconds",
+    "Time the start-up scan of the spool took.",
+)
+SPOOL_DISK_READS = Counter(
+    "logplex_spool_disk_reads_total",
+    "Batches a drain read back from disk (it was behind the memory cache).",
+)
+
 # -- event loop --------------------------------------------------------------------------
 
 EVENT_LOOP_LAG = Histogram(
@@ -113,6 +165,38 @@ class RouterIndexCollector(Collector):
             ("logplex_tail_sessions", "Open tail sessions.", counts.sessions),
         ):
             yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class SpoolLike(Protocol):
+    def gauges(self) -> dict[str, float]: ...
+
+
+class SpoolCollector(Collector):
+    """Spool size, age and drain lag, computed at scrape time from ``Spool.gauges``."""
+
+    DOCS: ClassVar[dict[str, str]] = {
+        "logplex_spool_bytes": "Bytes of spool segments on disk.",
+        "logplex_spool_segments": "Spool segment files.",
+        "logplex_spool_max_bytes": "The spool's disk budget (--spool-max-bytes).",
+        "logplex_spool_oldest_age_seconds": "Age of the oldest spool segment.",
+        "logplex_spool_drain_lag_messages": "Messages drains have not taken yet, summed.",
+        "logplex_spool_drain_lag_max_seconds": "Age of the oldest message a drain waits for.",
+    }
+
+    def __init__(self, spool: SpoolLike) -> None:
+        self._spool = spool
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self._spool.gauges().items():
+            yield GaugeMetricFamily(name, self.DOCS.get(name, name), value=value)
+
+
+def register_spool_collector(
+    spool: SpoolLike, registry: CollectorRegistry = REGISTRY
+) -> SpoolCollector:
+    collector = SpoolCollector(spool)
+    registry.register(collector)
+    return collector
 
 
 class RouterCountsLike(Protocol):

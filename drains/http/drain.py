@@ -15,7 +15,9 @@ retry resends those bytes.
 
 Request, byte for byte: ``POST`` to the URL's path and query with ``Content-Type:
 application/logplex-1``, ``Logplex-Msg-Count`` (frames in the body, the L10 notice
-included), ``Logplex-Frame-Id`` (32 uppercase hex, fixed for every retry of the batch),
+included), ``Logplex-Frame-Id`` (32 uppercase hex, fixed for every retry of the batch; with
+the spool derived from the drain and the batch's spool position, so a batch replayed after a
+restart carries it again),
 ``Logplex-Drain-Token``, ``User-Agent`` and, when the URL has userinfo, Basic auth built from
 the percent-decoded user and password (UTF-8).
 
@@ -235,8 +237,9 @@ class HttpDrain(DrainCore):
 
         ``retried[0]`` is set (and ``_posts_retrying`` counted) once the post needs a retry.
         """
+        frame_id = taken.frame_id or new_frame_id()
         post = self._encoder.encode(
-            (str(len(taken.frames)), new_frame_id()), taken.frames, taken.byte_count
+            (str(len(taken.frames)), frame_id), taken.frames, taken.byte_count
         )
         first_attempt_at = trio.current_time()
         attempt = 0
