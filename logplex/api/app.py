@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from logplex.api.base import (
@@ -22,6 +22,7 @@ from logplex.api.base import (
     ApiState,
     RouterAPI,
     api_error_response,
+    api_state,
     error_response,
     http_error_response,
     internal_error_response,
@@ -46,9 +47,21 @@ __all__ = ["ApiConfig", "create_app"]
 
 
 async def healthcheck(request: Request) -> Response:
+    """``OK`` while the router serves; ``Logplex-Spool`` says whether acknowledgements mean
+    durable (``durable``), memory after a disk error (``memory``) or ``off``."""
     if not getattr(request.app.state, "ready", False):
         return error_response(503, "starting: the router is not ready yet")
-    return PlainTextResponse("OK")
+    spool = api_state(request).router.spool_status()
+    mode = "off" if spool is None else str(spool["mode"])
+    return PlainTextResponse("OK", headers={"Logplex-Spool": mode})
+
+
+async def spool_health(request: Request) -> Response:
+    """``/healthcheck/spool``: the spool's mode, size, age and last disk error, as JSON."""
+    spool = api_state(request).router.spool_status()
+    if spool is None:
+        return JSONResponse({"mode": "off"})
+    return JSONResponse(spool)
 
 
 async def metrics(request: Request) -> Response:
@@ -59,6 +72,7 @@ def create_app(*, store: ConfigStore, router: RouterAPI, config: ApiConfig) -> S
     """The API app; ``app.state.ready`` starts False (``/healthcheck`` answers 503)."""
     routes = [
         Route("/healthcheck", healthcheck, methods=["GET"]),
+        Route("/healthcheck/spool", spool_health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v3/channels", list_channels, methods=["GET"]),
         Route("/v3/channels/{channel}", put_channel, methods=["PUT"]),

@@ -128,6 +128,8 @@ async def post_logs(request: Request) -> Response:
         state.router.publish(info.channel, messages)
         INGEST_MESSAGES.labels(PROTOCOL).inc(len(messages))
         INGEST_BYTES.labels(PROTOCOL).inc(sum(len(m[4]) for m in messages))
+        # 204 means "durable": with the spool, written and fsynced (DESIGN 8).
+        await state.router.wait_durable()
     return Response(status_code=204)
 
 

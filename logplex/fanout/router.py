@@ -17,7 +17,9 @@ written since the last time (``HistoryRing.compact``), so the hot path only appe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -33,7 +35,9 @@ from logplex.fanout.tails import DEFAULT_TAIL_BUFFER_MESSAGES, TailSession, mess
 if TYPE_CHECKING:
     # What the router needs of a drain is the drains' own protocol (docs/architecture.md,
     # "Drains"): push_batch, run, wait_flushed and status.
-    from drains import Drain, DrainContext, DrainSettings
+    from drains import Drain, DrainContext, DrainQueue, DrainSettings, EncodeMessages, MakeNotice
+    from logplex.codecs.spoolformat import StreamMark
+    from logplex.spool.log import Spool
 
 __all__ = ["DrainFactory", "Router", "TailSession", "message_filter"]
 
@@ -102,6 +106,7 @@ class Router:
         drain_factory: DrainFactory | None = None,
         drain_settings: DrainSettings | None = None,
         tail_buffer_messages: int = DEFAULT_TAIL_BUFFER_MESSAGES,
+        spool: Spool | None = None,
     ) -> None:
         if history_lines < 0:
             raise ValueError(f"--history must be 0 or more lines, not {history_lines}")
@@ -113,6 +118,9 @@ class Router:
         self._tokens: dict[str, TokenInfo] = {}
         self._nursery: trio.Nursery | None = None
         self._uncompacted: set[HistoryRing] = set()  # histories written since the last sweep
+        # With the spool, publish appends there and drains read from it (their queues are
+        # the spool's); without, each drain has its own memory buffer.
+        self.spool = spool
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -120,27 +128,44 @@ class Router:
         """The channel and source a ``t.…`` token writes into, or None."""
         return self._tokens.get(token)
 
-    def publish(self, channel: str, messages: list[Message]) -> None:
+    def publish(
+        self, channel: str, messages: list[Message], stream: StreamMark | None = None
+    ) -> int:
         """Hand one batch to the channel's history, tails and drains; never awaits.
 
         The list is kept by reference (history, drains, tails): the caller hands it over
-        and must not change it afterwards.
+        and must not change it afterwards. With the spool the batch is appended there
+        (``stream``: the shim stream batch it completes) and the drains read it once it is
+        durable; the return value is the ticket for ``Spool.wait_durable`` (0: nothing to
+        wait for).
         """
         state = self._channels.get(channel)
         if state is None:
             metrics.PUBLISH_UNKNOWN_CHANNEL_MESSAGES.inc(len(messages))
-            return
+            return 0
         if not messages:
-            return
+            return 0
         state.history.extend(messages)
         self._uncompacted.add(state.history)
         for tail in state.tails:
             tail.push(messages)
+        metrics.PUBLISH_BATCH_MESSAGES.observe(len(messages))
+        if self.spool is not None:
+            return self.spool.append(channel, messages, stream)
         if state.drain_list:
             batch = Batch(messages)
             for drain in state.drain_list:
                 drain.push_batch(batch)
-        metrics.PUBLISH_BATCH_MESSAGES.observe(len(messages))
+        return 0
+
+    def spool_status(self) -> dict[str, object] | None:
+        """The spool's mode, size and last error (None without a spool)."""
+        return None if self.spool is None else self.spool.status().to_json()
+
+    async def wait_durable(self) -> None:
+        """Return once everything published so far is durable (at once without a spool)."""
+        if self.spool is not None:
+            await self.spool.wait_durable(self.spool.latest_ticket())
 
     def post_notice(self, channel: str, messages: list[Message]) -> None:
         """Router notices (L14) into the channel's history and tails, not its drains."""
@@ -181,16 +206,46 @@ class Router:
         return session
 
     def drain_statuses(self, channel: str) -> dict[int, dict[str, object]]:
-        """Drain id -> DESIGN 3 ``status`` object, for every drain of the channel."""
+        """Drain id -> DESIGN 3 ``status`` object, for every drain of the channel.
+
+        With the spool each also tells its lag: ``lag_messages`` (not yet taken) and
+        ``lag_seconds`` (age of the oldest of them).
+        """
         state = self._channels.get(channel)
         if state is None:
             return {}
-        return {
-            drain_id: handle.drain.status().to_json()
-            if handle.drain is not None
-            else pending_drain_status()
-            for drain_id, handle in state.drains.items()
-        }
+        statuses: dict[int, dict[str, object]] = {}
+        lags = (
+            {
+                queue.token: (messages, seconds)
+                for queue, messages, seconds in self.spool.drain_lag()
+            }
+            if self.spool is not None
+            else {}
+        )
+        for drain_id, handle in state.drains.items():
+            status = (
+                handle.drain.status().to_json()
+                if handle.drain is not None
+                else pending_drain_status()
+            )
+            lag = lags.get(handle.config.token)
+            if lag is not None:
+                status["lag_messages"] = lag[0]
+                status["lag_seconds"] = round(lag[1], 3)
+            statuses[drain_id] = status
+        return statuses
+
+    def restore_history(self, channel: str) -> int:
+        """Refill the channel's history from the spool (at start-up); returns the lines."""
+        state = self._channels.get(channel)
+        if state is None or self.spool is None:
+            return 0
+        messages = self.spool.recent_messages(channel, self.history_lines)
+        if messages:
+            state.history.extend(messages)
+            self._uncompacted.add(state.history)
+        return len(messages)
 
     def counts(self) -> RouterCounts:
         channels = self._channels.values()
@@ -220,7 +275,11 @@ class Router:
         wanted = {drain.id: drain for drain in config.drains}
         for drain_id, handle in list(state.drains.items()):
             if wanted.get(drain_id) != handle.config:
-                self._stop_drain(state, drain_id)
+                # A drain whose URL changed keeps its token, and with the spool its cursor:
+                # its backlog goes to the new URL.
+                kept = wanted.get(drain_id)
+                removed = kept is None or kept.token != handle.config.token
+                self._stop_drain(state, drain_id, removed=removed)
         for drain_id, drain_config in wanted.items():
             if drain_id not in state.drains:
                 self._add_drain(state, drain_config)
@@ -233,7 +292,7 @@ class Router:
         for token in state.tokens:
             self._tokens.pop(token, None)
         for drain_id in list(state.drains):
-            self._stop_drain(state, drain_id)
+            self._stop_drain(state, drain_id, removed=True)
         for tail in list(state.tails):
             tail.finish()
         state.tails.clear()
@@ -248,11 +307,13 @@ class Router:
             if self._nursery is not None:
                 self._start_drain(state.name, handle)
 
-    def _stop_drain(self, state: _Channel, drain_id: int) -> None:
+    def _stop_drain(self, state: _Channel, drain_id: int, *, removed: bool) -> None:
         handle = state.drains.pop(drain_id)
         handle.cancel_scope.cancel()
         if handle.drain is not None and handle.drain in state.drain_list:
             state.drain_list.remove(handle.drain)
+        if removed and self.spool is not None:
+            self.spool.forget_drain(handle.config.token)
 
     def _open_drain(self, channel: str, config: DrainConfig) -> Drain | None:
         if self._drain_factory is None:
@@ -262,13 +323,26 @@ class Router:
         def post_notice(messages: list[Message]) -> None:
             self.post_notice(channel, messages)
 
+        spool = self.spool
+
+        def make_queue(
+            encode: EncodeMessages, memo_key: str, make_notice: MakeNotice
+        ) -> DrainQueue:
+            assert spool is not None
+            return spool.queue_for(channel, config.token, encode, memo_key, make_notice)
+
+        settings = self._drain_settings or DrainSettings()
+        if spool is not None:
+            # A batch is retried until it is delivered or refused for good (DESIGN 8).
+            settings = dataclasses.replace(settings, retry_window_s=math.inf)
         context = DrainContext(
             channel=channel,
             drain_id=config.id,
             token=config.token,
             url=config.url,
-            settings=self._drain_settings or DrainSettings(),
+            settings=settings,
             post_notice=post_notice,
+            make_queue=make_queue if spool is not None else None,
         )
         try:
             return self._drain_factory(context)
@@ -348,6 +422,14 @@ class Router:
                     nursery.start_soon(drain.wait_flushed)
         if scope.cancelled_caught:
             unflushed = sum(_buffered(d) for d in drains)
+            if self.spool is not None:
+                log.info(
+                    "shutdown grace of %.1f s ran out with %d messages not yet delivered; "
+                    "they stay in the spool and drains resume from there at the next start",
+                    grace_s,
+                    unflushed,
+                )
+                return
             log.warning(
                 "shutdown grace of %.1f s ran out with %d messages still buffered in drains",
                 grace_s,

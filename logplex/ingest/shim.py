@@ -45,6 +45,7 @@ from logplex.codecs.shimsession import (
     RouterSessionLimits,
     SessionTimeout,
 )
+from logplex.codecs.spoolformat import StreamMark
 from logplex.fanout.router import Router
 from logplex.ingest.accept import AcceptLoop, close_within
 
@@ -146,6 +147,10 @@ class ShimListener:
         self.router = router
         self.settings = settings or ShimListenerSettings()
         self.streams = StreamAcks(self.settings.remembered_streams)
+        if router.spool is not None:
+            # After a restart the spool knows every stream's last durable batch.
+            for (token, stream), seq in router.spool.streams.items():
+                self.streams.record(token, stream, seq)
         settings = self.settings
         self.session_limits = RouterSessionLimits(
             window=settings.window,
@@ -301,9 +306,14 @@ class _ShimConnection:
             # What was decoded before an error is still published; it is recorded as held,
             # so READY on the shim's next connection acknowledges it.
             if published:
-                self.router.publish(self.channel, published)
+                mark = StreamMark(self.token, self.stream_id, session.acked)
+                self.router.publish(self.channel, published, mark)
                 _MESSAGES.inc(len(published))
                 _BYTES.inc(message_bytes)
+        if self.router.spool is not None and session.acked:
+            # An ACK means durable (DESIGN 8): written and fsynced, with the batches of
+            # every other connection that went into the same group commit.
+            await self.router.wait_durable()
         replies = session.data_to_send()
         if replies:
             await self._send(replies)
@@ -325,7 +335,13 @@ class _ShimConnection:
         self.ps = hello.ps.encode()
         # Sources of record kinds 1 (stdout), 2 (stderr) and 3 (shim notice).
         self.sources = (info.source, info.source, notice_source)
-        return self.streams.acked(self.token, self.stream_id)
+        held = self.streams.acked(self.token, self.stream_id)
+        spool = self.router.spool
+        if spool is not None:
+            # READY promises durability: what this process holds but has not fsynced yet is
+            # resent by the shim and dropped here as a duplicate, then ACKed once durable.
+            return spool.acked_seq(self.token, self.stream_id)
+        return held
 
     def _accept_batch(self, frame: shimproto.BatchFrame, published: list[Message]) -> int:
         """Decode a new batch into ``published``; return its message bytes (0: a resend)."""

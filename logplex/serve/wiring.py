@@ -57,6 +57,7 @@ from logplex.serve.settings import HostPort, ServeConfigError, ServeSettings, se
 from logplex.serve.settings import (
     add_arguments as add_arguments,
 )  # the ``serve`` subcommand's flags
+from logplex.spool.log import Spool
 
 log = logging.getLogger(__name__)
 
@@ -232,16 +233,34 @@ async def serve(
                 f"cannot open the config database {database} ({exc}); check the file and "
                 "its directory, or start with an empty --data-dir"
             ) from None
+        spool = await _open_spool(settings)
         router = Router(
             history_lines=settings.history,
             drain_factory=drains.factory,
             drain_settings=drains.settings,
+            spool=spool,
         )
         collector = metrics.register_router_collector(router.counts)
+        spool_collector = metrics.register_spool_collector(spool) if spool is not None else None
         try:
-            for channel in await store.load_channels():
+            channels = await store.load_channels()
+            if spool is not None:
+                spool.forget_unknown_drains(d.token for c in channels for d in c.drains)
+            restored = 0
+            for channel in channels:
                 router.apply_channel(channel)
+                restored += router.restore_history(channel.name)
+            if spool is not None:
+                log.info(
+                    "spool %s: %d segments, %d bytes; history of %d lines restored",
+                    spool.directory,
+                    len(spool.segments),
+                    spool.total_bytes(),
+                    restored,
+                )
             async with trio.open_nursery() as root:
+                if spool is not None:
+                    await root.start(spool.run)
                 await root.start(router.run)
                 root.start_soon(metrics.measure_event_loop_lag)
                 public_url = settings.public_url or f"http://{http_address}"
@@ -292,8 +311,35 @@ async def serve(
                 root.cancel_scope.cancel()
         finally:
             REGISTRY.unregister(collector)
+            if spool_collector is not None:
+                REGISTRY.unregister(spool_collector)
             with trio.CancelScope(shield=True):
+                if spool is not None:
+                    await spool.close()
                 await store.aclose()
+
+
+async def _open_spool(settings: ServeSettings) -> Spool | None:
+    """The durable spool of ``settings`` read back from disk, or None with ``--no-spool``."""
+    directory = settings.spool_dir
+    if directory is None:
+        log.info("spool off (--no-spool): drains buffer in memory, drop-oldest, L10")
+        return None
+    spool = Spool(
+        directory,
+        max_bytes=settings.spool_max_bytes,
+        sync_ms=settings.spool_sync_ms,
+        history_lines=settings.history,
+    )
+    try:
+        await trio.to_thread.run_sync(spool.open)
+    except OSError as exc:
+        raise ServeConfigError(
+            f"cannot use the spool directory {directory} ({exc.strerror or exc}); give "
+            "--spool a directory this user can create and write, or run with --no-spool"
+        ) from None
+    metrics.SPOOL_MODE.set(1)
+    return spool
 
 
 DUPLICATE_SIGNAL_WINDOW_S: Final = 2.0

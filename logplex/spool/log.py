@@ -447,6 +447,10 @@ class Spool:
             channel.messages >>= 1
             channel.message_bytes >>= 1
 
+    def latest_ticket(self) -> int:
+        """The ticket of the most recent append (waiting for it covers all before it)."""
+        return self._next_ticket if self._pending else self._durable_ticket
+
     def is_durable(self, ticket: int) -> bool:
         return ticket <= self._durable_ticket
 

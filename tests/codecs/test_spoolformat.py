@@ -62,9 +62,10 @@ def test_a_future_version_is_refused_by_name() -> None:
 
 
 def test_batch_body_round_trip() -> None:
-    body = encode_batch_body(
+    body, packed_bytes = encode_batch_body(
         "ch", 10, MESSAGES, 99, StreamMark("t.x", "s-1", 7), zstandard.ZstdCompressor()
     )
+    assert packed_bytes == len(msgpack.packb(MESSAGES))
     record = decode_body(body)
     assert isinstance(record, BatchRecord)
     assert (record.channel, record.first_n, record.count, record.published_us) == ("ch", 10, 2, 99)
@@ -74,7 +75,7 @@ def test_batch_body_round_trip() -> None:
 
 
 def test_batch_without_stream() -> None:
-    body = encode_batch_body("ch", 0, MESSAGES[:1], 1, None, zstandard.ZstdCompressor())
+    body, _ = encode_batch_body("ch", 0, MESSAGES[:1], 1, None, zstandard.ZstdCompressor())
     record = decode_body(body)
     assert isinstance(record, BatchRecord) and record.stream is None
 

@@ -14,6 +14,7 @@ from logplex.serve.settings import (
     add_arguments,
     env_name,
     load_toml,
+    parse_byte_size,
     parse_host_port,
     resolve_settings,
     settings_from_args,
@@ -126,7 +127,6 @@ def test_toml_file_keys_with_dashes_or_underscores(tmp_path: Path) -> None:
     [
         ("histroy = 3\n", "unknown setting 'histroy'"),
         ("history = \n", "is not valid TOML"),
-        ("spool = '/var/spool'\n", "unknown setting 'spool'"),  # a later issue: not accepted yet
     ],
 )
 def test_toml_errors(tmp_path: Path, content: str, message: str) -> None:
@@ -134,6 +134,44 @@ def test_toml_errors(tmp_path: Path, content: str, message: str) -> None:
     path.write_text(content)
     with pytest.raises(ServeConfigError, match=message):
         load_toml(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("spool-max-bytes = 'lots'\n", "spool-max-bytes in .* is invalid: 'lots' is not a size"),
+        ("spool-max-bytes = 1000\n", "below the minimum of 1048576 bytes"),
+        ("spool-sync-ms = 0\n", "outside 1..10000"),
+        ("no-spool = 'maybe'\n", "not a yes/no value"),
+        ("no-spool = true\nspool = '/x'\n", "contradict each other"),
+    ],
+)
+def test_spool_setting_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(content)
+    with pytest.raises(ServeConfigError, match=message):
+        resolve_settings({}, {}, load_toml(path), toml_path=str(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1048576", 1 << 20),
+        ("1GiB", 1 << 30),
+        ("500 MB", 500_000_000),
+        ("2g", 2_000_000_000),
+        ("1.5MiB", 3 << 19),
+        ("1_000_000_000", 10**9),
+    ],
+)
+def test_byte_sizes(text: str, size: int) -> None:
+    assert parse_byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "1 parsecs", "-5MB", "1e9"])
+def test_bad_byte_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_byte_size(text)
 
 
 def test_missing_toml_file(tmp_path: Path) -> None:
@@ -189,9 +227,23 @@ def test_every_flag_parses_through_argparse(tmp_path: Path) -> None:
     assert settings.drain_ca_file == Path("ca.pem")
     assert settings.shutdown_grace == 1.0
     assert settings.drain_retry_window == 5.0
-    for later in ("--spool", "--deny-private-drains"):
-        with pytest.raises(SystemExit):
-            parser.parse_args([later, "x"])
+    spooled = settings_from_args(
+        parser.parse_args(["--spool", "/sp", "--spool-max-bytes", "2GiB", "--spool-sync-ms", "7"]),
+        {},
+    )
+    assert (spooled.spool_dir, spooled.spool_max_bytes, spooled.spool_sync_ms) == (
+        Path("/sp"),
+        2 << 30,
+        7,
+    )
+    assert settings.spool_dir == tmp_path / "spool"  # the default: DATA_DIR/spool
+    off = settings_from_args(parser.parse_args(["--no-spool"]), {})
+    assert off.no_spool and off.spool_dir is None
+    assert settings_from_args(parser.parse_args([]), {"LOGPLEX_NO_SPOOL": "yes"}).no_spool
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--no-spool", "x"])  # a switch takes no value
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--deny-private-drains", "x"])
 
 
 def test_auth_key_is_created_once_with_mode_0600(tmp_path: Path) -> None:
