@@ -81,7 +81,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.peer("rsyslog")]
 
 LINES_PER_S_PER_SHIM = 250
 SHIMS = {1: "alpha", 2: "alpha", 3: "beta"}
-NEEDS_SPOOL = pytest.mark.xfail(reason="durable spool not merged yet", strict=False)
 
 
 @dataclass
@@ -484,7 +483,6 @@ async def test_no_spool_every_output_accounts_for_every_line_through_the_faults(
     assert outcome.drains["alpha-https"].reported > 0
 
 
-@NEEDS_SPOOL
 async def test_spool_loses_nothing_through_every_fault_and_two_sigkills(tmp_path: Path) -> None:
     async with chaos_world(tmp_path, []) as world:
         await wait_first_deliveries(world)
@@ -503,7 +501,6 @@ async def test_spool_loses_nothing_through_every_fault_and_two_sigkills(tmp_path
     assert world.router.exit_codes[:2] == [-signal.SIGKILL, -signal.SIGKILL]
 
 
-@NEEDS_SPOOL
 async def test_spool_disk_budget_exhausted_is_reported_exactly(tmp_path: Path) -> None:
     # A drain buffer and retry window far beyond the outage: without the spool nothing would
     # be dropped here, so whatever is reported comes from the spool's disk budget.
