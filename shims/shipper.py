@@ -15,10 +15,23 @@ One connection at a time, over TCP or TLS (``tls://``; system CAs or ``--ca-file
   its first line, or at exit), at most ``BATCHES_PER_TURN`` per turn so the pipe readers are
   never kept waiting, and coalesces the frames of a turn into one write. A receiver task
   applies cumulative ACKs, answers PING with PONG and turns ERROR into a reconnect (after
-  ``bad_frame``/``too_large`` the refused batch becomes an L13 notice, see ``Outbox``).
+  ``bad_frame``/``too_large`` the refused batch becomes an L13 notice, see ``Outbox``; only
+  an ERROR after a batch went out on the connection refuses one, never an answer to HELLO).
 - Any failure closes the connection; the next attempt waits a capped exponential backoff with
   jitter (``reconnect_delay_s``). The readers never wait for any of this: they push into the
   outbox, which drops the oldest lines when full (or, with ``--block``, makes them wait).
+
+Failure streaks. The failures since the last healthy connection are one streak
+(``FailureStreak``): its length is the backoff attempt, and READY alone does not end it — a
+router that answers READY and then ERROR (``overloaded``, a refused batch) or cuts the
+connection keeps the backoff growing. A connection proves healthy
+(``connection_proved_healthy``) once the router acknowledges a batch first sent on it (the
+resends of READY, an L13 replacement among them, do not count) or once it has stayed up
+``HEALTHY_AFTER_S``; that ends the streak and the next failure waits the base delay again.
+On stderr each distinct failure text is printed once per streak (``logshim: connection to
+router … failed: …; retrying``), at most ``WARNINGS_PER_STREAK`` texts, so alternating
+failures do not repeat either; the end of a streak is one line ``logshim: connected to router
+… again after N failed attempts``.
 """
 
 from __future__ import annotations
@@ -56,6 +69,12 @@ MAX_WRITE_BYTES: Final = 1024 * 1024
 # batch (pack + compress) costs ~0.5 ms, reading 1 MiB of lines ~3 ms; with a long turn the
 # shipper would keep a fast app waiting on its pipe (see perf/shim.py).
 BATCHES_PER_TURN: Final = 4
+# A connection that stays up this long after READY ends a failure streak even if the router
+# acknowledged nothing new (an idle app). Twice the backoff cap: a router that cuts every
+# connection sooner keeps the streak, and the backoff, growing.
+HEALTHY_AFTER_S: Final = 2 * BACKOFF_CAP_S
+# Distinct failure texts printed per streak: a router's messages may carry changing numbers.
+WARNINGS_PER_STREAK: Final = 4
 
 
 def reconnect_delay_s(attempt: int, jitter: float) -> float:
@@ -65,6 +84,48 @@ def reconnect_delay_s(attempt: int, jitter: float) -> float:
     so a fleet of shims restarted together does not reconnect in lockstep.
     """
     return equal_jitter_delay_s(attempt, jitter, base_s=BACKOFF_BASE_S, cap_s=BACKOFF_CAP_S)
+
+
+def connection_proved_healthy(acked_seq: int, first_new_seq: int, up_for_s: float) -> bool:
+    """Whether a connection ends the failure streak (and so resets the backoff).
+
+    ``acked_seq``: the highest seq the router acknowledged; ``first_new_seq``: the first seq
+    cut after this connection's READY (everything below it was a resend); ``up_for_s``: how
+    long the connection has been up since READY. Healthy: the router took a batch first sent
+    on this connection, or the connection stayed up ``HEALTHY_AFTER_S``.
+    """
+    return acked_seq >= first_new_seq or up_for_s >= HEALTHY_AFTER_S
+
+
+class FailureStreak:
+    """The connection failures since the last healthy connection.
+
+    ``failures`` is the streak's length (0: none); the next attempt waits
+    ``reconnect_delay_s(failures - 1, …)``. ``failed`` tells whether a failure's text is to be
+    printed: the first time that text occurs in the streak, for at most
+    ``WARNINGS_PER_STREAK`` distinct texts. ``ended`` closes the streak and returns its length.
+    """
+
+    __slots__ = ("_shown", "failures")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self._shown: set[str] = set()
+
+    def failed(self, text: str) -> bool:
+        """Count one failure; True if ``text`` is to be printed."""
+        self.failures += 1
+        if text in self._shown or len(self._shown) >= WARNINGS_PER_STREAK:
+            return False
+        self._shown.add(text)
+        return True
+
+    def ended(self) -> int:
+        """A healthy connection: the streak is over; how many failures it had."""
+        failures = self.failures
+        self.failures = 0
+        self._shown.clear()
+        return failures
 
 
 def agent_version() -> str:
@@ -150,7 +211,13 @@ class Shipper:
         self.connections = 0
         self.batches_sent = 0
         self.batches_resent = 0
-        self.last_error: str | None = None
+        self.streak = FailureStreak()
+        # The current connection: when READY came, the first seq cut after it, whether it
+        # proved healthy yet, and whether a batch went out on it (a refusal names one).
+        self._ready_at_s = 0.0
+        self._first_new_seq = 1
+        self._proved_healthy = False
+        self._sent_on_connection = False
         self._wake = trio.Event()
         self._progress = trio.Event()
 
@@ -191,23 +258,39 @@ class Shipper:
 
     async def run(self) -> None:
         """Connect, ship, and reconnect with backoff, until cancelled."""
-        attempt = 0
         while True:
             try:
                 await self._connect_and_ship()
             except* CONNECTION_ERRORS as failures:
+                self._check_health()  # it may have lasted long enough before it failed
                 self._report(_first_leaf(failures))
-            if self.connected:
-                attempt = 0
             self.connected = False
+            attempt = max(self.streak.failures - 1, 0)
             await trio.sleep(reconnect_delay_s(attempt, self._rng.random()))
-            attempt += 1
 
     def _report(self, exc: BaseException) -> None:
         text = describe_failure(exc)
-        if text != self.last_error:
+        if self.streak.failed(text):
             warn(f"logshim: connection to router {self.router!r} failed: {text}; retrying")
-        self.last_error = text
+
+    def _check_health(self) -> None:
+        """End the failure streak once the current connection proved healthy."""
+        if not self.connected or self._proved_healthy:
+            return
+        up_for_s = trio.current_time() - self._ready_at_s
+        if not connection_proved_healthy(self.outbox.acked_seq, self._first_new_seq, up_for_s):
+            return
+        self._proved_healthy = True
+        failures = self.streak.ended()
+        if failures:
+            warn(
+                f"logshim: connected to router {self.router!r} again "
+                f"after {failures} failed attempts"
+            )
+
+    async def _check_health_later(self) -> None:
+        await trio.sleep(HEALTHY_AFTER_S)
+        self._check_health()
 
     async def _open_stream(self) -> trio.abc.Stream:
         with trio.fail_after(CONNECT_TIMEOUT_S):
@@ -220,6 +303,7 @@ class Shipper:
             return tls
 
     async def _connect_and_ship(self) -> None:
+        self._sent_on_connection = False
         stream = await self._open_stream()
         async with stream:
             session = ShimSession(self._hello, max_frame_bytes=MAX_ROUTER_FRAME_BYTES)
@@ -227,16 +311,19 @@ class Shipper:
             with trio.fail_after(READY_TIMEOUT_S):
                 resume = await self._receive_ready(stream, session)
             self.connections += 1
-            self.connected = True
-            self.last_error = None
             self.window = resume.window
             self.max_batch_bytes = resume.max_batch_bytes
             resend = deque(self.outbox.resume(resume.acked, time.time_ns() // 1000))
+            self.connected = True
+            self._ready_at_s = trio.current_time()
+            self._first_new_seq = self.outbox.next_seq
+            self._proved_healthy = False
             self._made_progress()
             self.batches_resent += len(resend)
             send_lock = trio.StrictFIFOLock()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._receive_loop, stream, session, send_lock)
+                nursery.start_soon(self._check_health_later)
                 await self._send_loop(stream, session, send_lock, resend)
 
     async def _receive_ready(self, stream: trio.abc.Stream, session: ShimSession) -> Resume:
@@ -254,7 +341,9 @@ class Shipper:
             return event
 
     def _refused(self, event: Refused) -> NoReturn:
-        if event.batch_refused:
+        # bad_frame/too_large refuse the first unacknowledged batch only if one went out on
+        # this connection: before that (an ERROR in answer to HELLO) no batch was judged.
+        if event.batch_refused and self._sent_on_connection:
             self.outbox.note_refusal(time.time_ns() // 1000)
         raise RouterRefused(event.code, event.message)
 
@@ -267,6 +356,8 @@ class Shipper:
                 if isinstance(event, Acked):
                     if self.outbox.ack(event.seq):
                         self._made_progress()
+                        if not self._proved_healthy:
+                            self._check_health()
                 else:
                     assert isinstance(event, Refused)  # the session's table allows no other
                     self._refused(event)
@@ -317,6 +408,7 @@ class Shipper:
                 size += len(batch.frame)
             if frames:
                 self.batches_sent += len(frames)  # resends included
+                self._sent_on_connection = True
                 async with send_lock:
                     await stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
                 continue
