@@ -50,6 +50,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -190,7 +191,7 @@ async def chaos_world(
     finally:
         for process in (*shims, router, rsyslog, sink):
             if process.alive():
-                await process.stop(signal.SIGKILL if process is not router else signal.SIGTERM)
+                await process.stop(signal.SIGKILL if process in shims else signal.SIGTERM)
         await router.api.aclose()
 
 
@@ -215,11 +216,12 @@ async def https_5xx_then_down(
     down_s: float = 10.0,
     during_down: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """503 until the router has been refused a few times, then connection refused.
+    """503 for 5 s and until the router was refused a few times, then connection refused.
 
     ``during_down`` runs 3 s into the outage (a router kill while a drain is down)."""
     world.watch.faults.add("5xx")
     world.front.set_mode("5xx")
+    await trio.sleep(5)  # the fault's length, at least; then its effects are waited for
     await wait_until(
         lambda: (
             sum(p.status == 503 for p in world.front.posts) >= 3
@@ -278,6 +280,7 @@ class Outcome:
     drains: dict[str, Tally]
     tails: dict[str, list[Tally]]
     shim_stderr: dict[int, str]
+    statuses: dict[str, dict[str, Any]]  # label -> the drain's status at the end
 
 
 async def finish(world: World, done: Callable[[dict[str, Tally]], bool]) -> Outcome:
@@ -340,7 +343,26 @@ async def finish(world: World, done: Callable[[dict[str, Tally]], bool]) -> Outc
         drains=drains,
         tails=tails,
         shim_stderr={shim.number: shim.stderr_text() for shim in world.shims},
+        statuses=await final_statuses(world),
     )
+
+
+async def final_statuses(world: World) -> dict[str, dict[str, Any]]:
+    statuses = {}
+    for channel in ("alpha", "beta"):
+        drains = await world.router.drain_statuses(channel)
+        assert drains is not None, f"no drain status for {channel}"
+        for drain in drains:
+            statuses[world.watch.labels[(channel, str(drain["id"]))]] = drain["status"]
+    return statuses
+
+
+def check_counters(outcome: Outcome) -> None:
+    """The drains' own counters agree with what their receivers got and were told."""
+    for label, tally in outcome.drains.items():
+        status = outcome.statuses[label]
+        assert status["dropped"] == tally.reported, (label, status, tally.summary())
+        assert status["delivered"] >= tally.delivered, (label, status, tally.summary())
 
 
 def exact(tally: Tally) -> bool:
@@ -430,8 +452,18 @@ def metric_value(text: str, name: str) -> float:
     return values[0]
 
 
-def report(outcome: Outcome) -> str:
-    rows = [f"{name}: {tally.summary()}" for name, tally in outcome.drains.items()]
+def report(outcome: Outcome, world: World) -> str:
+    posts = world.front.posts
+    delivered_ids = [p.frame_id for p in posts if 200 <= p.status < 300]
+    rows = [
+        f"faults: 503 answers={sum(p.status == 503 for p in posts)}"
+        f" retried after 503={len(world.front.retried_after_5xx())}"
+        f" posts again after 2xx={len(delivered_ids) - len(set(delivered_ids))}"
+        f" cuts={world.cut.cuts_with_connections} shim connections={world.cut.upstream_connected}"
+        f" slow reads={world.slow.saturated_slow_reads}/{world.slow.slow_reads} full"
+        f" rsyslog runs={world.rsyslog.runs} router kills={world.kills}"
+    ]
+    rows += [f"{name}: {tally.summary()}" for name, tally in outcome.drains.items()]
     rows += [
         f"{channel} tail {i}: {t.summary()}"
         for channel, tallies in outcome.tails.items()
@@ -467,7 +499,7 @@ async def test_no_spool_every_output_accounts_for_every_line_through_the_faults(
         await wait_first_deliveries(world)
         await fault_script(world, kill_router=False)
         outcome = await finish(world, lambda drains: all(exact(t) for t in drains.values()))
-        print(report(outcome))
+        print(report(outcome, world))
         prove_5xx_and_down(world)
         prove_rsyslog_restarted(world)
         prove_cuts(world, at_least=4)
@@ -479,6 +511,7 @@ async def test_no_spool_every_output_accounts_for_every_line_through_the_faults(
     for tallies in outcome.tails.values():
         (tally,) = tallies
         check_exact(tally, duplicates_allowed=False)
+    check_counters(outcome)
     # The faults were hard enough that something really was dropped and reported.
     assert outcome.drains["alpha-https"].reported > 0
 
@@ -488,12 +521,14 @@ async def test_spool_loses_nothing_through_every_fault_and_two_sigkills(tmp_path
         await wait_first_deliveries(world)
         await fault_script(world, kill_router=True)
         outcome = await finish(world, lambda drains: all(none_lost(t) for t in drains.values()))
-        print(report(outcome))
+        print(report(outcome, world))
     check_shims(outcome)
     check_none_lost(outcome.drains["alpha-https"], duplicates_allowed=True)
     check_none_lost(outcome.drains["alpha-syslog"], duplicates_allowed=True)
     check_none_lost(outcome.drains["beta-https"], duplicates_allowed=True)
     check_tail_sessions(outcome, world)
+    # Counters continue across the restarts (DESIGN 8: they survive with the spool).
+    check_counters(outcome)
     prove_5xx_and_down(world)
     prove_rsyslog_restarted(world)
     prove_cuts(world, at_least=4)
@@ -522,14 +557,13 @@ async def test_spool_disk_budget_exhausted_is_reported_exactly(tmp_path: Path) -
                 and none_lost(drains["beta-https"])
             ),
         )
-        statuses = {s.drain: s for s in world.watch.samples}
         metrics = await world.router.metrics()
-        print(report(outcome))
+        print(report(outcome, world))
     check_shims(outcome)
     down = outcome.drains["alpha-https"]
     check_exact(down, duplicates_allowed=True)
     assert down.reported > 0, "the spool's disk budget was never exhausted"
-    assert statuses["alpha-https"].dropped == down.reported
+    check_counters(outcome)
     # The metric sums over drains; only the drain that was down fell off the budget.
     assert metric_value(metrics, "logplex_spool_dropped_messages_total") == down.reported
     check_none_lost(outcome.drains["alpha-syslog"], duplicates_allowed=True)
