@@ -109,6 +109,7 @@ class World:
 
     async def kill_and_restart_router(self) -> None:
         self.watch.faults.add("router-killed")
+        connected = self.cut.upstream_connected  # from here on, only to the new router
         code = await self.router.kill()
         assert code == -signal.SIGKILL
         self.kills += 1
@@ -116,7 +117,6 @@ class World:
         self.watch.faults.discard("router-killed")
         await self.open_tails()
         # The shims reconnect to the same address through the proxy.
-        connected = self.cut.upstream_connected
         await wait_until(
             lambda: self.cut.upstream_connected >= connected + len(self.shims),
             "the shims to reconnect after the restart",
