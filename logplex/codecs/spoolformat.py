@@ -158,22 +158,24 @@ def frame_record(body: bytes) -> bytes:
     return _RECORD.pack(RECORD_MAGIC, len(body), zlib.crc32(body)) + body
 
 
+def pack_messages(messages: list[Message]) -> bytes:
+    """The msgpack array of ``messages`` (compressed into a batch payload by the writer)."""
+    packed: bytes = msgpack.packb(messages)
+    return packed
+
+
 def encode_batch_body(
     channel: str,
     first_n: int,
-    messages: list[Message],
+    count: int,
     published_us: int,
     stream: StreamMark | None,
-    compressor: zstandard.ZstdCompressor,
-) -> tuple[bytes, int]:
-    """The body of a batch record, and the size of its messages packed (before zstd)."""
-    packed: bytes = msgpack.packb(messages)
-    payload = compressor.compress(packed)
+    payload: bytes,
+) -> bytes:
+    """The body of a batch record; ``payload`` is the zstd frame of ``pack_messages``."""
     mark = None if stream is None else [stream.token, stream.stream, stream.seq]
-    body: bytes = msgpack.packb(
-        [KIND_BATCH, channel, first_n, len(messages), published_us, mark, payload]
-    )
-    return body, len(packed)
+    body: bytes = msgpack.packb([KIND_BATCH, channel, first_n, count, published_us, mark, payload])
+    return body
 
 
 def encode_snapshot_body(next_numbers: dict[str, int], streams: list[StreamMark]) -> bytes:

@@ -68,6 +68,7 @@ class SpoolSide(Protocol):
     def count_budget_loss(self, count: int) -> None: ...
     def cursor_moved(self) -> None: ...
 
+
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME: Final = "cursors.jnl"

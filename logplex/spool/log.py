@@ -61,6 +61,7 @@ from logplex.codecs.spoolformat import (
     encode_segment_header,
     encode_snapshot_body,
     frame_record,
+    pack_messages,
 )
 from logplex.spool.cursors import CursorJournal, CursorState, SpoolQueue
 from logplex.spool.recovery import ScanResult, scan_directory, segment_name
@@ -75,6 +76,17 @@ RETENTION_INTERVAL_S: Final = 1.0
 MAX_REMEMBERED_STREAMS: Final = 100_000
 SPOOL_ID_NAME: Final = "spool-id"
 COMPRESSION_LEVEL: Final = 1
+
+
+PENDING: Final = 0  # Ref.length of a batch not written yet
+MEMORY_ONLY: Final = -1  # Ref.length of a batch the disk refused: memory only
+CACHE_OVERHEAD_PER_MESSAGE: Final = 140  # bytes of Python objects a cached message costs
+
+_PendingBatch = tuple[str, int, int, int, "StreamMark | None", bytes]
+
+
+def _cached_size(ref: Ref) -> int:
+    return ref.packed_bytes + CACHE_OVERHEAD_PER_MESSAGE * ref.count
 
 
 class Segment:
@@ -285,7 +297,7 @@ class Spool:
         self._decompressor = zstandard.ZstdDecompressor()
         self._active: Segment | None = None
         self._write_fd = -1
-        self._pending: list[bytes] = []
+        self._pending: list[_PendingBatch] = []
         self._pending_refs: list[tuple[ChannelLog, Ref]] = []
         self._pending_streams: dict[tuple[str, str], int] = {}
         self._pending_event = trio.Event()
@@ -415,7 +427,7 @@ class Spool:
         batch = Batch(messages)
         if self.memory_only:
             packed_bytes = sum(len(m[4]) for m in messages) + 20 * count
-            ref = Ref(first_n, count, now_us, None, 0, 0, batch, packed_bytes)
+            ref = Ref(first_n, count, now_us, None, 0, MEMORY_ONLY, batch, packed_bytes)
             channel.refs.append(ref)
             channel.committed_n = channel.next_n
             self._account(channel, ref)
@@ -425,14 +437,13 @@ class Spool:
             if stream is not None:
                 self._remember_stream(stream.token, stream.stream, stream.seq)
             return 0
-        body, packed_bytes = encode_batch_body(
-            channel_name, first_n, messages, now_us, stream, self._compressor
-        )
-        record = frame_record(body)
-        ref = Ref(first_n, count, now_us, None, 0, len(record), batch, packed_bytes)
+        # Packed here (msgpack holds the GIL either way); compressed, framed and written by
+        # the committer's thread, where zstd runs beside the event loop.
+        packed = pack_messages(messages)
+        ref = Ref(first_n, count, now_us, None, 0, PENDING, batch, len(packed))
         channel.refs.append(ref)
         self._account(channel, ref)
-        self._pending.append(record)
+        self._pending.append((channel_name, first_n, count, now_us, stream, packed))
         self._pending_refs.append((channel, ref))
         if stream is not None:
             self._pending_streams[(stream.token, stream.stream)] = stream.seq
@@ -474,16 +485,14 @@ class Spool:
 
     def _cache_ref(self, ref: Ref) -> None:
         self._cache.append(ref)
-        self._cached_bytes += ref.packed_bytes
+        self._cached_bytes += _cached_size(ref)
         while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
-            old = self._cache.popleft()
-            self._cached_bytes -= old.packed_bytes
-            if old.segment is not None or old.length == 0:
-                old.batch = None  # on disk: read again when needed; memory only: lost
-            else:
-                self._cache.appendleft(old)  # still pending: it goes once it is written
-                self._cached_bytes += old.packed_bytes
-                break
+            old = self._cache[0]
+            if old.length == PENDING:
+                break  # not written yet: it goes once it is
+            self._cache.popleft()
+            self._cached_bytes -= _cached_size(old)
+            old.batch = None  # on disk: read again when needed; memory only: lost
 
     def load(self, ref: Ref) -> Batch | None:
         """The messages of ``ref``, from the cache or from disk (None: cannot be read)."""
@@ -511,7 +520,7 @@ class Spool:
                 exc,
             )
             ref.segment = None
-            ref.length = 0
+            ref.length = MEMORY_ONLY
             return None
         metrics.SPOOL_DISK_READS.inc()
         return Batch(messages)
@@ -642,21 +651,20 @@ class Spool:
                 await trio.to_thread.run_sync(self._start_segment)
                 target = self._active
                 assert target is not None
-            offset = target.size
-            for _, ref in refs:
-                ref.offset = offset
-                offset += ref.length
-            data = b"".join(records)
-            await trio.to_thread.run_sync(self._write_and_sync, data)
+            lengths = await trio.to_thread.run_sync(self._write_and_sync, records)
         except OSError as exc:
             error = exc
         elapsed_s = trio.current_time() - started
         if error is None:
             metrics.SPOOL_FSYNC_SECONDS.observe(elapsed_s)
             assert target is not None
-            target.size += len(data)
-            for _, ref in refs:
+            offset = target.size
+            for (_, ref), length in zip(refs, lengths, strict=True):
+                ref.offset = offset
+                ref.length = length
                 ref.segment = target
+                offset += length
+            target.size = offset
             for (token, stream), seq in streams.items():
                 self._remember_stream(token, stream, seq)
             if elapsed_s > self.sync_s:
@@ -686,14 +694,24 @@ class Spool:
         self._durable_changed.set()
         self._durable_changed = trio.Event()
 
-    def _write_and_sync(self, data: bytes) -> None:
-        _write_all(self._write_fd, data)
+    def _write_and_sync(self, batches: list[_PendingBatch]) -> list[int]:
+        """Compress, frame, write and fdatasync ``batches`` (in the committer's thread);
+        the record length of each."""
+        compress = self._compressor.compress
+        records = [
+            frame_record(
+                encode_batch_body(channel, first_n, count, published_us, stream, compress(packed))
+            )
+            for channel, first_n, count, published_us, stream, packed in batches
+        ]
+        _write_all(self._write_fd, b"".join(records))
         os.fdatasync(self._write_fd)
+        return [len(record) for record in records]
 
     def _enter_memory_mode(self, error: OSError, refs: list[tuple[ChannelLog, Ref]]) -> None:
         for _, ref in refs:
             ref.segment = None
-            ref.length = 0  # memory only: the cache may let it go (then it is lost)
+            ref.length = MEMORY_ONLY  # the cache may let it go (then it is lost)
         if not self.memory_only:
             self.memory_only = True
             self.last_error = (

@@ -26,6 +26,7 @@ from logplex.codecs.spoolformat import (
     encode_segment_header,
     encode_snapshot_body,
     frame_record,
+    pack_messages,
     parse_segment_header,
     scan_records,
 )
@@ -62,10 +63,10 @@ def test_a_future_version_is_refused_by_name() -> None:
 
 
 def test_batch_body_round_trip() -> None:
-    body, packed_bytes = encode_batch_body(
-        "ch", 10, MESSAGES, 99, StreamMark("t.x", "s-1", 7), zstandard.ZstdCompressor()
-    )
-    assert packed_bytes == len(msgpack.packb(MESSAGES))
+    packed = pack_messages(MESSAGES)
+    assert packed == msgpack.packb(MESSAGES)
+    payload = zstandard.ZstdCompressor().compress(packed)
+    body = encode_batch_body("ch", 10, 2, 99, StreamMark("t.x", "s-1", 7), payload)
     record = decode_body(body)
     assert isinstance(record, BatchRecord)
     assert (record.channel, record.first_n, record.count, record.published_us) == ("ch", 10, 2, 99)
@@ -75,7 +76,8 @@ def test_batch_body_round_trip() -> None:
 
 
 def test_batch_without_stream() -> None:
-    body, _ = encode_batch_body("ch", 0, MESSAGES[:1], 1, None, zstandard.ZstdCompressor())
+    payload = zstandard.ZstdCompressor().compress(pack_messages(MESSAGES[:1]))
+    body = encode_batch_body("ch", 0, 1, 1, None, payload)
     record = decode_body(body)
     assert isinstance(record, BatchRecord)
     assert record.stream is None

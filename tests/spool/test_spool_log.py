@@ -133,8 +133,8 @@ async def test_the_budget_drops_the_oldest_and_the_drain_is_told_exactly(
     while written < 3 << 20:
         spool.append("ch", lines(sent, 100, size=200))
         sent += 100
-        written += spool.channels["ch"].refs[-1].length
         await spool.commit()
+        written += spool.channels["ch"].refs[-1].length
         spool.enforce_retention()
     assert spool.total_bytes() <= (1 << 20) + 64 * 1024 + 100 * 300
     received: list[int] = []
