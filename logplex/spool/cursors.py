@@ -27,6 +27,7 @@ counted exactly into the next L10.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import itertools
@@ -364,22 +365,25 @@ class SpoolQueue:
         self._dirty = True
         self._wakeup.set()
 
-    def _frames_of(self, batch: Batch) -> tuple[list[bytes], list[int]]:
-        """One frame per message (b"" for one the encoder refuses) and cumulative sizes."""
+    def _frames_of(self, batch: Batch) -> tuple[list[bytes], list[int], bool]:
+        """One frame per message (b"" for one the encoder refuses), cumulative sizes, and
+        whether any was refused."""
         memo = batch.encoded.get(self._memo_key)
         if memo is None:
+            refused = False
             try:
                 frames = self._encode(batch.messages)
             except ValueError:
                 frames = []
             if len(frames) != len(batch.messages):
+                refused = True
                 frames = []
                 for message in batch.messages:
                     try:
                         frames.extend(self._encode([message]))
                     except ValueError:
                         frames.append(b"")
-            memo = (frames, list(itertools.accumulate(map(len, frames))))
+            memo = (frames, list(itertools.accumulate(map(len, frames))), refused)
             batch.encoded[self._memo_key] = memo
         return memo  # type: ignore[return-value]
 
@@ -409,21 +413,25 @@ class SpoolQueue:
                 missing += gap_end - n
                 n = gap_end
                 continue
-            frames, offsets = self._frames_of(batch)
+            frames, offsets, refused = self._frames_of(batch)
             index = n - first_n
             base = offsets[index - 1] if index else 0
             limit = min(len(frames), index + (max_messages - taken), index + (stop - n))
-            end = index
-            budget = max_bytes - added_bytes
-            while end < limit and (offsets[end] - base <= budget or (end == index and not out)):
-                end += 1
+            # The cut at the byte cap, by bisection on the cumulative sizes; at least one
+            # frame when nothing is taken yet, so an oversized frame cannot block the drain.
+            end = bisect.bisect_right(offsets, base + max_bytes - added_bytes, index, limit)
+            if end == index and not out and index < limit:
+                end = index + 1
             if end == index:
                 break
-            for frame in frames[index:end]:
-                if frame:
-                    out.append(frame)
-                else:
-                    missing += 1
+            if refused:
+                for frame in frames[index:end]:
+                    if frame:
+                        out.append(frame)
+                    else:
+                        missing += 1
+            else:
+                out.extend(frames if index == 0 and end == len(frames) else frames[index:end])
             added_bytes += offsets[end - 1] - base
             taken += end - index
             n = first_n + end

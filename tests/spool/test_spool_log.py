@@ -242,3 +242,26 @@ async def test_history_keeps_segments_it_needs(tmp_path: Path, history: int) -> 
     again = open_spool(tmp_path, history_lines=history)
     got = [int(m[4].split()[1]) for m in again.recent_messages("ch", history)]
     assert got == list(range(400 - history, 400))
+
+
+async def test_takes_keep_to_the_message_and_byte_caps(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    drain = queue(spool)
+    spool.append("ch", lines(0, 5, size=100))
+    spool.append("ch", lines(5, 5, size=100))
+    await spool.commit()
+    three = drain.take(3, 1 << 20)
+    assert three is not None
+    assert numbers(three) == [0, 1, 2]
+    one = drain.take(100, 10)  # smaller than a frame: still one, never stuck
+    assert one is not None
+    assert numbers(one) == [3]
+    frame_bytes = len(one.frames[0])
+    across = drain.take(100, 3 * frame_bytes + 5)  # crosses from one batch into the next
+    assert across is not None
+    assert numbers(across) == [4, 5, 6]
+    assert across.byte_count == sum(map(len, across.frames))
+    rest = drain.take(100, 1 << 20)
+    assert rest is not None
+    assert numbers(rest) == [7, 8, 9]
+    assert [t.extent for t in (three, one, across, rest)] == [(0, 3), (3, 4), (4, 7), (7, 10)]
