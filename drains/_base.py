@@ -58,6 +58,9 @@ class DrainCore:
         )
         self.in_flight_messages = 0
         self.delivered = self.queue.restored_delivered
+        if ctx.carried_loss:
+            # Already counted in the metrics by the drain this one replaces.
+            self.queue.note_lost(ctx.carried_loss, int(time.time() * 1_000_000))
         self._dropped_reported = self.queue.dropped_total  # counted by an earlier process
         self._last_attempt_ok: bool | None = None
         self._last_success_s: float | None = None
@@ -88,6 +91,28 @@ class DrainCore:
             last_error=self._last_error,
             last_success_at=self._last_success_s,
         )
+
+    def abandon(self) -> int:
+        """Count what this drain still holds as dropped and return it (see ``Drain``).
+
+        With the spool nothing is held here: the queue is the spool's, and the cursor stays
+        with the drain's token (``SpoolQueue`` has no ``abandon``). In flight batches settle
+        by their own outcome when their task is cancelled.
+        """
+        abandon = getattr(self.queue, "abandon", None)
+        if abandon is None:
+            return 0
+        held = int(abandon()) + self.held_for_resend()
+        if self.queue.dropped_total != self._dropped_reported:
+            self._report_dropped()
+        resent = self.held_for_resend()
+        if resent:
+            self.metrics.dropped.inc(resent)
+        return held
+
+    def held_for_resend(self) -> int:
+        """Messages a drain kind keeps outside the queue to send again (syslog)."""
+        return 0
 
     # -- observation for metrics ------------------------------------------------------
 

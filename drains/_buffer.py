@@ -96,6 +96,9 @@ class DrainQueue(Protocol):
     def note_delivered(self, message_count: int) -> None:
         """``message_count`` more messages were delivered (a spool persists the count)."""
 
+    def note_lost(self, message_count: int, since_us: int) -> None:
+        """Count ``message_count`` messages lost elsewhere into the next L10."""
+
 
 QueueFactory = Callable[[EncodeMessages, str, MakeNotice], DrainQueue]
 """Builds a drain's queue from its encoder, memo key and L10 maker (``DrainContext``)."""
@@ -156,6 +159,19 @@ class DrainBuffer:
 
     def note_delivered(self, message_count: int) -> None:
         del message_count  # DrainCore counts deliveries; memory keeps nothing more
+
+    def note_lost(self, message_count: int, since_us: int) -> None:
+        self._record_loss(message_count, since_us)
+
+    def abandon(self) -> int:
+        """Give up everything queued (the drain is going away): the messages queued plus the
+        L10 count still owed, which nobody will be told unless the caller carries it on."""
+        held = self._queued_messages + self._lost_pending
+        self._dropped_total += self._queued_messages
+        self._entries.clear()
+        self._queued_messages = self._queued_bytes = 0
+        self._lost_pending = 0
+        return held
 
     @property
     def lost_pending(self) -> int:

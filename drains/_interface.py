@@ -60,6 +60,9 @@ class DrainContext:
     post_notice: Callable[[list[Message]], None] = _ignore_notices
     # With the spool: builds the drain's queue over it (None: an in-memory DrainBuffer).
     make_queue: QueueFactory | None = None
+    # Messages the drain's previous incarnation (before its URL changed) still held when it
+    # was replaced: told in this drain's first L10.
+    carried_loss: int = 0
 
 
 def format_rfc3339(epoch_s: float) -> str:
@@ -126,3 +129,7 @@ class Drain(Protocol):
 
     def status(self) -> DrainStatus:
         """The current status snapshot."""
+
+    def abandon(self) -> int:
+        """The drain is being replaced or removed: count what it still holds as dropped
+        (status and metrics) and return how many messages that is (to tell them on)."""

@@ -167,6 +167,9 @@ class SyslogDrain(DrainCore):
         if self.url.scheme == "syslog+tls":
             self._tls = client_tls_context(self.url, ctx.settings.ca_file)
 
+    def held_for_resend(self) -> int:
+        return sum(taken.message_count for taken in self._resend)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         failures = 0

@@ -273,16 +273,20 @@ class Router:
         self._tokens.update(state.tokens)
 
         wanted = {drain.id: drain for drain in config.drains}
+        carried: dict[int, int] = {}
         for drain_id, handle in list(state.drains.items()):
             if wanted.get(drain_id) != handle.config:
                 # A drain whose URL changed keeps its token, and with the spool its cursor:
-                # its backlog goes to the new URL.
+                # its backlog goes to the new URL. Without the spool what its buffer held is
+                # counted as dropped and told in the new URL's first L10 (DESIGN 8).
                 kept = wanted.get(drain_id)
                 removed = kept is None or kept.token != handle.config.token
-                self._stop_drain(state, drain_id, removed=removed)
+                held = self._stop_drain(state, drain_id, removed=removed)
+                if not removed and held:
+                    carried[drain_id] = held
         for drain_id, drain_config in wanted.items():
             if drain_id not in state.drains:
-                self._add_drain(state, drain_config)
+                self._add_drain(state, drain_config, carried_loss=carried.get(drain_id, 0))
 
     def remove_channel(self, name: str) -> None:
         """Forget the channel: its tokens, drains (cancelled), history and tail sessions."""
@@ -298,8 +302,8 @@ class Router:
         state.tails.clear()
         state.history.clear()
 
-    def _add_drain(self, state: _Channel, config: DrainConfig) -> None:
-        drain = self._open_drain(state.name, config)
+    def _add_drain(self, state: _Channel, config: DrainConfig, *, carried_loss: int = 0) -> None:
+        drain = self._open_drain(state.name, config, carried_loss)
         handle = _DrainHandle(config=config, drain=drain)
         state.drains[config.id] = handle
         if drain is not None:
@@ -307,15 +311,28 @@ class Router:
             if self._nursery is not None:
                 self._start_drain(state.name, handle)
 
-    def _stop_drain(self, state: _Channel, drain_id: int, *, removed: bool) -> None:
+    def _stop_drain(self, state: _Channel, drain_id: int, *, removed: bool) -> int:
+        """Cancel the drain; returns the messages it still held (counted as dropped)."""
         handle = state.drains.pop(drain_id)
         handle.cancel_scope.cancel()
-        if handle.drain is not None and handle.drain in state.drain_list:
-            state.drain_list.remove(handle.drain)
+        held = 0
+        if handle.drain is not None:
+            if handle.drain in state.drain_list:
+                state.drain_list.remove(handle.drain)
+            held = handle.drain.abandon()
+            if held:
+                log.info(
+                    "drain %d of channel %r %s with %d messages undelivered (counted as dropped)",
+                    drain_id,
+                    state.name,
+                    "removed" if removed else "replaced for a new URL",
+                    held,
+                )
         if removed and self.spool is not None:
             self.spool.forget_drain(handle.config.token)
+        return held
 
-    def _open_drain(self, channel: str, config: DrainConfig) -> Drain | None:
+    def _open_drain(self, channel: str, config: DrainConfig, carried_loss: int = 0) -> Drain | None:
         if self._drain_factory is None:
             return None
         from drains import DrainContext, DrainSettings
@@ -343,6 +360,7 @@ class Router:
             settings=settings,
             post_notice=post_notice,
             make_queue=make_queue if spool is not None else None,
+            carried_loss=carried_loss,
         )
         try:
             return self._drain_factory(context)

@@ -318,6 +318,9 @@ class SpoolQueue:
         self.state.delivered += message_count
         self._dirty = True
 
+    def note_lost(self, message_count: int, since_us: int) -> None:
+        self._record_loss(message_count, since_us)
+
     def flush_state(self) -> None:
         """Persist the counters if they changed since the last journal write."""
         if self._dirty and not self.detached:

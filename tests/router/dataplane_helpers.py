@@ -69,6 +69,11 @@ class RecordingDrain:
             last_success_at=None,
         )
 
+    def abandon(self) -> int:
+        held = sum(len(b) for b in self._queue)
+        self.abandoned = held
+        return held
+
     @property
     def pushed_messages(self) -> list[Message]:
         return [m for b in self.pushed for m in b.messages]

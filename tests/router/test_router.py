@@ -7,6 +7,7 @@ import trio
 import trio.testing
 from dataplane_helpers import RecordingDrainFactory, make_messages
 
+from drains import open_drain
 from logplex import metrics
 from logplex.config.records import ChannelConfig, DrainConfig, TokenInfo
 from logplex.fanout.router import Router, drain_restart_delay_s, pending_drain_status
@@ -229,3 +230,25 @@ async def test_histories_are_compacted_about_once_a_second(
         assert ring.fresh_lines == 0
         assert router.history("app1") == make_messages(60)
         nursery.cancel_scope.cancel()
+
+
+async def test_without_the_spool_what_a_replaced_drain_held_is_told_to_its_new_url() -> None:
+    """DESIGN 8: a drain whose URL changes loses its buffer; the count reaches the metrics
+    and the first L10 the new URL receives, and a removed drain's buffer is counted too."""
+    router = Router(drain_factory=open_drain)
+    router.apply_channel(channel(drains=(DRAIN_A,)))
+    router.publish("app1", make_messages(7))
+    old = router.drain_statuses("app1")[DRAIN_A.id]
+    assert old["buffered"] == 7
+    moved = DrainConfig(DRAIN_A.id, DRAIN_A.token, "syslog://127.0.0.1:2")
+    router.apply_channel(channel(drains=(moved,)))
+    new = router.drain_statuses("app1")[DRAIN_A.id]
+    assert (new["buffered"], new["dropped"]) == (0, 7)
+    router.publish("app1", make_messages(1, start=7))  # the next batch carries the L10
+    handle = router._channels["app1"].drains[DRAIN_A.id]
+    assert handle.drain is not None
+    taken = handle.drain.queue.take(100, 1 << 20)  # type: ignore[attr-defined]
+    assert taken is not None
+    assert (taken.notice_count, taken.message_count) == (7, 1)
+    assert b"Error L10" in taken.frames[0]
+    assert b" 7 messages dropped" in taken.frames[0]
