@@ -301,6 +301,8 @@ class Router:
             tail.finish()
         state.tails.clear()
         state.history.clear()
+        if self.spool is not None:
+            self.spool.forget_channel(name)
 
     def _add_drain(self, state: _Channel, config: DrainConfig, *, carried_loss: int = 0) -> None:
         drain = self._open_drain(state.name, config, carried_loss)

@@ -75,6 +75,7 @@ RETRY_DISK_S: Final = 1.0
 RETENTION_INTERVAL_S: Final = 1.0
 MAX_REMEMBERED_STREAMS: Final = 100_000
 SPOOL_ID_NAME: Final = "spool-id"
+DELETED_PREFIX: Final = "#deleted:"  # journal key of a deleted channel's history cut-off
 COMPRESSION_LEVEL: Final = 1
 
 
@@ -157,6 +158,7 @@ class ChannelLog:
     __slots__ = (
         "_spool",
         "committed_n",
+        "history_from_n",
         "head",
         "message_bytes",
         "messages",
@@ -174,6 +176,8 @@ class ChannelLog:
         self.next_n = next_n  # the number the next appended message gets
         self.committed_n = next_n  # messages below it are durable (or memory only): readable
         self.queues: list[SpoolQueue] = []
+        # Numbers below it belong to a deleted channel of the same name: never history again.
+        self.history_from_n = 0
         self.messages = 0
         self.message_bytes = 0
 
@@ -230,7 +234,7 @@ class ChannelLog:
 
     def needed_position(self, history_lines: int) -> int | None:
         """The lowest spool position any reader of the channel needs (None: nothing)."""
-        needed_n = max(0, self.committed_n - history_lines)
+        needed_n = max(self.history_from_n, self.committed_n - history_lines)
         for queue in self.queues:
             needed_n = min(needed_n, queue.low_water())
         index = self._ref_index(needed_n)
@@ -346,6 +350,9 @@ class Spool:
         while len(self.streams) > MAX_REMEMBERED_STREAMS:
             self.streams.popitem(last=False)
         self.journal = CursorJournal(self.directory)
+        for journal_key, state in self.journal.states.items():
+            if journal_key.startswith(DELETED_PREFIX) and state.channel in self.channels:
+                self.channels[state.channel].history_from_n = state.next_n
         self._start_segment()
         for problem in found.problems:
             log.warning("spool %s: %s", self.directory, problem)
@@ -536,6 +543,8 @@ class Spool:
         held = 0
         for index in range(len(channel.refs) - 1, channel.head - 1, -1):
             ref = channel.refs[index]
+            if ref.first_n < channel.history_from_n:
+                break
             if ref.first_n >= channel.committed_n:
                 continue
             batch = self.load(ref)
@@ -603,10 +612,21 @@ class Spool:
                 owner.queues.remove(queue)
         self.journal.write(token, None)
 
+    def forget_channel(self, name: str) -> None:
+        """The channel was deleted: what the spool holds of it never comes back as history,
+        not even for a new channel of the same name (persisted in the cursor journal)."""
+        channel = self.channels.get(name)
+        if channel is None:
+            return
+        channel.history_from_n = channel.next_n
+        self.journal.write(DELETED_PREFIX + name, CursorState(channel=name, next_n=channel.next_n))
+
     def forget_unknown_drains(self, tokens: Iterable[str]) -> None:
         """At start-up: drop the cursors of drains no longer configured."""
         keep = set(tokens)
-        for token in [t for t in self.journal.states if t not in keep]:
+        for token in [
+            t for t in self.journal.states if t not in keep and not t.startswith(DELETED_PREFIX)
+        ]:
             self.journal.write(token, None)
 
     def count_budget_loss(self, count: int) -> None:

@@ -265,3 +265,17 @@ async def test_takes_keep_to_the_message_and_byte_caps(tmp_path: Path) -> None:
     assert rest is not None
     assert numbers(rest) == [7, 8, 9]
     assert [t.extent for t in (three, one, across, rest)] == [(0, 3), (3, 4), (4, 7), (7, 10)]
+
+
+async def test_a_deleted_channel_never_comes_back_as_history(tmp_path: Path) -> None:
+    spool = open_spool(tmp_path)
+    spool.append("ch", lines(0, 3))
+    await spool.commit()
+    spool.forget_channel("ch")
+    assert spool.recent_messages("ch", 10) == []
+    spool.append("ch", lines(100, 1))  # a new channel of the same name
+    await spool.commit()
+    again = open_spool(tmp_path)
+    assert [m[4] for m in again.recent_messages("ch", 10)] == [b"line 100 "]
+    again.forget_unknown_drains([])  # the cut-off is not a drain: it stays
+    assert [m[4] for m in open_spool(tmp_path).recent_messages("ch", 10)] == [b"line 100 "]
