@@ -158,8 +158,8 @@ class ChannelLog:
     __slots__ = (
         "_spool",
         "committed_n",
-        "history_from_n",
         "head",
+        "history_from_n",
         "message_bytes",
         "messages",
         "name",
