@@ -315,6 +315,9 @@ async def test_healthcheck_is_503_until_ready(tmp_path: Path) -> None:
         response = await api.client.get("/healthcheck")
         assert response.status_code == 200
         assert response.text == "OK"
+        assert response.headers["Logplex-Spool"] == "off"  # this router has no spool
+        spool = await api.client.get("/healthcheck/spool")
+        assert spool.json() == {"mode": "off"}
 
 
 async def test_metrics_without_auth_in_prometheus_text(tmp_path: Path) -> None:

@@ -33,6 +33,12 @@ def test_history_backlog_and_counters_survive_sigkill(
 
     serve.start()
     assert serve.history("shop") == [f"line {n}" for n in range(200)]
+    health = httpx.get(f"{serve.api}/healthcheck", timeout=30)
+    assert health.headers["Logplex-Spool"] == "durable"
+    spool = httpx.get(f"{serve.api}/healthcheck/spool", timeout=30).json()
+    assert spool["mode"] == "durable"
+    assert spool["bytes"] > 500  # two segments: the headers, snapshots and 200 lines
+    assert spool["max_bytes"] == 1 << 30
     receiver = SyslogReceiver(receiver_port)
     try:
         texts = receiver.wait_for(200)
