@@ -17,6 +17,7 @@ from drains_fake_http import FakeHttpReceiver, Recorded, Reply
 from drains_support import app_messages
 from test_http import assert_accounted, make_drain, running
 
+from drains.http import HttpDrain
 from logplex.codecs.records import Batch
 
 
@@ -59,13 +60,23 @@ async def test_a_drain_refusing_everything_is_backed_off_from(io_clock: trio.abc
 
 
 async def test_a_success_clears_the_last_error(io_clock: trio.abc.Clock) -> None:
-    receiver = FakeHttpReceiver(lambda r, i: Reply(500 if i == 0 else 204))
+    # The error is read when the retry arrives, before it is answered: a fixed sleep raced
+    # the jittered backoff, which may be shorter than any sleep.
+    drains: list[HttpDrain] = []
+    errors_at_retry: list[str | None] = []
+
+    def respond(request: Recorded, index: int) -> Reply:
+        if index == 1:
+            errors_at_retry.append(drains[0].status().last_error)
+        return Reply(500 if index == 0 else 204)
+
+    receiver = FakeHttpReceiver(respond)
     async with running(receiver) as drain:
+        drains.append(drain)
         drain.push_batch(Batch(app_messages(3)))
-        await receiver.arrived.wait()
-        await trio.sleep(0.01)
-        assert "HTTP 500" in (drain.status().last_error or "")
         await drain.wait_flushed()
+    assert len(errors_at_retry) == 1
+    assert "HTTP 500" in (errors_at_retry[0] or "")
     status = drain.status()
     assert (status.state, status.last_error) == ("up", None)
 
