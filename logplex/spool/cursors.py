@@ -479,16 +479,21 @@ class SpoolQueue:
             self._record_loss(missing, self._now_us())
         extent.end = end
         state.next_n = end
-        message_count = len(frames) - (1 if notice_frame else 0)
         if not frames:
             self._persist()
             return None
         state.open.append(extent)
         self._persist()
+        return self._taken(extent, frames, byte_count + len(notice_frame), bool(notice_frame))
+
+    def _taken(
+        self, extent: OpenExtent, frames: list[bytes], byte_count: int, has_notice: bool
+    ) -> Taken:
+        """The ``Taken`` of ``extent``: its frames under its derived Frame-Id."""
         return Taken(
             frames=frames,
-            message_count=message_count,
-            byte_count=byte_count + len(notice_frame),
+            message_count=len(frames) - (1 if has_notice else 0),
+            byte_count=byte_count,
             notice_count=extent.notice_count,
             notice_since_us=extent.notice_since_us,
             frame_id=frame_id(self._spool.spool_id, self.token, extent),
@@ -519,21 +524,12 @@ class SpoolQueue:
             if end == n:
                 break
             n = end
-        message_count = len(frames) - (1 if notice_frame else 0)
         if not frames:
             self._close_extent(extent.end)
             self._persist()
             return None
         self._persist()
-        return Taken(
-            frames=frames,
-            message_count=message_count,
-            byte_count=byte_count + len(notice_frame),
-            notice_count=extent.notice_count,
-            notice_since_us=extent.notice_since_us,
-            frame_id=frame_id(self._spool.spool_id, self.token, extent),
-            extent=(extent.start, extent.end),
-        )
+        return self._taken(extent, frames, byte_count + len(notice_frame), bool(notice_frame))
 
     def _close_extent(self, end: int) -> OpenExtent | None:
         for position, extent in enumerate(self.state.open):
