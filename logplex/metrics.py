@@ -35,6 +35,21 @@ INGEST_ERRORS = Counter(
     ["protocol", "reason"],  # reason: unauthorized | unknown_token | malformed | too_large | ...
 )
 
+# -- guards (docs/security.md) -----------------------------------------------------------
+
+LIMIT_REFUSALS = Counter(
+    "logplex_limit_refusals_total",
+    "Requests, connections or objects refused because a limit was reached, by limit name.",
+    # limit: the flag's name without dashes' prefix, e.g. max_channels, max_connections_per_ip,
+    # max_clients_per_session, history_max_bytes, auth_failure_limit, max_inflate_bytes
+    ["limit"],
+)
+DEADLINE_CLOSES = Counter(
+    "logplex_deadline_closes_total",
+    "Connections closed because a peer was too slow or idle, by listener and deadline.",
+    # listener: http | shim | syslog; deadline: idle | head | body | hello | frame | send
+    ["listener", "deadline"],
+)
 # -- fan-out -----------------------------------------------------------------------------
 
 PUBLISH_BATCH_MESSAGES = Histogram(

@@ -51,6 +51,26 @@ class ServeSettings:
     no_spool: bool = False
     spool_max_bytes: int = 1 << 30
     spool_sync_ms: int = 50
+    # Guards against tenants, apps and network peers (docs/security.md).
+    auth_key_file: Path | None = None
+    allow_insecure_permissions: bool = False
+    deny_private_drains: bool = False
+    max_channels: int = 10_000
+    max_tokens_per_channel: int = 20
+    max_sessions_per_channel: int = 50
+    max_clients_per_session: int = 4
+    history_max_bytes: int = 2 << 20
+    max_connections: int | None = None  # None: derived from the open-files limit
+    max_connections_per_ip: int = 1000
+    max_inflating_bodies: int = 8
+    max_inflate_bytes: int = 64 << 20
+    auth_failure_limit: int = 20
+    http_idle_timeout: float = 5.0
+    http_body_timeout: float = 30.0
+    syslog_idle_timeout: float = 300.0
+    syslog_frame_timeout: float = 30.0
+    shim_hello_timeout: float = 10.0
+    shim_frame_timeout: float = 30.0
 
     @property
     def spool_dir(self) -> Path | None:
@@ -110,20 +130,39 @@ _SIZE_UNITS: Final = {
     "tib": 1 << 40,
 }
 MIN_SPOOL_BYTES: Final = 1 << 20
+MIN_HISTORY_BYTES: Final = 1 << 10
+MIN_INFLATE_BYTES: Final = 1 << 20
 
 
 _SIZE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 
 
-def parse_byte_size(text: str) -> int:
-    """``1073741824``, ``1GiB``, ``512 MiB``, ``2G`` (decimal units without the ``i``)."""
-    match = _SIZE.fullmatch(text.replace("_", ""))
-    factor = _SIZE_UNITS.get(match[2].lower()) if match else None
-    if match is None or factor is None:
-        raise ValueError(f"{text!r} is not a size in bytes (for example 1073741824, 1GiB, 500MB)")
-    value = int(float(match[1]) * factor)
-    if value < MIN_SPOOL_BYTES:
-        raise ValueError(f"{text!r} is below the minimum of {MIN_SPOOL_BYTES} bytes (1 MiB)")
+def byte_size(minimum: int, minimum_text: str) -> Callable[[str], int]:
+    """A parser of byte sizes (``1073741824``, ``1GiB``, ``512 MiB``, ``2G``: decimal units
+    without the ``i``) that refuses sizes below ``minimum``."""
+
+    def parse(text: str) -> int:
+        match = _SIZE.fullmatch(text.replace("_", ""))
+        factor = _SIZE_UNITS.get(match[2].lower()) if match else None
+        if match is None or factor is None:
+            raise ValueError(
+                f"{text!r} is not a size in bytes (for example 1073741824, 1GiB, 500MB)"
+            )
+        value = int(float(match[1]) * factor)
+        if value < minimum:
+            raise ValueError(f"{text!r} is below the minimum of {minimum} bytes ({minimum_text})")
+        return value
+
+    return parse
+
+
+parse_byte_size: Final = byte_size(MIN_SPOOL_BYTES, "1 MiB")
+
+
+def _timeout(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 86_400:  # also refuses NaN
+        raise ValueError(f"{text} is not a number of seconds in (0, 86400]")
     return value
 
 
@@ -240,6 +279,131 @@ SETTINGS: Final = (
         "MS",
         "group commit: the longest an accepted batch waits for its fsync",
     ),
+    # -- guards (docs/security.md) ---------------------------------------------------------
+    _Setting(
+        "auth-key-file",
+        Path,
+        None,
+        "FILE",
+        "read the API key from FILE (keeps it out of argv and ps; not with --auth-key)",
+    ),
+    _Setting(
+        "allow-insecure-permissions",
+        _switch,
+        False,
+        "",
+        "start even if the data dir or a key file is group- or world-accessible (warns)",
+        switch=True,
+    ),
+    _Setting(
+        "deny-private-drains",
+        _switch,
+        False,
+        "",
+        "refuse drain URLs that resolve to loopback, link-local, private or this router's "
+        "own addresses, at creation and at every connect (multi-tenant routers: turn it on)",
+        switch=True,
+    ),
+    _Setting("max-channels", _count(1), 10_000, "N", "channels the API key may create"),
+    _Setting("max-tokens-per-channel", _count(1), 20, "N", "tokens allowed per channel"),
+    _Setting(
+        "max-sessions-per-channel",
+        _count(1),
+        50,
+        "N",
+        "log sessions (pending or being read) allowed per channel",
+    ),
+    _Setting(
+        "max-clients-per-session",
+        _count(1),
+        4,
+        "N",
+        "clients that may read one session URL at once",
+    ),
+    _Setting(
+        "history-max-bytes",
+        byte_size(MIN_HISTORY_BYTES, "1 KiB"),
+        2 << 20,
+        "BYTES",
+        "message bytes of history kept per channel (with --history lines, whichever is less)",
+    ),
+    _Setting(
+        "max-connections",
+        _count(1),
+        None,
+        "N",
+        "connections each listener serves at once (default: fitted to the open-files limit)",
+    ),
+    _Setting(
+        "max-connections-per-ip",
+        _count(1),
+        1000,
+        "N",
+        "connections one source address may hold open on each listener",
+    ),
+    _Setting(
+        "max-inflating-bodies",
+        _count(1),
+        8,
+        "N",
+        "POST /logs gzip bodies inflated at once; more wait (then 503)",
+    ),
+    _Setting(
+        "max-inflate-bytes",
+        byte_size(MIN_INFLATE_BYTES, "1 MiB"),
+        64 << 20,
+        "BYTES",
+        "memory all POST /logs bodies being read and inflated may take together",
+    ),
+    _Setting(
+        "auth-failure-limit",
+        _count(1),
+        20,
+        "N",
+        "failed authentications per source address per minute before 429",
+    ),
+    _Setting(
+        "http-idle-timeout",
+        _timeout,
+        5.0,
+        "SECONDS",
+        "HTTP: a connection's idle keep-alive time, and the time to send a request head",
+    ),
+    _Setting(
+        "http-body-timeout",
+        _timeout,
+        30.0,
+        "SECONDS",
+        "HTTP: the time a client has to send a whole request body",
+    ),
+    _Setting(
+        "syslog-idle-timeout",
+        _timeout,
+        300.0,
+        "SECONDS",
+        "syslog: close a connection that completes no frame for this long",
+    ),
+    _Setting(
+        "syslog-frame-timeout",
+        _timeout,
+        30.0,
+        "SECONDS",
+        "syslog: the time a begun frame has to complete",
+    ),
+    _Setting(
+        "shim-hello-timeout",
+        _timeout,
+        10.0,
+        "SECONDS",
+        "shim: the time a new connection has to send HELLO",
+    ),
+    _Setting(
+        "shim-frame-timeout",
+        _timeout,
+        30.0,
+        "SECONDS",
+        "shim: the time a begun frame has to complete",
+    ),
 )
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
 
@@ -341,6 +505,10 @@ def resolve_settings(
         raise ServeConfigError(
             "--tls-cert and --tls-key go together: give both (TLS on the shim and syslog "
             "listeners) or neither"
+        )
+    if settings.auth_key is not None and settings.auth_key_file is not None:
+        raise ServeConfigError(
+            "--auth-key and --auth-key-file contradict each other: give the key one way"
         )
     if settings.no_spool and settings.spool is not None:
         raise ServeConfigError(
