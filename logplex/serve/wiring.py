@@ -53,6 +53,12 @@ from logplex.fanout.router import DrainFactory, Router
 from logplex.ingest.shim import ShimListener, ShimListenerSettings
 from logplex.ingest.syslog import SyslogListener, SyslogListenerSettings
 from logplex.serve.limits import describe_caps, ingest_connection_cap, raise_open_files_limit
+from logplex.serve.secrets import (
+    check_private,
+    key_given_in_argv,
+    read_key_file,
+    warn_key_in_argv,
+)
 from logplex.serve.settings import HostPort, ServeConfigError, ServeSettings, settings_from_args
 from logplex.serve.settings import (
     add_arguments as add_arguments,
@@ -83,6 +89,20 @@ def load_or_create_auth_key(path: Path) -> tuple[str, bool]:
         file.write(key + "\n")
     os.chmod(path, 0o600)  # an existing empty file may have had a wider mode
     return key, True
+
+
+def _private_paths(settings: ServeSettings, key_path: Path) -> list[tuple[Path, str]]:
+    """The directories and files of ``settings`` that must be the router user's only."""
+    paths = [(settings.data_dir, "the data dir")]
+    if settings.auth_key is None and settings.auth_key_file is None:
+        paths.append((key_path, "the auth key file"))
+    if settings.auth_key_file is not None:
+        paths.append((settings.auth_key_file, "--auth-key-file"))
+    if settings.tls_key is not None:
+        paths.append((settings.tls_key, "--tls-key"))
+    if settings.spool_dir is not None and settings.spool is not None:
+        paths.append((settings.spool_dir, "the spool directory"))
+    return paths
 
 
 def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -191,10 +211,16 @@ async def serve(
     log.info("%s", describe_caps(open_files, max_ingest_connections))
     try:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path = settings.data_dir / AUTH_KEY_FILE
+        check_private(
+            _private_paths(settings, key_path),
+            allow_insecure=settings.allow_insecure_permissions,
+        )
         if settings.auth_key is not None:
             auth_key = settings.auth_key
+        elif settings.auth_key_file is not None:
+            auth_key = read_key_file(settings.auth_key_file)
         else:
-            key_path = settings.data_dir / AUTH_KEY_FILE
             auth_key, created = load_or_create_auth_key(key_path)
             what = "generated into" if created else "read from"
             sys.stdout.write(f"auth key {what} {key_path.resolve()}\n")
@@ -439,6 +465,8 @@ def main(args: argparse.Namespace) -> int:
     """``logplex serve``: 0 after a graceful stop (logged ``stopped``), 2 for a
     configuration error."""
     configure_logging()
+    if key_given_in_argv(sys.argv[1:]):
+        warn_key_in_argv()
     try:
         settings = settings_from_args(args, os.environ)
         tune_gc()

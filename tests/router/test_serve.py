@@ -306,6 +306,7 @@ def test_tls_flags_make_shim_and_syslog_speak_tls(
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)  # the router refuses a key file others can read
     router = RouterProcess(
         [
             "--data-dir",
