@@ -214,12 +214,18 @@ class Canary:
         code = self._shim.wait(60)
         for thread in self._threads[2:]:
             thread.join(10)
+        if self._shim.stdout is not None:
+            self._shim.stdout.close()
         printed = sum(1 for line in self._shim_stdout if line.startswith(b"canary "))
         if printed == 0:
             raise AssertionError(f"the canary's app printed nothing (shim exit {code})")
         return printed
 
     def _kill_shim(self) -> None:
-        if self._shim is not None and self._shim.poll() is None:
+        if self._shim is None:
+            return
+        if self._shim.poll() is None:
             self._shim.kill()
             self._shim.wait(30)
+        if self._shim.stdout is not None:
+            self._shim.stdout.close()
