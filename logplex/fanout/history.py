@@ -209,11 +209,10 @@ class HistoryRing:
         self._fresh_lines += len(messages)
         if self.max_bytes is not None:
             self._bytes += message_bytes(messages)
-            if self._bytes > self.max_bytes:
+            if self._bytes > self.max_bytes or self._lines > max_lines:
                 self._trim()
-                return
-        if self._lines > max_lines:
-            self._trim()
+        elif self._lines > max_lines:
+            self._trim_lines()
         if self._fresh_lines - len(messages) >= COMPACT_MIN_LINES:
             # Older fresh batches survived this one: compact them now, while their tuples
             # are still the newest allocations (freeing them then lets memory be reused).
@@ -279,9 +278,8 @@ class HistoryRing:
         self._bytes = 0
 
     def _trim(self) -> None:
-        if self.max_bytes is None:
-            self._trim_lines()
-            return
+        """Drop the oldest lines until both bounds hold (with ``max_bytes`` set)."""
+        assert self.max_bytes is not None
         segments = self._segments
         drop_lines = max(0, len(self) - self.max_lines)  # for the line bound
         excess_bytes = self._bytes - self.max_bytes  # > 0: the byte bound wants lines out

@@ -375,3 +375,16 @@ async def test_one_session_url_serves_max_clients_and_the_next_is_429(tmp_path: 
         assert replacement.status == 200
         for reader in [*readers[1:], replacement]:
             await reader.aclose()
+
+
+def test_older_batches_are_compacted_on_extend_while_the_byte_bound_trims() -> None:
+    ring = HistoryRing(1500, max_bytes=50_000)
+    everything: list[Message] = []
+    for n in range(30):
+        batch = sized(100, start=n * 100, size=100)
+        everything.extend(batch)
+        ring.extend(batch)
+    assert ring.messages() == expected_history(everything, 1500, 50_000)
+    # Only the newest batch is still held as tuples: the older ones were compacted on the
+    # way, as without a byte bound.
+    assert ring.fresh_lines == 100
