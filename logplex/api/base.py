@@ -73,6 +73,11 @@ class ApiConfig:
     # The router's own bound listeners as (name, ``HOST:PORT`` or ``[V6]:PORT``), name being
     # http, shim or syslog: drain URLs that reach one of them are refused.
     listen_addresses: tuple[tuple[str, str], ...] = ()
+    # Limits on what the key holder may create or hold (docs/operations.md, "Guards: limits").
+    max_channels: int = 10_000
+    max_tokens_per_channel: int = 20
+    max_sessions_per_channel: int = 50
+    max_clients_per_session: int = 4
 
 
 class ApiError(Exception):

@@ -5,6 +5,13 @@ one lock, so the router applies changes in the order the store made them and a c
 effect before the response is sent. A drain URL is checked before it is stored: by the
 drains package's validator (scheme, host, port) and by ``logplex.api.drain_targets`` (it must
 not lead back into this router's own listeners).
+
+Limits on what the key holder may create (docs/operations.md, "Guards: limits"): at most
+``--max-channels`` channels, ``--max-tokens-per-channel`` tokens per channel and
+``--max-drains-per-channel`` drains per channel. Past one, the write is refused with 422 (the
+request is well-formed, the stored state does not allow it; retrying will not help until
+something is deleted), the error names the limit and its flag, and
+``logplex_limit_refusals_total{limit=...}`` counts it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from logplex import metrics
 from logplex.api.base import (
     ApiConfig,
     ApiError,
@@ -28,11 +36,19 @@ from logplex.config.store import (
     DrainNotFound,
     DuplicateDrainURL,
     InvalidName,
+    TooManyChannels,
     TooManyDrains,
+    TooManyTokens,
 )
 from logplex.fanout.router import pending_drain_status
 
 MAX_DRAIN_ID_DIGITS = 18  # ids are SQLite integers: 18 digits always fit in 63 bits
+
+
+def _limit_refused(limit: str, error: Exception) -> ApiError:
+    """The 422 of a create-limit; counted under the limit's setting name."""
+    metrics.LIMIT_REFUSALS.labels(limit=limit).inc()
+    return ApiError(422, str(error))
 
 
 async def _drain_url_field(body: dict[str, object], config: ApiConfig) -> str:
@@ -78,9 +94,18 @@ async def put_channel(request: Request) -> Response:
         raise ApiError(400, 'tokens must be a list of token names, like {"tokens": ["app"]}')
     async with state.write_lock:
         try:
-            config, created = await state.store.put_channel(name, tokens)
+            config, created = await state.store.put_channel(
+                name,
+                tokens,
+                max_channels=state.config.max_channels,
+                max_tokens=state.config.max_tokens_per_channel,
+            )
         except InvalidName as error:
             raise ApiError(400, str(error)) from None
+        except TooManyChannels as error:
+            raise _limit_refused("max_channels", error) from None
+        except TooManyTokens as error:
+            raise _limit_refused("max_tokens_per_channel", error) from None
         state.router.apply_channel(config)
     return JSONResponse(config.to_json(), status_code=201 if created else 200)
 
@@ -127,9 +152,13 @@ async def add_token(request: Request) -> Response:
         raise ApiError(400, 'the body must name the token: {"name": "app"}')
     async with state.write_lock:
         try:
-            config, token, created = await state.store.add_token(channel, name)
+            config, token, created = await state.store.add_token(
+                channel, name, max_tokens=state.config.max_tokens_per_channel
+            )
         except InvalidName as error:
             raise ApiError(400, str(error)) from None
+        except TooManyTokens as error:
+            raise _limit_refused("max_tokens_per_channel", error) from None
         except ChannelNotFound as error:
             raise ApiError(404, str(error)) from None
         if created:
@@ -156,7 +185,7 @@ async def add_drain(request: Request) -> Response:
         except DuplicateDrainURL as error:
             raise ApiError(409, str(error)) from None
         except TooManyDrains as error:
-            raise ApiError(422, str(error)) from None
+            raise _limit_refused("max_drains_per_channel", error) from None
         state.router.apply_channel(config)
     location = f"{state.config.public_url}/v3/channels/{channel}/drains/{drain.id}"
     return JSONResponse(drain.to_json(), status_code=201, headers={"Location": location})

@@ -3,9 +3,19 @@
 DESIGN section 3 (``POST /v3/sessions``, ``GET /sessions/{uuid}``). A session records what
 was asked (channel, filters, how many history lines, whether to tail); the URL's random uuid4
 is the only credential needed to fetch it. A session may be fetched again and again; it
-expires once nobody has fetched it for ``ttl_s`` (360 s, as Logplex). The registry is bounded:
-when full, expired sessions go first, then the least recently used idle ones; while every
-slot holds a session being streamed, creating another is refused.
+expires once nobody has fetched it for ``ttl_s`` (360 s, as Logplex).
+
+Bounds (docs/operations.md, "Guards: limits"), each enforced when it would be passed:
+
+- per channel, ``max_per_channel`` sessions (``--max-sessions-per-channel``): a new one
+  replaces the channel's expired sessions, then its least recently used idle one; while all
+  of them are being read, ``SessionLimitReached`` (429);
+- per session URL, ``max_clients`` concurrent fetches (``--max-clients-per-session``):
+  the next is ``SessionLimitReached`` (429);
+- in all, ``max_sessions`` sessions (``MAX_SESSIONS``) with the same replacement rule across
+  channels, then ``RegistryFull`` (503), and ``max_fetches`` concurrent fetches
+  (``MAX_CONCURRENT_FETCHES``), then ``RegistryFull``. The per-channel bound times the number
+  of channels is no bound at all, hence these two constants.
 
 Everything here is synchronous and takes the time as an argument, so the expiry and eviction
 rules are table-tested without a clock. ``parse_session_request`` turns the JSON body of
@@ -21,7 +31,8 @@ from dataclasses import dataclass
 from logplex.api.numbers import parse_whole_number
 
 SESSION_TTL_S = 360.0
-MAX_SESSIONS = 10_000
+MAX_SESSIONS = 10_000  # sessions in all channels together
+MAX_CONCURRENT_FETCHES = 2_000  # session URLs being read at once, all channels together
 DEFAULT_NUM = 100
 MAX_FILTER_CHARS = 128
 
@@ -31,7 +42,18 @@ class SessionRequestError(ValueError):
 
 
 class RegistryFull(Exception):
-    """Every session slot is held by a session being streamed right now."""
+    """Every session slot of the router is held by a session being streamed right now, or
+    the router serves ``max_fetches`` session fetches already."""
+
+
+class SessionLimitReached(Exception):
+    """A per-channel or per-session-URL limit is reached; ``limit`` names the setting
+    (``max_sessions_per_channel`` or ``max_clients_per_session``), the message says what to
+    do."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,66 +130,137 @@ class _Entry:
 class SessionRegistry:
     """Session id -> ``SessionSpec``, bounded, with idle expiry. Not thread-safe (trio only)."""
 
-    def __init__(self, *, ttl_s: float = SESSION_TTL_S, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = SESSION_TTL_S,
+        max_sessions: int = MAX_SESSIONS,
+        max_fetches: int = MAX_CONCURRENT_FETCHES,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
-        # Least recently used first.
+        self.max_fetches = max_fetches
+        # Least recently used first, in all and per channel (the same entries).
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._by_channel: dict[str, OrderedDict[str, _Entry]] = {}
+        self._fetches = 0  # fetches in progress, all sessions together
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def fetches(self) -> int:
+        """Session fetches in progress right now."""
+        return self._fetches
+
+    def channel_sessions(self, channel: str) -> int:
+        return len(self._by_channel.get(channel, ()))
+
     def _expired(self, entry: _Entry, now_s: float) -> bool:
         return entry.streaming == 0 and now_s - entry.last_used_s >= self.ttl_s
+
+    def _remove(self, session_id: str) -> None:
+        entry = self._entries.pop(session_id)
+        sessions = self._by_channel[entry.spec.channel]
+        del sessions[session_id]
+        if not sessions:
+            del self._by_channel[entry.spec.channel]
+
+    def _touch(self, session_id: str, entry: _Entry) -> None:
+        self._entries.move_to_end(session_id)
+        self._by_channel[entry.spec.channel].move_to_end(session_id)
 
     def expire(self, now_s: float) -> int:
         """Forget every idle session unused for ``ttl_s``; return how many went."""
         gone = [sid for sid, entry in self._entries.items() if self._expired(entry, now_s)]
         for sid in gone:
-            del self._entries[sid]
+            self._remove(sid)
         return len(gone)
 
-    def create(self, spec: SessionSpec, now_s: float) -> str:
-        """Register ``spec``; return its new random id (a uuid4 string)."""
-        if len(self._entries) >= self.max_sessions:
-            self.expire(now_s)
-        if len(self._entries) >= self.max_sessions:
-            idle = next((sid for sid, e in self._entries.items() if e.streaming == 0), None)
+    def _make_room(self, sessions: OrderedDict[str, _Entry], limit: int, now_s: float) -> bool:
+        """Bring ``sessions`` under ``limit`` by dropping expired, then least recently used
+        idle ones; False when every one left is being read."""
+        if len(sessions) < limit:
+            return True
+        for sid in [sid for sid, entry in sessions.items() if self._expired(entry, now_s)]:
+            self._remove(sid)
+        while len(sessions) >= limit:
+            idle = next((sid for sid, e in sessions.items() if e.streaming == 0), None)
             if idle is None:
-                raise RegistryFull(
-                    f"{self.max_sessions} sessions are streaming; try again when one ends"
-                )
-            del self._entries[idle]
+                return False
+            self._remove(idle)
+        return True
+
+    def create(self, spec: SessionSpec, now_s: float, *, max_per_channel: int | None = None) -> str:
+        """Register ``spec``; return its new random id (a uuid4 string)."""
+        sessions = self._by_channel.get(spec.channel)
+        if (
+            max_per_channel is not None
+            and sessions is not None
+            and not self._make_room(sessions, max_per_channel, now_s)
+        ):
+            raise SessionLimitReached(
+                "max_sessions_per_channel",
+                f"session limit reached: channel {spec.channel!r} has {len(sessions)} "
+                f"sessions being read (--max-sessions-per-channel={max_per_channel}); "
+                "try again when one ends",
+            )
+        if not self._make_room(self._entries, self.max_sessions, now_s):
+            raise RegistryFull(
+                f"{self.max_sessions} sessions are streaming; try again when one ends"
+            )
         session_id = str(uuid.uuid4())
-        self._entries[session_id] = _Entry(spec, now_s)
+        entry = _Entry(spec, now_s)
+        self._entries[session_id] = entry
+        self._by_channel.setdefault(spec.channel, OrderedDict())[session_id] = entry
         return session_id
 
-    def begin_fetch(self, session_id: str, now_s: float) -> SessionSpec | None:
-        """Start streaming ``session_id``: its spec, or None if unknown or expired."""
+    def begin_fetch(
+        self, session_id: str, now_s: float, *, max_clients: int | None = None
+    ) -> SessionSpec | None:
+        """Start streaming ``session_id``: its spec, or None if unknown or expired.
+
+        Raises ``SessionLimitReached`` when ``max_clients`` fetches of this URL are in
+        progress, ``RegistryFull`` when ``max_fetches`` of all sessions are.
+        """
         entry = self._entries.get(session_id)
         if entry is None:
             return None
         if self._expired(entry, now_s):
-            del self._entries[session_id]
+            self._remove(session_id)
             return None
+        if max_clients is not None and entry.streaming >= max_clients:
+            raise SessionLimitReached(
+                "max_clients_per_session",
+                f"client limit reached: {entry.streaming} clients are reading this session "
+                f"URL (--max-clients-per-session={max_clients}); close one or create "
+                "another session",
+            )
+        if self._fetches >= self.max_fetches:
+            raise RegistryFull(
+                f"the router serves {self._fetches} session fetches already, its maximum; "
+                "try again when one ends"
+            )
         entry.streaming += 1
+        self._fetches += 1
         entry.last_used_s = now_s
-        self._entries.move_to_end(session_id)
+        self._touch(session_id, entry)
         return entry.spec
 
     def end_fetch(self, session_id: str, now_s: float) -> None:
         """A fetch ended; the idle clock restarts now."""
         entry = self._entries.get(session_id)
-        if entry is not None:
-            entry.streaming = max(0, entry.streaming - 1)
+        if entry is not None and entry.streaming > 0:
+            entry.streaming -= 1
+            self._fetches -= 1
             entry.last_used_s = now_s
-            self._entries.move_to_end(session_id)
+            self._touch(session_id, entry)
 
     def forget_channel(self, channel: str) -> None:
         """Drop every idle session of a deleted channel (streaming ones end on their own)."""
-        for sid in [s for s, e in self._entries.items() if e.spec.channel == channel]:
-            if self._entries[sid].streaming == 0:
-                del self._entries[sid]
+        for sid, entry in list(self._by_channel.get(channel, {}).items()):
+            if entry.streaming == 0:
+                self._remove(sid)
 
     def streaming_count(self) -> int:
         return sum(1 for entry in self._entries.values() if entry.streaming)

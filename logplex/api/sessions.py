@@ -10,6 +10,12 @@ The tail subscription is opened in the same synchronous step as the history snap
 no await between them: ``router.publish`` never runs in between, so the client sees each
 line exactly once, neither lost nor repeated at the seam.
 
+Limits (``logplex.api.registry``): a channel holds at most ``--max-sessions-per-channel``
+sessions and a session URL serves at most ``--max-clients-per-session`` fetches at once;
+past either the answer is 429 with ``Retry-After`` naming the limit, counted in
+``logplex_limit_refusals_total``. The router-wide caps (sessions, concurrent fetches) answer
+503.
+
 A tail whose client reads nothing for ``IDLE_READER_TIMEOUT_S`` (60 s) is disconnected: its
 router subscription is closed at once and the response ends without its final chunk.
 hypercorn shields its socket writes from cancellation, so the write stuck behind a
@@ -27,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from logplex import metrics
 from logplex.api.base import (
     ApiError,
     ApiState,
@@ -35,13 +42,24 @@ from logplex.api.base import (
     read_json_object,
     require_admin,
 )
-from logplex.api.registry import RegistryFull, SessionRequestError, parse_session_request
+from logplex.api.registry import (
+    RegistryFull,
+    SessionLimitReached,
+    SessionRequestError,
+    parse_session_request,
+)
 from logplex.codecs.notices import tail_line
 from logplex.codecs.records import Message
 from logplex.fanout.router import message_filter
 
 IDLE_READER_TIMEOUT_S = 60.0
 MAX_CHUNK_BYTES = 64 * 1024
+LIMIT_RETRY_AFTER_S = 5  # what a 429 or 503 of a session limit asks the client to wait
+
+
+def _limit_error(status: int, limit: str, message: str) -> ApiError:
+    metrics.LIMIT_REFUSALS.labels(limit=limit).inc()
+    return ApiError(status, message, headers={"Retry-After": str(LIMIT_RETRY_AFTER_S)})
 
 
 def drop_connections_that_stop_reading(
@@ -68,9 +86,13 @@ async def create_session(request: Request) -> Response:
     if not state.router.has_channel(spec.channel):
         raise ApiError(422, f"channel {spec.channel!r} not found")
     try:
-        session_id = state.sessions.create(spec, trio.current_time())
+        session_id = state.sessions.create(
+            spec, trio.current_time(), max_per_channel=state.config.max_sessions_per_channel
+        )
+    except SessionLimitReached as error:
+        raise _limit_error(429, error.limit, str(error)) from None
     except RegistryFull as error:
-        raise ApiError(503, str(error)) from None
+        raise _limit_error(503, "sessions_total", str(error)) from None
     url = f"{state.config.public_url}/sessions/{session_id}"
     return JSONResponse({"url": url}, status_code=201, headers={"Location": url})
 
@@ -110,7 +132,14 @@ def encode_chunks(
 async def stream_session(request: Request) -> Response:
     state = api_state(request)
     session_id: str = request.path_params["session_id"]
-    spec = state.sessions.begin_fetch(session_id, trio.current_time())
+    try:
+        spec = state.sessions.begin_fetch(
+            session_id, trio.current_time(), max_clients=state.config.max_clients_per_session
+        )
+    except SessionLimitReached as error:
+        raise _limit_error(429, error.limit, str(error)) from None
+    except RegistryFull as error:
+        raise _limit_error(503, "session_fetches_total", str(error)) from None
     if spec is None:
         raise ApiError(404, "session not found: it never existed or expired; create a new one")
     if not state.router.has_channel(spec.channel):

@@ -13,13 +13,15 @@ the ``ChannelConfig`` records the store returns, so the hot path never touches S
   ``os.urandom``. Drain ids are integers (Logplex-compatible), unique across the store and
   never reused.
 
-Validation that is about stored state lives here (duplicate drain URL, drain count limit,
-name syntax); validation of drain URL syntax belongs to ``drains.parse_drain_url``, called by
-the API before it writes.
+Validation that is about stored state lives here (duplicate drain URL, the limits on channels,
+tokens per channel and drains per channel, name syntax), checked inside the write's
+transaction so concurrent writers cannot pass a limit together; validation of drain URL
+syntax belongs to ``drains.parse_drain_url``, called by the API before it writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sqlite3
@@ -68,6 +70,21 @@ class DuplicateDrainURL(ConfigError):
 
 class TooManyDrains(ConfigError):
     """The channel already has the maximum number of drains."""
+
+
+class TooManyChannels(ConfigError):
+    """Creating the channel would pass the limit on channels (``--max-channels``)."""
+
+
+class TooManyTokens(ConfigError):
+    """The channel would have more tokens than allowed (``--max-tokens-per-channel``)."""
+
+
+def _too_many_tokens(channel: str, count: int, max_tokens: int) -> TooManyTokens:
+    return TooManyTokens(
+        f"token limit reached: channel {channel!r} would have {count} tokens, the limit is "
+        f"{max_tokens} (--max-tokens-per-channel); revoke one first"
+    )
 
 
 def check_channel_name(name: str) -> None:
@@ -272,23 +289,39 @@ class ConfigStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def put_channel(
-        self, name: str, token_names: Iterable[str]
+        self,
+        name: str,
+        token_names: Iterable[str],
+        *,
+        max_channels: int | None = None,
+        max_tokens: int | None = None,
     ) -> tuple[ChannelConfig, bool]:
         """Create or update ``name`` so its tokens are exactly ``token_names``.
 
         Existing tokens whose name stays keep their value; new names get new tokens; names
-        not listed are revoked. Returns the channel and whether it was created.
+        not listed are revoked. Returns the channel and whether it was created. Raises
+        ``TooManyTokens`` for more than ``max_tokens`` names and ``TooManyChannels`` when a
+        new channel would make more than ``max_channels``.
         """
         check_channel_name(name)
         wanted = sorted(set(token_names))
         for token_name in wanted:
             check_token_name(token_name)
+        if max_tokens is not None and len(wanted) > max_tokens:
+            raise _too_many_tokens(name, len(wanted), max_tokens)
 
         def put(conn: sqlite3.Connection) -> tuple[ChannelConfig, bool]:
             created = (
                 conn.execute("INSERT OR IGNORE INTO channels (name) VALUES (?)", (name,)).rowcount
                 == 1
             )
+            if created and max_channels is not None:
+                (count,) = conn.execute("SELECT count(*) FROM channels").fetchone()
+                if count > max_channels:
+                    raise TooManyChannels(
+                        f"channel limit reached: {count - 1} channels exist, the limit is "
+                        f"{max_channels} (--max-channels); delete a channel first"
+                    )
             existing = {
                 row[0] for row in conn.execute("SELECT name FROM tokens WHERE channel = ?", (name,))
             }
@@ -313,12 +346,16 @@ class ConfigStore:
 
         await self._write(delete)
 
-    async def add_token(self, channel: str, name: str) -> tuple[ChannelConfig, str, bool]:
+    async def add_token(
+        self, channel: str, name: str, *, max_tokens: int | None = None
+    ) -> tuple[ChannelConfig, str, bool]:
         """Ensure ``channel`` has a token called ``name``.
 
         Returns the channel, the token, and whether it was created (False when the channel
         already had a token of that name: the existing one is returned, never replaced, so
-        writers holding it keep working).
+        writers holding it keep working). A new token past ``max_tokens`` is
+        ``TooManyTokens``. The channel is read once: the result is that read plus the new
+        token (tokens by name, as every read returns them).
         """
         check_token_name(name)
 
@@ -326,12 +363,15 @@ class ConfigStore:
             config = _require_channel(conn, channel)
             if name in config.tokens:
                 return config, config.tokens[name], False
+            if max_tokens is not None and len(config.tokens) >= max_tokens:
+                raise _too_many_tokens(channel, len(config.tokens) + 1, max_tokens)
             token = new_token()
             conn.execute(
                 "INSERT INTO tokens (token, channel, name) VALUES (?, ?, ?)",
                 (token, channel, name),
             )
-            return _require_channel(conn, channel), token, True
+            tokens = dict(sorted({**config.tokens, name: token}.items()))
+            return dataclasses.replace(config, tokens=tokens), token, True
 
         return await self._write(add)
 
@@ -349,7 +389,7 @@ class ConfigStore:
             if len(config.drains) >= max_drains:
                 raise TooManyDrains(
                     f"channel {channel!r} already has {len(config.drains)} drains, the "
-                    f"maximum is {max_drains}; remove one first"
+                    f"maximum is {max_drains} (--max-drains-per-channel); remove one first"
                 )
             token = new_drain_token()
             cursor = conn.execute(

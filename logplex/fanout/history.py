@@ -1,5 +1,11 @@
 """A channel's history ring (DESIGN sections 3 and 7): the last N messages, oldest first.
 
+The ring is bounded twice: at most ``max_lines`` messages (``--history``) and at most
+``max_bytes`` bytes of message text (``--history-max-bytes``), whichever bites first; the
+oldest lines go. A single message larger than ``max_bytes`` is not kept at all. Lines that
+left early because of the byte bound are counted (``take_evicted_for_bytes``) for the
+router's ``logplex_limit_refusals_total{limit="history_max_bytes"}``.
+
 Writes are the hot path and reads are rare (a session start, ``GET /v3/channels/{ch}/logs``),
 so ``extend`` appends a reference to the published batch list, and older batches that are
 still in the ring when a newer one arrives — at least ``COMPACT_MIN_LINES`` of them — are
@@ -24,13 +30,21 @@ ring; ``_skip`` counts the lines of the first segment that already have.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections import deque
 from itertools import accumulate, repeat
+from operator import itemgetter
 from typing import Final
 
-from logplex.codecs.records import Message
+from logplex.codecs.records import MSG, Message
 
 COMPACT_MIN_LINES: Final = 64
+_message_text: Final = itemgetter(MSG)
+
+
+def message_bytes(messages: list[Message]) -> int:
+    """The bytes of message text in ``messages`` (a C-level loop: no per-line objects)."""
+    return sum(map(len, map(_message_text, messages)))
 
 
 class _BytesColumn:
@@ -59,6 +73,24 @@ class _BytesColumn:
     def nbytes(self) -> int:
         return len(self._buffer) + self._offsets.itemsize * len(self._offsets)
 
+    def span_bytes(self, start: int, stop: int) -> int:
+        """The bytes of values ``start`` to ``stop`` (exclusive)."""
+        if self._single is not None:
+            return len(self._single) * (stop - start)
+        return self._offsets[stop] - self._offsets[start]
+
+    def values_covering(self, start: int, count: int, need_bytes: int) -> int:
+        """How many values from ``start`` (at most ``count - start``) add up to at least
+        ``need_bytes`` (all of them if they never do)."""
+        if need_bytes <= 0:
+            return 0
+        if self._single is not None:
+            size = len(self._single)
+            return count - start if size == 0 else min(count - start, -(-need_bytes // size))
+        offsets = self._offsets
+        found = bisect_left(offsets, offsets[start] + need_bytes, start, count + 1)
+        return min(count, found) - start
+
 
 class _Block:
     """Messages of one compacted batch, stored column by column."""
@@ -77,6 +109,12 @@ class _Block:
     def __len__(self) -> int:
         return self.count
 
+    def span_bytes(self, start: int) -> int:
+        return self.msgs.span_bytes(start, self.count)
+
+    def lines_covering(self, start: int, need_bytes: int) -> int:
+        return self.msgs.values_covering(start, self.count, need_bytes)
+
     def messages(self, start: int) -> list[Message]:
         count = self.count
         return list(
@@ -91,27 +129,68 @@ class _Block:
         )
 
 
+def _span_bytes(segment: _Block | list[Message], start: int) -> int:
+    if isinstance(segment, _Block):
+        return segment.span_bytes(start)
+    return message_bytes(segment[start:] if start else segment)
+
+
+def _lines_covering(segment: _Block | list[Message], start: int, need_bytes: int) -> int:
+    """How many lines of ``segment`` from ``start`` hold at least ``need_bytes`` of text."""
+    if isinstance(segment, _Block):
+        return segment.lines_covering(start, need_bytes)
+    if need_bytes <= 0:
+        return 0
+    sizes = list(accumulate(map(len, map(_message_text, segment[start:]))))
+    return min(len(sizes), bisect_left(sizes, need_bytes) + 1)
+
+
 class HistoryRing:
-    """The last ``max_lines`` messages of one channel; ``extend`` is O(1) per batch.
+    """The last ``max_lines`` messages of one channel, within ``max_bytes`` of message text
+    (None: no byte bound); ``extend`` is O(1) per batch plus a C-level size sum.
 
     Segments, oldest first, are compacted ``_Block``s or fresh batch lists (held by
     reference: a published list is never changed afterwards). ``_skip`` counts the lines of
     the first segment that have already left the ring.
     """
 
-    __slots__ = ("_fresh_lines", "_lines", "_segments", "_skip", "max_lines")
+    __slots__ = (
+        "_bytes",
+        "_evicted_for_bytes",
+        "_fresh_lines",
+        "_lines",
+        "_segments",
+        "_skip",
+        "max_bytes",
+        "max_lines",
+    )
 
-    def __init__(self, max_lines: int) -> None:
+    def __init__(self, max_lines: int, max_bytes: int | None = None) -> None:
         if max_lines < 0:
             raise ValueError(f"history length must be 0 or more lines, not {max_lines}")
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"history size must be 0 or more bytes, not {max_bytes}")
         self.max_lines = max_lines
+        self.max_bytes = max_bytes
         self._segments: deque[_Block | list[Message]] = deque()
         self._lines = 0  # lines in all segments, the skipped ones of the first included
         self._skip = 0
         self._fresh_lines = 0  # lines in fresh (not yet compacted) segments
+        self._bytes = 0  # message text bytes of the lines in the ring (skipped ones excluded)
+        self._evicted_for_bytes = 0
 
     def __len__(self) -> int:
         return self._lines - self._skip
+
+    @property
+    def text_bytes(self) -> int:
+        """Bytes of message text the ring holds (kept only with a ``max_bytes`` bound)."""
+        return self._bytes
+
+    def take_evicted_for_bytes(self) -> int:
+        """Lines that left before ``max_lines`` would have made them, since the last call."""
+        evicted, self._evicted_for_bytes = self._evicted_for_bytes, 0
+        return evicted
 
     @property
     def fresh_lines(self) -> int:
@@ -128,8 +207,12 @@ class HistoryRing:
         self._segments.append(messages)
         self._lines += len(messages)
         self._fresh_lines += len(messages)
-        if self._lines > max_lines:
-            self._trim()
+        if self.max_bytes is not None:
+            self._bytes += message_bytes(messages)
+            if self._bytes > self.max_bytes or self._lines > max_lines:
+                self._trim()
+        elif self._lines > max_lines:
+            self._trim_lines()
         if self._fresh_lines - len(messages) >= COMPACT_MIN_LINES:
             # Older fresh batches survived this one: compact them now, while their tuples
             # are still the newest allocations (freeing them then lets memory be reused).
@@ -192,8 +275,41 @@ class HistoryRing:
         self._lines = 0
         self._skip = 0
         self._fresh_lines = 0
+        self._bytes = 0
 
     def _trim(self) -> None:
+        """Drop the oldest lines until both bounds hold (with ``max_bytes`` set)."""
+        assert self.max_bytes is not None
+        segments = self._segments
+        drop_lines = max(0, len(self) - self.max_lines)  # for the line bound
+        excess_bytes = self._bytes - self.max_bytes  # > 0: the byte bound wants lines out
+        dropped = 0
+        while segments:
+            first = segments[0]
+            skip = self._skip
+            live = len(first) - skip
+            lines_wanted = drop_lines - dropped
+            if lines_wanted <= 0 and excess_bytes <= 0:
+                break
+            count = max(lines_wanted, _lines_covering(first, skip, excess_bytes))
+            if count >= live:
+                gone_bytes = _span_bytes(first, skip)
+                segments.popleft()
+                self._lines -= len(first)
+                if not isinstance(first, _Block):
+                    self._fresh_lines -= len(first)
+                self._skip = 0
+                dropped += live
+            else:
+                gone_bytes = _span_bytes(first, skip) - _span_bytes(first, skip + count)
+                self._skip = skip + count
+                dropped += count
+            excess_bytes -= gone_bytes
+            self._bytes -= gone_bytes
+        if dropped > drop_lines:
+            self._evicted_for_bytes += dropped - drop_lines
+
+    def _trim_lines(self) -> None:
         segments = self._segments
         max_lines = self.max_lines
         while segments and self._lines - len(segments[0]) >= max_lines:

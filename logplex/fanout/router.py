@@ -12,7 +12,8 @@ per channel by ``apply_channel``, which the API calls after each successful stor
 ``drain_factory`` and each runs as one task in the router's nursery under its own cancel
 scope, so removing a drain cancels its task and frees its buffer. ``flush_drains`` is the
 deadline-bounded shutdown flush. ``run`` also compacts, about once a second, the histories
-written since the last time (``HistoryRing.compact``), so the hot path only appends.
+written since the last time (``HistoryRing.compact``), so the hot path only appends; the same
+sweep counts the lines the ``history_max_bytes`` bound evicted (``/metrics``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ HISTORY_COMPACT_CHANNELS_PER_STEP: Final = 20
 
 
 DrainFactory = Callable[["DrainContext"], "Drain"]
+# Lines a channel's history let go early to stay within --history-max-bytes.
+HISTORY_BYTES_EVICTIONS: Final = metrics.LIMIT_REFUSALS.labels(limit="history_max_bytes")
 
 
 def pending_drain_status() -> dict[str, object]:
@@ -80,7 +83,8 @@ class _DrainHandle:
 class _Channel:
     name: str
     history: HistoryRing
-    tokens: dict[str, TokenInfo] = field(default_factory=dict)
+    tokens: dict[str, TokenInfo] = field(default_factory=dict)  # token -> what it grants
+    token_names: dict[str, str] = field(default_factory=dict)  # name -> token, as configured
     drains: dict[int, _DrainHandle] = field(default_factory=dict)
     drain_list: list[Drain] = field(default_factory=list)  # running drains, for publish
     tails: list[TailSession] = field(default_factory=list)
@@ -103,6 +107,7 @@ class Router:
         self,
         *,
         history_lines: int = 1500,
+        history_max_bytes: int | None = None,
         drain_factory: DrainFactory | None = None,
         drain_settings: DrainSettings | None = None,
         tail_buffer_messages: int = DEFAULT_TAIL_BUFFER_MESSAGES,
@@ -110,7 +115,10 @@ class Router:
     ) -> None:
         if history_lines < 0:
             raise ValueError(f"--history must be 0 or more lines, not {history_lines}")
+        if history_max_bytes is not None and history_max_bytes < 0:
+            raise ValueError(f"--history-max-bytes must be 0 or more, not {history_max_bytes}")
         self.history_lines = history_lines
+        self.history_max_bytes = history_max_bytes  # None: only the line bound
         self.tail_buffer_messages = tail_buffer_messages
         self._drain_factory = drain_factory
         self._drain_settings = drain_settings
@@ -237,15 +245,21 @@ class Router:
         return statuses
 
     def restore_history(self, channel: str) -> int:
-        """Refill the channel's history from the spool (at start-up); returns the lines."""
+        """Refill the channel's history from the spool (at start-up); returns the lines kept.
+
+        The ring's bounds apply as to live traffic: at most ``history_lines`` lines and
+        ``history_max_bytes`` bytes of text, the newest kept.
+        """
         state = self._channels.get(channel)
         if state is None or self.spool is None:
             return 0
+        before = len(state.history)
         messages = self.spool.recent_messages(channel, self.history_lines)
         if messages:
             state.history.extend(messages)
+            state.history.take_evicted_for_bytes()  # a restart is not a refusal to count
             self._uncompacted.add(state.history)
-        return len(messages)
+        return len(state.history) - before
 
     def counts(self) -> RouterCounts:
         channels = self._channels.values()
@@ -262,15 +276,12 @@ class Router:
         """Make ``config`` current: re-index its tokens, start, stop or replace its drains."""
         state = self._channels.get(config.name)
         if state is None:
-            state = _Channel(name=config.name, history=HistoryRing(self.history_lines))
+            state = _Channel(
+                name=config.name,
+                history=HistoryRing(self.history_lines, self.history_max_bytes),
+            )
             self._channels[config.name] = state
-        for token in state.tokens:
-            self._tokens.pop(token, None)
-        state.tokens = {
-            token: TokenInfo(channel=config.name, source=name.encode())
-            for name, token in config.tokens.items()
-        }
-        self._tokens.update(state.tokens)
+        self._reindex_tokens(state, config.tokens)
 
         wanted = {drain.id: drain for drain in config.drains}
         carried: dict[int, int] = {}
@@ -287,6 +298,23 @@ class Router:
         for drain_id, drain_config in wanted.items():
             if drain_id not in state.drains:
                 self._add_drain(state, drain_config, carried_loss=carried.get(drain_id, 0))
+
+    def _reindex_tokens(self, state: _Channel, wanted: dict[str, str]) -> None:
+        """Make the channel's tokens ``wanted`` (name -> token), touching only the changed
+        ones: adding one token to a channel of thousands costs one entry, not thousands."""
+        current = state.token_names
+        if current == wanted:
+            return
+        for name, token in current.items():
+            if wanted.get(name) != token:
+                state.tokens.pop(token, None)
+                self._tokens.pop(token, None)
+        for name, token in wanted.items():
+            if current.get(name) != token:
+                info = TokenInfo(channel=state.name, source=name.encode())
+                state.tokens[token] = info
+                self._tokens[token] = info
+        state.token_names = dict(wanted)
 
     def remove_channel(self, name: str) -> None:
         """Forget the channel: its tokens, drains (cancelled), history and tail sessions."""
@@ -400,10 +428,14 @@ class Router:
         channels never holds the event loop for long.
         """
         rings, self._uncompacted = self._uncompacted, set()
+        evicted = 0
         for count, ring in enumerate(rings, 1):
             ring.compact()
+            evicted += ring.take_evicted_for_bytes()
             if count % HISTORY_COMPACT_CHANNELS_PER_STEP == 0:
                 await trio.lowlevel.checkpoint()
+        if evicted:
+            HISTORY_BYTES_EVICTIONS.inc(evicted)
 
     def _start_drain(self, channel: str, handle: _DrainHandle) -> None:
         assert self._nursery is not None

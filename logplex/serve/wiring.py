@@ -262,6 +262,7 @@ async def serve(
         spool = await _open_spool(settings)
         router = Router(
             history_lines=settings.history,
+            history_max_bytes=settings.history_max_bytes,
             drain_factory=drains.factory,
             drain_settings=drains.settings,
             spool=spool,
@@ -297,6 +298,10 @@ async def serve(
                         auth_key=auth_key,
                         public_url=public_url.rstrip("/"),
                         max_drains_per_channel=settings.max_drains_per_channel,
+                        max_channels=settings.max_channels,
+                        max_tokens_per_channel=settings.max_tokens_per_channel,
+                        max_sessions_per_channel=settings.max_sessions_per_channel,
+                        max_clients_per_session=settings.max_clients_per_session,
                         validate_drain_url=drains.validate_url,
                         listen_addresses=(
                             ("http", http_address),
