@@ -125,17 +125,9 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
 @contextmanager
 def canary_beside(router: Router) -> Iterator[Canary]:
     """The canary, flowing, around an attack; it checks itself when the block ends."""
-    canary = Canary(router.api, router.shim, router.canary_token, "canary", auth_key=KEY)
-    try:
-        with canary:
-            canary.wait_for_lines(20)
-            yield canary
-    finally:
-        # Canary leaves its shim's stdout pipe open; closed here so the second canary of
-        # this module does not meet the first one's ResourceWarning.
-        shim = canary._shim
-        if shim is not None and shim.stdout is not None:
-            shim.stdout.close()
+    with Canary(router.api, router.shim, router.canary_token, "canary", auth_key=KEY) as canary:
+        canary.wait_for_lines(20)
+        yield canary
 
 
 def post_history(router: Router, token: str, count: int) -> None:
