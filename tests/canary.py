@@ -21,6 +21,7 @@ AssertionError saying what went wrong. Use it as a context manager around the at
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -165,22 +166,44 @@ class Canary:
     # -- the parts ---------------------------------------------------------------------------
 
     def _tail(self) -> None:
+        """Create a tail session, then read it over a plain socket with a short timeout, so
+        ``stop()`` ends this thread at once (HTTP/1.0: the body ends when the router closes,
+        no chunked framing to undo)."""
         headers = {ADMIN_HEADER: f"Bearer {self.auth_key}"}
         try:
-            with httpx.Client(timeout=httpx.Timeout(30, read=None)) as client:
-                created = client.post(
-                    f"{self.api}/v3/sessions",
-                    json={"channel_id": self.channel, "tail": True, "num": "0"},
-                    headers=headers,
-                )
-                created.raise_for_status()
-                with client.stream("GET", created.json()["url"]) as response:
-                    response.raise_for_status()
-                    self._tail_ready.set()
-                    for line in response.iter_lines():
-                        if self._stop.is_set():
-                            return
-                        text = line.split(": ", 1)[-1]
+            created = httpx.post(
+                f"{self.api}/v3/sessions",
+                json={"channel_id": self.channel, "tail": True, "num": "0"},
+                headers=headers,
+                timeout=30,
+            )
+            created.raise_for_status()
+            url = httpx.URL(created.json()["url"])
+            with socket.create_connection((url.host, url.port or 80), timeout=30) as sock:
+                sock.sendall(f"GET {url.raw_path.decode()} HTTP/1.0\r\n\r\n".encode())
+                sock.settimeout(0.2)
+                buffered = b""
+                in_body = False
+                while not self._stop.is_set():
+                    try:
+                        chunk = sock.recv(65536)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        raise ConnectionError("the router ended the tail session")
+                    buffered += chunk
+                    if not in_body:
+                        head, sep, rest = buffered.partition(b"\r\n\r\n")
+                        if not sep:
+                            continue
+                        status = head.split(b"\r\n", 1)[0]
+                        if b" 200 " not in status + b" ":
+                            raise ConnectionError(f"tail answered {status!r}")
+                        in_body, buffered = True, rest
+                        self._tail_ready.set()
+                    *lines, buffered = buffered.split(b"\n")
+                    for line in lines:
+                        text = line.decode(errors="replace").split(": ", 1)[-1]
                         if text.startswith("canary "):
                             self.tail_lines.append(text)
         except BaseException as error:  # reported by check()
