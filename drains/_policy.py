@@ -145,7 +145,7 @@ def _inet_aton_part(part: str) -> int | None:
     if part[:2] in ("0x", "0X"):
         digits = part[2:]
         if not digits:
-            return 0  # glibc reads a bare "0x" as 0
+            return None  # glibc's inet_aton refuses a bare "0x"
         return int(digits, 16) if all(c in "0123456789abcdefABCDEF" for c in digits) else None
     if not part.isascii() or not part.isdigit():
         return None
