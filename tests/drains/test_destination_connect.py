@@ -40,10 +40,14 @@ class FakeDns:
     async def __call__(self, host: str, port: int, socket_type: int) -> Answer:
         await trio.lowlevel.checkpoint()
         self.lookups.append(host)
-        address = self.records[host]
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sockaddr: tuple[object, ...] = (address, port, 0, 0) if ":" in address else (address, port)
-        return [(family, socket_type, 0, "", sockaddr)]
+        answer: Answer = []
+        for address in self.records[host].split(","):  # "a,b": two records, in order
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sockaddr: tuple[object, ...] = (
+                (address, port, 0, 0) if ":" in address else (address, port)
+            )
+            answer.append((family, socket_type, 0, "", sockaddr))
+        return answer
 
 
 def context(url: str, policy: DestinationPolicy) -> DrainContext:
@@ -83,6 +87,23 @@ async def test_the_connect_goes_to_the_checked_address_with_the_urls_host(
     assert dns.lookups == ["drain.test"]
     assert receiver.requests[0].headers["host"] == f"drain.test:{receiver.port}"
     assert len(receiver.delivered_lines()) == 3
+
+
+async def test_an_address_that_fails_is_followed_by_the_next_checked_one(
+    io_clock: trio.testing.MockClock,
+) -> None:
+    receiver = FakeHttpReceiver()  # on 127.0.0.1 only: ::1 refuses the connection
+    dns = FakeDns(drain_test="::1,127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver.serve)
+        url = f"http://drain.test:{receiver.port}/logs"
+        drain = open_drain(context(url, DestinationPolicy(resolve=dns)))
+        await nursery.start(drain.run)
+        drain.push_batch(Batch(app_messages(2)))
+        await drain.wait_flushed()
+        nursery.cancel_scope.cancel()
+    assert last_error(drain) == ""
+    assert len(receiver.delivered_lines()) == 2
 
 
 async def test_a_private_destination_is_a_drain_status_and_the_batch_stays_queued(
