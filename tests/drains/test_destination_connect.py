@@ -10,11 +10,13 @@ with the guard off, and under the guard no connect failure tells what a port did
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 
 import pytest
 import trio
 import trio.testing
+import trustme
 from drains_fake_http import FakeHttpReceiver
 from drains_support import app_messages
 
@@ -87,6 +89,39 @@ async def test_the_connect_goes_to_the_checked_address_with_the_urls_host(
     assert dns.lookups == ["drain.test"]
     assert receiver.requests[0].headers["host"] == f"drain.test:{receiver.port}"
     assert len(receiver.delivered_lines()) == 3
+
+
+@pytest.mark.parametrize(("certified", "delivered"), [("drain.test", True), ("other.test", False)])
+async def test_tls_to_the_pinned_address_verifies_and_sends_the_urls_host_name(
+    io_clock: trio.testing.MockClock,
+    ca: trustme.CA,
+    ca_file: str,
+    certified: str,
+    delivered: bool,
+) -> None:
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(certified).configure_cert(server_tls)
+    server_names: list[str | None] = []
+    server_tls.sni_callback = lambda _tls, name, _context: server_names.append(name)
+    receiver = FakeHttpReceiver(ssl_context=server_tls)
+    dns = FakeDns(drain_test="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver.serve)
+        url = f"https://drain.test:{receiver.port}/logs"
+        settings = DrainSettings(ca_file=ca_file, destination_policy=DestinationPolicy(resolve=dns))
+        drain = open_drain(
+            DrainContext(channel="c", drain_id=1, token="d.x", url=url, settings=settings)
+        )
+        await nursery.start(drain.run)
+        drain.push_batch(Batch(app_messages(2)))
+        if delivered:
+            await drain.wait_flushed()
+        else:
+            await wait_until(lambda: "certificate" in last_error(drain))
+            assert "Hostname mismatch" in last_error(drain)
+        nursery.cancel_scope.cancel()
+    assert server_names[:1] == ["drain.test"]  # SNI is the URL's host, not the address
+    assert len(receiver.delivered_lines()) == (2 if delivered else 0)
 
 
 async def test_an_address_that_fails_is_followed_by_the_next_checked_one(
