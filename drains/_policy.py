@@ -319,9 +319,3 @@ def connect_refusal(
         if refusal is not None:
             return f"{REFUSED_BY_POLICY}: {refusal}"
     return None
-
-
-def connect_failure_text(detailed: str, *, deny_private: bool) -> str:
-    """What ``last_error`` says about a failed connect: ``detailed`` without the policy; with
-    it, one generic text, so refused, timed out and reset look the same (no port scan)."""
-    return NETWORK_ERROR if deny_private else detailed
