@@ -21,6 +21,7 @@ from typing import Final, Literal, Protocol
 import trio
 
 from drains._buffer import QueueFactory
+from drains._policy import NO_POLICY, DestinationPolicy
 from logplex.codecs.records import Batch, Message
 from logplex.codecs.version import package_version
 
@@ -41,6 +42,9 @@ class DrainSettings:
     retry_window_s: float = 60.0
     ca_file: str | None = None
     user_agent: str = DEFAULT_USER_AGENT
+    # Where drains may connect (``--deny-private-drains``, the router's own listeners),
+    # checked at every connect: ``drains._policy``.
+    destination_policy: DestinationPolicy = NO_POLICY
 
 
 def _ignore_notices(messages: list[Message]) -> None:

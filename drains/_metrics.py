@@ -3,7 +3,7 @@
 Every drain kind reports the same series, with bounded labels only: ``drain_kind`` is one of
 ``http``, ``syslog``, ``syslog+tls``, ``syslog+udp``; ``outcome`` one of ``delivered``,
 ``dropped``, ``retried``; ``state`` one of the four status states. Never a URL, token or
-channel as a label value.
+channel as a label value. ``at`` of the destination refusals is ``create`` or ``connect``.
 
 The buffered-messages gauge and the drains-by-state gauge are computed at scrape time from
 the live drains (a weak set), so the hot path never touches them.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -51,6 +51,21 @@ CONNECT_SECONDS: Final = Histogram(
     ["drain_kind"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0),
 )
+DESTINATION_REFUSALS: Final = Counter(
+    "logplex_drain_destination_refusals_total",
+    "Drain destinations refused by the destination policy or the own-listener rule, at drain "
+    "creation or update (at=create) or at a connect (at=connect).",
+    ["at"],
+)
+for _at in ("create", "connect"):
+    DESTINATION_REFUSALS.labels(_at)
+
+
+def count_destination_refusal(at: Literal["create", "connect"]) -> None:
+    """One drain destination refused (``at`` creation/update or a connect)."""
+    DESTINATION_REFUSALS.labels(at).inc()
+
+
 BUFFERED: Final = Gauge(
     "logplex_drain_buffered_messages",
     "Messages held by all drains, queued or in flight.",

@@ -11,7 +11,10 @@ Follows DESIGN section 3 ("Drain URLs"):
 
 Anything else raises ``InvalidDrainURL`` naming what is wrong and what is accepted. The
 credentials of a URL never leave this module except as the Basic auth header; everything
-shown to people goes through ``DrainURL.redacted()``.
+shown to people goes through ``DrainURL.redacted()``, and no error text quotes any part of
+the userinfo: a password with an unencoded ``#``, ``?`` or ``/`` (which would split the URL
+before the ``@`` and make the rest of the password a port, path or fragment) is refused by
+the ``@`` it leaves after the host, with a message that quotes nothing of the URL.
 """
 
 from __future__ import annotations
@@ -100,6 +103,12 @@ def _host_for_netloc(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _after_authority(rest: str) -> str:
+    """What follows the authority of ``rest`` (the URL after ``scheme://``)."""
+    ends = [index for index in (rest.find(mark) for mark in "/?#") if index >= 0]
+    return rest[min(ends) :] if ends else ""
+
+
 def parse_drain_url(url: str) -> DrainURL:
     """Validate ``url`` and split it into the parts a drain needs.
 
@@ -121,7 +130,21 @@ def parse_drain_url(url: str) -> DrainURL:
         raise InvalidDrainURL(
             f"drain URL scheme {scheme!r} is not supported; use {ACCEPTED_SCHEMES}"
         )
-    parts = urllib.parse.urlsplit(url)
+    after_authority = _after_authority(url.partition("://")[2])
+    if "@" in after_authority:
+        # A user or password with an unencoded '#', '?' or '/' splits the URL early: what
+        # follows would be read as host, port, path or fragment, and echoed or stored.
+        raise InvalidDrainURL(
+            "drain URL has an '@' after its host: percent-encode '#', '?', '/' and '@' in a "
+            "user name or password (%23, %3F, %2F, %40), and '@' in a path or query (%40)"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise InvalidDrainURL(
+            "drain URL cannot be split into its parts (is a '[' or ']' unbalanced?); "
+            "write an IPv6 host as [2001:db8::1]"
+        ) from None
     host = parts.hostname
     if not host:
         raise InvalidDrainURL(f"drain URL {scheme}://… has no host; e.g. {scheme}://host:port")

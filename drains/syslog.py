@@ -16,7 +16,11 @@ when all of its ciphertext is, and a partly acknowledged write is sent again who
 Reconnects use capped exponential backoff (1 s doubling to 60 s, with jitter). TLS verifies
 the certificate and host name against the system CAs plus ``DrainSettings.ca_file`` unless
 the URL ends in ``#insecure``; a certificate failure posts one L14 notice into the channel
-(``DrainContext.post_notice``) per failure streak.
+(``DrainContext.post_notice``) per failure streak. Each connect goes only where
+``DrainSettings.destination_policy`` allows (``drains._connect``: resolved, checked, pinned);
+a refusal is a failed connect (backoff and retry; frames stay queued), and under
+``--deny-private-drains`` every other connect failure but a certificate one reads
+``network error: could not connect``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,16 @@ import trio
 
 from drains._base import DrainCore
 from drains._buffer import Taken
-from drains._errors import certificate_error, certificate_reason, describe_exception
+from drains._connect import open_tcp_stream
+from drains._errors import (
+    certificate_error,
+    certificate_reason,
+    describe_exception,
+    destination_refusal,
+)
 from drains._interface import DrainContext
 from drains._notices import l14_message
+from drains._policy import NETWORK_ERROR
 from drains._retry import reconnect_delay_s
 from drains._tls import client_tls_context
 from drains._url import DrainURL
@@ -194,7 +205,9 @@ class SyslogDrain(DrainCore):
     async def _connect(self) -> _Connection:
         started = trio.current_time()
         with trio.fail_after(CONNECT_TIMEOUT_S):
-            socket_stream = await trio.open_tcp_stream(self.url.host, self.url.port)
+            socket_stream = await open_tcp_stream(
+                self.url.host, self.url.port, self.ctx.settings.destination_policy
+            )
             transport = CountingSocketStream(socket_stream)
             stream: trio.abc.Stream = transport
             if self._tls is not None:
@@ -212,6 +225,13 @@ class SyslogDrain(DrainCore):
 
     def _connect_failed(self, exc: BaseException) -> None:
         where = self.url.redacted()
+        refusal = destination_refusal(exc)
+        if refusal is not None:
+            self.record_failure(f"{refusal} ({where})")
+            return
+        if self.ctx.settings.destination_policy.deny_private and certificate_error(exc) is None:
+            self.record_failure(f"{NETWORK_ERROR} ({where})")  # no port-scan oracle
+            return
         if isinstance(exc, trio.TooSlowError):
             self.record_failure(f"connect to {where} timed out after {CONNECT_TIMEOUT_S:g} s")
             return

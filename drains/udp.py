@@ -4,7 +4,10 @@ One datagram per message, the syslog-drain layout without ``LEN SP`` and without
 2048 bytes (``logplex.codecs.drain_frames.syslog_datagram``). A datagram the kernel refuses
 (an ICMP port-unreachable from an earlier datagram shows up as ``ECONNREFUSED`` on the next
 send) is tried once more, then counted as dropped into the next L10. Nothing else is known
-about UDP delivery: a datagram the kernel took counts as delivered.
+about UDP delivery: a datagram the kernel took counts as delivered. The socket is connected
+only where ``DrainSettings.destination_policy`` allows (``drains._connect``), and under
+``--deny-private-drains`` a refused datagram reads ``network error: could not connect``
+(an ICMP port-unreachable must not tell which ports are open).
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import trio
 
 from drains._base import DrainCore
 from drains._buffer import Taken
+from drains._connect import connect_socket, resolve_checked
+from drains._errors import destination_refusal
 from drains._interface import DrainContext
+from drains._policy import NETWORK_ERROR
 from drains._retry import reconnect_delay_s
 from drains._url import DrainURL
 from logplex.codecs.drain_frames import syslog_datagram
@@ -47,7 +53,7 @@ class UdpDrain(DrainCore):
             try:
                 sock = await self._open_socket()
             except OSError as exc:
-                self.record_failure(f"cannot reach {self.url.redacted()}: {exc}")
+                self.record_failure(self._failure_text("cannot reach", exc))
                 await trio.sleep(reconnect_delay_s(failures, self._random.random()))
                 failures += 1
                 continue
@@ -57,6 +63,12 @@ class UdpDrain(DrainCore):
                 await self._send_forever(sock)
 
     async def _open_socket(self) -> trio.socket.SocketType:
+        policy = self.ctx.settings.destination_policy
+        if policy.checks_destinations:
+            addresses = await resolve_checked(
+                self.url.host, self.url.port, policy, socket_type=trio.socket.SOCK_DGRAM
+            )
+            return await connect_socket(addresses, trio.socket.SOCK_DGRAM)
         infos = await trio.socket.getaddrinfo(
             self.url.host, self.url.port, type=trio.socket.SOCK_DGRAM
         )
@@ -70,6 +82,18 @@ class UdpDrain(DrainCore):
             sock.close()
             raise
         return sock
+
+    def _failure_text(self, what: str, exc: OSError) -> str:
+        """``last_error``: a policy refusal as it is; other errors generic under the policy."""
+        where = self.url.redacted()
+        refusal = destination_refusal(exc)
+        if refusal is not None:
+            return f"{refusal} ({where})"
+        if self.ctx.settings.destination_policy.deny_private:
+            return f"{NETWORK_ERROR} ({where})"
+        if what == "send failed":
+            return f"send to {where} failed: {exc}"
+        return f"{what} {where}: {exc}"
 
     async def _send_forever(self, sock: trio.socket.SocketType) -> None:
         while True:
@@ -100,7 +124,7 @@ class UdpDrain(DrainCore):
                     break
                 except OSError as exc:
                     self._send_failures += 1
-                    self.record_failure(f"send to {self.url.redacted()} failed: {exc}")
+                    self.record_failure(self._failure_text("send failed", exc))
                     if attempt:
                         lost.byte_count += len(datagram)
                         if index == 0 and taken.notice_count:

@@ -7,7 +7,9 @@ rather than httpx or h11 are measured in perf/RESULTS.md, "Drains").
 
 - The client talks to a ``ByteStream`` (``send_all`` / ``receive_some`` / ``aclose``, the
   network-backend idea of httpcore) that an ``OpenStream`` callable opens on demand:
-  ``network_stream_opener`` gives TCP, or TLS over it (``drains._tls.TlsOverSocket``);
+  ``network_stream_opener`` gives TCP, or TLS over it (``drains._tls.TlsOverSocket``), to an
+  address the destination policy checked (``drains._connect``: resolved once per connection,
+  pinned, so DNS rebinding cannot pass; TLS verifies and sends the URL's host name);
   tests give a fake stream that replays hostile bytes without sockets.
 - ``post`` opens the connection when there is none (under ``connect_timeout_s``), sends
   head and body in one write, reads the response head and at most ``max_response_bytes``
@@ -17,7 +19,10 @@ rather than httpx or h11 are measured in perf/RESULTS.md, "Drains").
 - Any failure or cancellation closes the connection; the next post opens a new one.
 - ``post`` is the one boundary where failures are mapped: every exception but a
   cancellation leaves it as ``HttpTransportError`` with the cause chained (a certificate
-  failure, a malformed response, or anything unforeseen), never as itself.
+  failure, a malformed response, or anything unforeseen), never as itself. With
+  ``generic_connect_errors`` (``--deny-private-drains``) a failed or timed-out connect says
+  only ``network error: could not connect``, so status texts cannot tell a closed port from
+  a filtered one; a policy refusal and a certificate failure still say what they are.
 """
 
 from __future__ import annotations
@@ -28,7 +33,16 @@ from typing import Final, Protocol
 
 import trio
 
-from drains._errors import HttpTransportError, ResponseError, describe_exception
+from drains._connect import open_tcp_stream
+from drains._errors import (
+    HttpTransportError,
+    ResponseError,
+    StatedFailure,
+    certificate_error,
+    describe_exception,
+    destination_refusal,
+)
+from drains._policy import NETWORK_ERROR, NO_POLICY, DestinationPolicy
 from drains._tls import READ_BYTES, TlsOverSocket
 from drains.http.request import PreparedPost
 from drains.http.response import ResponseReader
@@ -51,11 +65,17 @@ class ByteStream(Protocol):
 OpenStream = Callable[[], Awaitable[ByteStream]]
 
 
-def network_stream_opener(host: str, port: int, tls: ssl.SSLContext | None) -> OpenStream:
-    """Opens TCP to ``host:port``, with a verified TLS handshake over it when ``tls`` is set."""
+def network_stream_opener(
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    policy: DestinationPolicy = NO_POLICY,
+) -> OpenStream:
+    """Opens TCP to ``host:port`` where ``policy`` allows, with a verified TLS handshake over
+    it when ``tls`` is set."""
 
     async def open_stream() -> ByteStream:
-        tcp = await trio.open_tcp_stream(host, port)
+        tcp = await open_tcp_stream(host, port, policy)
         if tls is None:
             return tcp
         stream = TlsOverSocket(tcp, tls, server_hostname=host)
@@ -78,9 +98,11 @@ class Http11Client:
         *,
         connect_timeout_s: float,
         max_response_bytes: int = 64 * 1024,
+        generic_connect_errors: bool = False,
     ) -> None:
         self._open_stream = open_stream
         self._connect_timeout_s = connect_timeout_s
+        self._generic_connect_errors = generic_connect_errors
         self._max_response_bytes = max_response_bytes
         self._stream: ByteStream | None = None
         self.connects = 0
@@ -127,10 +149,17 @@ class Http11Client:
             with trio.fail_after(self._connect_timeout_s):
                 stream = await self._open_stream()
         except trio.TooSlowError as exc:
+            if self._generic_connect_errors:
+                raise HttpTransportError(NETWORK_ERROR) from StatedFailure(NETWORK_ERROR)
             raise HttpTransportError(
                 f"connect timed out after {self._connect_timeout_s:g} s"
             ) from exc
         except Exception as exc:
+            refusal = destination_refusal(exc)
+            if refusal is not None:
+                raise HttpTransportError(str(refusal)) from refusal
+            if self._generic_connect_errors and certificate_error(exc) is None:
+                raise HttpTransportError(NETWORK_ERROR) from StatedFailure(NETWORK_ERROR)
             raise HttpTransportError("connect failed") from exc
         self._stream = stream
         self.connects += 1

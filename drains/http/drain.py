@@ -30,7 +30,9 @@ connection freed in a ``finally``, so an unforeseen error can never leave a lane
 
 Each message's frame is formatted once per ``Batch`` and memoised in ``Batch.encoded``, so
 N HTTPS drains of a channel format it once. TLS is verified against the system CAs plus
-``DrainSettings.ca_file``; ``#insecure`` is the only way to turn verification off.
+``DrainSettings.ca_file``; ``#insecure`` is the only way to turn verification off. Every
+connection goes only where ``DrainSettings.destination_policy`` allows (``drains._connect``);
+a refused connect is retried like a network error, since the host may resolve elsewhere later.
 """
 
 from __future__ import annotations
@@ -130,12 +132,14 @@ class HttpDrain(DrainCore):
             tls = client_tls_context(self.url, ctx.settings.ca_file)
         # Two keep-alive connections, each carrying at most one post at a time; the second
         # connects only when it is first needed (a backlog), like the first.
-        open_stream = network_stream_opener(self.url.host, self.url.port, tls)
+        policy = ctx.settings.destination_policy
+        open_stream = network_stream_opener(self.url.host, self.url.port, tls, policy)
         self._clients = [
             Http11Client(
                 open_stream,
                 connect_timeout_s=CONNECT_TIMEOUT_S,
                 max_response_bytes=MAX_RESPONSE_BYTES,
+                generic_connect_errors=policy.deny_private,
             )
             for _ in range(MAX_POSTS_IN_FLIGHT)
         ]

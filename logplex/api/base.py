@@ -70,6 +70,7 @@ class ApiConfig:
     public_url: str  # base of session URLs, no trailing slash
     max_drains_per_channel: int = 6
     validate_drain_url: Callable[[str], None] | None = None  # raises ValueError saying why
+    deny_private_drains: bool = False  # --deny-private-drains (logplex.api.drain_targets)
     # The router's own bound listeners as (name, ``HOST:PORT`` or ``[V6]:PORT``), name being
     # http, shim or syslog: drain URLs that reach one of them are refused.
     listen_addresses: tuple[tuple[str, str], ...] = ()

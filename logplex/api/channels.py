@@ -4,7 +4,8 @@ Every config write is ``store write -> router.apply_channel`` (or ``remove_chann
 one lock, so the router applies changes in the order the store made them and a change takes
 effect before the response is sent. A drain URL is checked before it is stored: by the
 drains package's validator (scheme, host, port) and by ``logplex.api.drain_targets`` (it must
-not lead back into this router's own listeners).
+not lead back into this router's own listeners, nor, with ``--deny-private-drains``, reach a
+private destination).
 
 Limits on what the key holder may create (docs/operations.md, "Guards: limits"): at most
 ``--max-channels`` channels, ``--max-tokens-per-channel`` tokens per channel and
@@ -28,7 +29,7 @@ from logplex.api.base import (
     read_json_object,
     require_admin,
 )
-from logplex.api.drain_targets import own_listener_reached, parse_listener
+from logplex.api.drain_targets import drain_destination_refusal, parse_listener
 from logplex.api.numbers import parse_whole_number
 from logplex.config.records import ChannelConfig
 from logplex.config.store import (
@@ -61,14 +62,11 @@ async def _drain_url_field(body: dict[str, object], config: ApiConfig) -> str:
         except ValueError as error:
             raise ApiError(400, str(error)) from None
     listeners = [parse_listener(name, address) for name, address in config.listen_addresses]
-    reached = await own_listener_reached(url, listeners)
-    if reached is not None:
-        raise ApiError(
-            400,
-            f"the drain URL leads back to this router's own {reached.name} listener "
-            f"({reached}): every line it delivers would be ingested and delivered again, "
-            "without end; point the drain at another host or port",
-        )
+    refusal = await drain_destination_refusal(
+        url, listeners, deny_private=config.deny_private_drains
+    )
+    if refusal is not None:
+        raise ApiError(400, refusal)
     return url
 
 

@@ -43,9 +43,10 @@ from hypercorn.config import Config as HttpConfig
 from hypercorn.trio import serve as serve_http
 from prometheus_client import REGISTRY
 
-from drains import DrainSettings, open_drain, parse_drain_url
+from drains import DestinationPolicy, DrainSettings, open_drain, parse_drain_url
 from logplex import metrics
 from logplex.api.app import ApiConfig, create_app
+from logplex.api.drain_targets import parse_listener
 from logplex.api.sessions import drop_connections_that_stop_reading
 from logplex.codecs import rfc5424
 from logplex.config.store import ConfigStore
@@ -124,12 +125,19 @@ class _DrainSupport:
     validate_url: Callable[[str], None]
 
 
-def _drain_support(settings: ServeSettings) -> _DrainSupport:
-    """The drains package's factory, settings and URL check."""
+def _drain_support(
+    settings: ServeSettings, listen_addresses: tuple[tuple[str, str], ...]
+) -> _DrainSupport:
+    """The drains package's factory, settings and URL check; drains check every connect
+    against the destination policy and the router's own listeners (``drains._policy``)."""
     drain_settings = DrainSettings(
         buffer_messages=settings.drain_buffer,
         retry_window_s=settings.drain_retry_window,
         ca_file=str(settings.drain_ca_file) if settings.drain_ca_file else None,
+        destination_policy=DestinationPolicy(
+            deny_private=settings.deny_private_drains,
+            own_listeners=tuple(parse_listener(*named) for named in listen_addresses),
+        ),
     )
 
     def validate_url(url: str) -> None:
@@ -232,7 +240,6 @@ async def serve(
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_tls_context(settings.tls_cert, settings.tls_key)
-    drains = _drain_support(settings)
     if not rfc5424.C_FORMATTER:
         log.warning(
             "logplex.codecs._cframes is not built (no C compiler at install time): drain "
@@ -248,6 +255,12 @@ async def serve(
         for listener in shim_sockets:
             listener.socket.close()
         raise
+    listen_addresses = (
+        ("http", http_address),
+        *(("shim", _bound_address([s])) for s in shim_sockets),
+        *(("syslog", _bound_address([s])) for s in syslog_sockets),
+    )
+    drains = _drain_support(settings, listen_addresses)
 
     # One receiver for the whole run: signals are never lost or re-raised between phases.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -303,11 +316,8 @@ async def serve(
                         max_sessions_per_channel=settings.max_sessions_per_channel,
                         max_clients_per_session=settings.max_clients_per_session,
                         validate_drain_url=drains.validate_url,
-                        listen_addresses=(
-                            ("http", http_address),
-                            *(("shim", _bound_address([s])) for s in shim_sockets),
-                            *(("syslog", _bound_address([s])) for s in syslog_sockets),
-                        ),
+                        deny_private_drains=settings.deny_private_drains,
+                        listen_addresses=listen_addresses,
                     ),
                 )
                 http_stop = trio.Event()

@@ -81,4 +81,5 @@ async def test_metrics_count_delivered_retried_dropped(io_clock: trio.abc.Clock)
     for metric in REGISTRY.collect():
         if metric.name.startswith("logplex_drain"):
             for series in metric.samples:
-                assert set(series.labels) <= {"drain_kind", "outcome", "state", "le"}
+                assert set(series.labels) <= {"drain_kind", "outcome", "state", "le", "at"}
+                assert series.labels.get("at", "create") in ("create", "connect")
