@@ -55,7 +55,7 @@ async def hold(_stream: trio.abc.Stream) -> None:
     await trio.sleep_forever()
 
 
-async def close(stream: trio.abc.Stream) -> None:
+async def close(stream: trio.abc.Stream, *_refusal: object) -> None:
     await stream.aclose()
 
 
