@@ -20,6 +20,8 @@ Deadlines (``logplex_deadline_closes_total{listener="http"}``):
   kernel's ``TCP_USER_TIMEOUT`` on the socket (``drop_connections_that_stop_reading``) is the
   second line.
 - Request bodies are bounded inside the app (``read_body_limited``).
+- Once the peer is gone, the keep-alive timer is stopped: hypercorn would keep a closed
+  connection's task (and so its place under the caps) until the timer fired.
 
 HTTP/1.1 only (RFC 9113 3.1, RFC 9110 7.8): cleartext HTTP/2 is not served. ``Upgrade: h2c``
 is ignored and the request answered in HTTP/1.1 (a server may ignore Upgrade); the
@@ -45,6 +47,7 @@ from typing import Final
 import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Event, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
@@ -108,6 +111,8 @@ class Http11Only(H11Protocol):
 class _Http11Server(TCPServer):
     """hypercorn's ``TCPServer`` whose protocol is ``Http11Only``, counting deadline closes."""
 
+    _peer_gone = False
+
     @property
     def protocol(self) -> ProtocolWrapper:
         return self._protocol_wrapper
@@ -119,6 +124,22 @@ class _Http11Server(TCPServer):
         if type(wrapper.protocol) is H11Protocol:
             wrapper.protocol.__class__ = Http11Only
         self._protocol_wrapper = wrapper
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            # The peer is gone (EOF, reset, or closed by a deadline): hypercorn would leave
+            # (or start again) the keep-alive timer, and the connection counted (and its
+            # task alive) until it fires.
+            self._peer_gone = True
+            with trio.CancelScope(shield=True):
+                await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated) and self._peer_gone:
+            return
+        await super().protocol_send(event)
 
     async def _initiate_server_close(self) -> None:
         # Only the keep-alive timer calls this: at its deadline, or at shutdown.
