@@ -255,8 +255,10 @@ class HttpServer:
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """One connection, to its end; never raises (one client never affects another)."""
-        if not isinstance(stream, trio.SocketStream):
-            raise TypeError(f"the HTTP listener serves TCP streams, not {type(stream).__name__}")
+        if not isinstance(stream, trio.SocketStream):  # listeners_of gives only TCP ones
+            log.error("HTTP listener got a %s, not a TCP stream; closed", type(stream).__name__)
+            await close_within(stream, REFUSAL_TIMEOUT_S)
+            return
         server = _Http11Server(
             self.app,
             self.config,

@@ -29,6 +29,7 @@ from logplex.config.records import ChannelConfig
 from logplex.fanout.router import Router
 from logplex.ingest.shim import ShimListener, ShimListenerSettings
 from logplex.ingest.syslog import SyslogListener, SyslogListenerSettings, next_deadlines
+from logplex.serve.limits import ConnectionCaps, OpenFilesLimit, connection_caps, describe_caps
 
 TOKEN = "t.11111111-1111-4111-8111-111111111111"
 SYSLOG_FRAME = b"<190>1 2026-11-27T20:39:33+00:00 host " + TOKEN.encode() + b" web.1 - - hi"
@@ -355,3 +356,32 @@ def test_connections_past_the_per_address_cap_are_refused_on_every_listener(
             sock.close()
         assert serve.stop() == 0
     assert "connection(s) refused" in serve.stderr()
+
+
+# -- the caps of each listener -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("open_files", "max_connections", "expected"),
+    [
+        (1024, None, ConnectionCaps(shim=352, syslog=352, http=128)),
+        (1024, 100, ConnectionCaps(shim=100, syslog=100, http=100)),
+        (1024, 200, ConnectionCaps(shim=200, syslog=200, http=128)),  # never raised
+        (1 << 20, None, ConnectionCaps(shim=10_000, syslog=10_000, http=10_000)),
+        (100, None, ConnectionCaps(shim=1, syslog=1, http=64)),
+    ],
+)
+def test_connection_caps(
+    open_files: int, max_connections: int | None, expected: ConnectionCaps
+) -> None:
+    assert connection_caps(open_files, max_connections) == expected
+
+
+def test_a_max_connections_above_the_fitted_caps_is_said_at_start() -> None:
+    limit = OpenFilesLimit(1024, 1024, 1024)
+    line = describe_caps(limit, connection_caps(1024, 200), 200, 1000)
+    assert "at most 200 shim, 200 syslog and 128 HTTP connections, 1000 per source" in line
+    assert "--max-connections 200 is more than the open-files limit fits" in line
+    quiet = describe_caps(limit, connection_caps(1024, 50), 50, 1000)
+    assert "more than the open-files limit fits" not in quiet
+    assert "raise the hard limit" not in quiet  # the operator chose the cap
