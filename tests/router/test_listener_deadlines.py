@@ -289,6 +289,10 @@ def test_every_listener_closes_a_one_byte_per_second_trickler(tmp_path: Path) ->
                 thread.start()
             for thread in threads:
                 thread.join(60)
+            # The API is HTTP/1.1 only: the HTTP/2 preface is refused, not served.
+            with attacker_socket(serve.ports["http"]) as h2:
+                h2.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00" * 4)
+                assert read_all(h2).startswith(b"HTTP/1.1 505 ")
         for name in attacks:
             assert 1.5 <= results[name] <= 2 + SLACK_S, (name, results)
         assert serve.metric('logplex_deadline_closes_total{deadline="head",listener="http"}') >= 1
