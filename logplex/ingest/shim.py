@@ -16,9 +16,12 @@ before authentication, the PING/PONG and frame timers) are ``logplex.codecs.shim
   HELLO and the batches sent with it included.
 - Deadlines: HELLO within ``hello_timeout_s``; PING after ``idle_ping_s`` without a frame and
   close ``pong_timeout_s`` later; a begun frame complete within ``frame_timeout_s``; every
-  send within ``send_timeout_s`` (a peer that does not read its ACKs is closed).
-- At most ``max_connections`` at once; past that a new connection gets ERROR ``overloaded``
-  and is closed (memory stays bounded; the shim keeps its lines and retries).
+  send within ``send_timeout_s`` (a peer that does not read its ACKs is closed). Each such
+  close is counted in ``logplex_deadline_closes_total{listener="shim",deadline=...}``
+  (``hello``, ``idle`` for a missing PONG, ``frame``, ``send``).
+- At most ``max_connections`` at once and ``max_connections_per_ip`` from one source
+  address (``AcceptLoop``); past either a new connection gets ERROR ``overloaded`` naming
+  the limit and is closed (memory stays bounded; the shim keeps its lines and retries).
 - Any protocol error -> ERROR frame with its code (best effort, bounded) and close.
 """
 
@@ -47,7 +50,7 @@ from logplex.codecs.shimsession import (
 )
 from logplex.codecs.spoolformat import StreamMark
 from logplex.fanout.router import Router
-from logplex.ingest.accept import AcceptLoop, close_within
+from logplex.ingest.accept import AcceptLoop, Refusal, close_within
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ class ShimListenerSettings:
     send_timeout_s: float = 10.0
     frame_timeout_s: float = 30.0
     max_connections: int = 10_000
+    max_connections_per_ip: int = 1000
     remembered_streams: int = 100_000
     max_hello_bytes: int = MAX_HELLO_BYTES
 
@@ -162,7 +166,9 @@ class ShimListener:
             pong_timeout_s=settings.pong_timeout_s,
             frame_timeout_s=settings.frame_timeout_s,
         )
-        self._accept_loop = AcceptLoop(PROTOCOL, self.settings.max_connections)
+        self._accept_loop = AcceptLoop(
+            PROTOCOL, self.settings.max_connections, self.settings.max_connections_per_ip
+        )
 
     @property
     def open_connections(self) -> int:
@@ -183,15 +189,11 @@ class ShimListener:
             task_status=task_status,
         )
 
-    async def refuse_overloaded(self, stream: trio.abc.Stream) -> None:
-        """Past ``max_connections`` a new connection gets ERROR ``overloaded`` and is closed:
-        the shim backs off and retries, its lines wait in its own buffer."""
+    async def refuse_overloaded(self, stream: trio.abc.Stream, refusal: Refusal) -> None:
+        """Past a connection cap a new connection gets ERROR ``overloaded`` naming the limit
+        and is closed: the shim backs off and retries, its lines wait in its own buffer."""
         metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="overloaded").inc()
-        frame = shimproto.encode_error(
-            "overloaded",
-            f"this router serves at most {self.settings.max_connections} shim connections; "
-            "retry later",
-        )
+        frame = shimproto.encode_error("overloaded", refusal.describe(PROTOCOL))
         with trio.move_on_after(CLOSE_TIMEOUT_S):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await stream.send_all(frame)
@@ -222,6 +224,21 @@ class ShimListener:
             await close_within(stream, CLOSE_TIMEOUT_S)
             _CONNECTIONS.dec()
             metrics.INGEST_CONNECTIONS_CLOSED.labels(protocol=PROTOCOL, reason=reason).inc()
+
+
+# SessionTimeout reasons (and the send deadline) -> the ``deadline`` label.
+DEADLINE_LABELS: Final = {
+    "hello_timeout": "hello",
+    "ping_timeout": "idle",
+    "frame_timeout": "frame",
+    "send_timeout": "send",
+}
+
+
+def _count_deadline_close(reason: str) -> None:
+    metrics.DEADLINE_CLOSES.labels(
+        listener=PROTOCOL, deadline=DEADLINE_LABELS.get(reason, "idle")
+    ).inc()
 
 
 def _limit_send_buffer(stream: trio.abc.Stream) -> None:
@@ -283,6 +300,7 @@ class _ShimConnection:
                     ping = session.on_deadline(trio.current_time())
                 except SessionTimeout as exc:
                     log.info("shim connection closed: %s", exc.message)
+                    _count_deadline_close(exc.reason)
                     raise ShimConnectionClosed(exc.reason) from None
                 await self._send(ping)
                 continue
@@ -372,6 +390,7 @@ class _ShimConnection:
         log.info(
             "shim connection closed: peer did not read for %.0f s", self.settings.send_timeout_s
         )
+        _count_deadline_close("send_timeout")
         raise ShimConnectionClosed("send_timeout")
 
     async def send_error(self, code: str, message: str) -> None:

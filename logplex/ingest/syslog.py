@@ -9,13 +9,23 @@ Framing is ``OctetFrameDecoder`` with the ``resync`` policy: garbage, a frame ov
 counted (``logplex_ingest_errors_total{protocol="syslog",reason="malformed"}``); a frame
 that does not parse, or names an unknown token, is counted and skipped too. Nothing is
 answered (syslog has no acknowledgement). Each read's batches are published as lists, one
-``router.publish`` per channel run. A connection that sends nothing for ``idle_timeout_s``
-is closed; each connection is its own task, so one client can never stall another.
+``router.publish`` per channel run. Each connection is its own task, so one client can never
+stall another.
+
+Deadlines (``logplex_deadline_closes_total{listener="syslog"}``): a connection that
+completes no frame for ``idle_timeout_s`` is closed (``idle``: counted from the last
+complete frame, or from the accept, so bytes that never make a frame do not keep it open),
+and a frame begun must complete within ``frame_timeout_s`` (``frame``: a 1 byte/s trickler,
+or garbage the decoder keeps skipping, is closed then whatever the idle timeout). A frame
+counts as complete when framing cuts it, whether its content parses or not.
+Connection caps: ``max_connections`` and ``max_connections_per_ip`` (``AcceptLoop``); past
+either a new connection is closed at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from operator import itemgetter
@@ -27,7 +37,7 @@ from logplex import metrics
 from logplex.codecs.octet import OctetFrameDecoder
 from logplex.codecs.syslog_reader import C_SCANNER, read_decoder
 from logplex.fanout.router import Router
-from logplex.ingest.accept import AcceptLoop, close_within
+from logplex.ingest.accept import AcceptLoop, Refusal, close_within
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,8 @@ _BYTES = metrics.INGEST_BYTES.labels(protocol=PROTOCOL)
 _MALFORMED = metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="malformed")
 _UNKNOWN_TOKEN = metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="unknown_token")
 _CONNECTIONS = metrics.INGEST_CONNECTIONS.labels(protocol=PROTOCOL)
+_IDLE_DEADLINE = metrics.DEADLINE_CLOSES.labels(listener=PROTOCOL, deadline="idle")
+_FRAME_DEADLINE = metrics.DEADLINE_CLOSES.labels(listener=PROTOCOL, deadline="frame")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +60,9 @@ class SyslogListenerSettings:
     # DESIGN 5.6 caps a frame at 10240 bytes; senders that wrap long lines stay under it.
     max_frame_bytes: int = 10240
     idle_timeout_s: float = 300.0
+    frame_timeout_s: float = 30.0
     max_connections: int = 10_000
+    max_connections_per_ip: int = 1000
 
 
 class SyslogListener:
@@ -57,7 +71,9 @@ class SyslogListener:
     def __init__(self, router: Router, settings: SyslogListenerSettings | None = None) -> None:
         self.router = router
         self.settings = settings or SyslogListenerSettings()
-        self._accept_loop = AcceptLoop(PROTOCOL, self.settings.max_connections)
+        self._accept_loop = AcceptLoop(
+            PROTOCOL, self.settings.max_connections, self.settings.max_connections_per_ip
+        )
 
     @property
     def open_connections(self) -> int:
@@ -83,9 +99,10 @@ class SyslogListener:
             task_status=task_status,
         )
 
-    async def refuse_overloaded(self, stream: trio.abc.Stream) -> None:
-        """Past ``max_connections`` a new connection is closed at once (syslog has no way
-        to say why); the sender reconnects later."""
+    async def refuse_overloaded(self, stream: trio.abc.Stream, refusal: Refusal) -> None:
+        """Past a connection cap a new connection is closed at once (syslog has no way to
+        say why; the log and ``logplex_limit_refusals_total`` do); the sender reconnects
+        later."""
         metrics.INGEST_ERRORS.labels(protocol=PROTOCOL, reason="overloaded").inc()
         await close_within(stream, CLOSE_TIMEOUT_S)
 
@@ -109,9 +126,14 @@ class SyslogListener:
         decoder = OctetFrameDecoder(self.settings.max_frame_bytes, policy="resync")
         router = self.router
         lookup_token = router.lookup_token
+        idle_timeout_s = self.settings.idle_timeout_s
+        frame_timeout_s = self.settings.frame_timeout_s
         resyncs = 0
+        now_s = trio.current_time()
+        idle_deadline_s = now_s + idle_timeout_s
+        frame_deadline_s = math.inf  # no frame begun
         while True:
-            with trio.move_on_after(self.settings.idle_timeout_s):
+            with trio.move_on_at(min(idle_deadline_s, frame_deadline_s)):
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:
                     return "eof"
@@ -131,7 +153,53 @@ class SyslogListener:
                     _MALFORMED.inc(outcome.malformed)
                 if outcome.unknown_tokens:
                     _UNKNOWN_TOKEN.inc(outcome.unknown_tokens)
+                now_s = trio.current_time()
+                idle_deadline_s, frame_deadline_s = next_deadlines(
+                    now_s,
+                    frames_completed=bool(
+                        outcome.batches or outcome.malformed or outcome.unknown_tokens
+                    ),
+                    partial_frame=not decoder.is_empty,
+                    idle_deadline_s=idle_deadline_s,
+                    frame_deadline_s=frame_deadline_s,
+                    idle_timeout_s=idle_timeout_s,
+                    frame_timeout_s=frame_timeout_s,
+                )
                 continue
-            # Only a timeout gets here: every path inside the scope returns or continues.
-            log.info("syslog connection idle for %.0f s: closed", self.settings.idle_timeout_s)
+            # Only a deadline gets here: every path inside the scope returns or continues.
+            if frame_deadline_s <= idle_deadline_s:
+                log.info(
+                    "syslog connection closed: a frame begun was not complete within %.0f s",
+                    frame_timeout_s,
+                )
+                _FRAME_DEADLINE.inc()
+                return "frame_timeout"
+            log.info("syslog connection completed no frame for %.0f s: closed", idle_timeout_s)
+            _IDLE_DEADLINE.inc()
             return "idle"
+
+
+def next_deadlines(
+    now_s: float,
+    *,
+    frames_completed: bool,
+    partial_frame: bool,
+    idle_deadline_s: float,
+    frame_deadline_s: float,
+    idle_timeout_s: float,
+    frame_timeout_s: float,
+) -> tuple[float, float]:
+    """The (idle, frame) deadlines after a read at ``now_s``.
+
+    A read that completes a frame moves the idle deadline on; only such a read does. The
+    frame deadline runs while the decoder holds the start of a frame (or garbage it is
+    skipping): from the read that began it, or, when a read completes frames and leaves the
+    start of the next one, from that read. With nothing held there is no frame deadline.
+    """
+    if frames_completed:
+        idle_deadline_s = now_s + idle_timeout_s
+    if not partial_frame:
+        return idle_deadline_s, math.inf
+    if frames_completed or frame_deadline_s == math.inf:
+        return idle_deadline_s, now_s + frame_timeout_s
+    return idle_deadline_s, frame_deadline_s

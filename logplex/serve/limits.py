@@ -1,13 +1,17 @@
-"""File descriptors of the router process: the open-files limit and what ingest may use of it.
+"""The open-files budget and the connection caps of the listeners (DESIGN section 2).
 
-DESIGN sections 2 and 7. Every connection, drain socket, SQLite file and pipe takes a file
-descriptor. Many systems start processes with a soft ``RLIMIT_NOFILE`` of 1024 under a far
-higher hard limit, so at start the router raises its soft limit to the hard one
-(``raise_open_files_limit``). The shim and syslog listeners then get connection caps that
-fit in what is left after a reserve for everything else (``ingest_connection_cap``): past
-its cap a listener refuses new connections (``logplex.ingest.accept``), so idle ingest
-connections can never starve the HTTP API, ``/healthcheck``, drains or the config database
-of descriptors.
+Every connection and file costs a descriptor. At start-up the router raises its soft limit to
+the hard one (``raise_open_files_limit``). Each listener then gets a connection cap that fits
+in what is left after a reserve for everything else (``connection_caps``): the shim and
+syslog listeners split the ingest share evenly, and the HTTP listener takes half of the share
+kept for the API and the drains (the other half stays for outbound drain connections, the
+config database and DNS). Past its cap a listener refuses new connections
+(``logplex.ingest.accept``), so idle connections of one kind can never starve the others,
+``/healthcheck``, drains or the config database of descriptors.
+
+``--max-connections N`` lowers every listener's cap to N; it never raises a cap above what
+the open-files limit fits (a larger N is logged and the fitted cap kept): past the limit,
+accepts would fail with EMFILE for everyone, the API and drains included.
 """
 
 from __future__ import annotations
@@ -53,6 +57,32 @@ def ingest_connection_cap(open_files_limit: int) -> int:
     return max(1, min(MAX_CONNECTIONS_PER_LISTENER, for_ingest // INGEST_LISTENERS))
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionCaps:
+    """Connections each listener serves at once."""
+
+    shim: int
+    syslog: int
+    http: int
+
+
+def http_connection_cap(open_files_limit: int) -> int:
+    """Connections the HTTP listener may serve: half the API-and-drains share, at least 1."""
+    api_and_drains = max(API_AND_DRAINS_MIN_FDS, int(open_files_limit * API_AND_DRAINS_SHARE))
+    return max(1, min(MAX_CONNECTIONS_PER_LISTENER, api_and_drains // 2))
+
+
+def connection_caps(open_files_limit: int, max_connections: int | None) -> ConnectionCaps:
+    """Each listener's cap: fitted to ``open_files_limit``, lowered to ``max_connections``
+    when given (never raised by it)."""
+    ingest = ingest_connection_cap(open_files_limit)
+    http = http_connection_cap(open_files_limit)
+    if max_connections is not None:
+        ingest = min(ingest, max_connections)
+        http = min(http, max_connections)
+    return ConnectionCaps(shim=ingest, syslog=ingest, http=http)
+
+
 def raise_open_files_limit() -> OpenFilesLimit:
     """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; the limits in force afterwards."""
     soft_raw, hard_raw = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -79,10 +109,28 @@ def _finite(limit: int) -> int:
     return UNLIMITED_TARGET_FDS if limit == resource.RLIM_INFINITY else limit
 
 
-def describe_caps(limit: OpenFilesLimit, cap: int) -> str:
-    """One log line: the limit in force and the connection cap of each ingest listener."""
+def describe_caps(
+    limit: OpenFilesLimit,
+    caps: ConnectionCaps,
+    max_connections: int | None = None,
+    max_connections_per_ip: int | None = None,
+) -> str:
+    """One log line: the limit in force and each listener's connection caps."""
     raised = f" (raised from {limit.soft_before})" if limit.soft != limit.soft_before else ""
-    text = f"open-files limit {limit.soft}{raised}: at most {cap} connections per ingest listener"
-    if cap < MAX_CONNECTIONS_PER_LISTENER:
+    text = (
+        f"open-files limit {limit.soft}{raised}: at most {caps.shim} shim, {caps.syslog} "
+        f"syslog and {caps.http} HTTP connections"
+    )
+    if max_connections_per_ip is not None:
+        text += f", {max_connections_per_ip} per source address on each"
+    fitted = connection_caps(limit.soft, None)
+    if max_connections is not None and max_connections > min(fitted.shim, fitted.http):
+        text += (
+            f"; --max-connections {max_connections} is more than the open-files limit fits "
+            "for some listeners: their fitted caps are kept"
+        )
+    if caps.shim < MAX_CONNECTIONS_PER_LISTENER and (
+        max_connections is None or caps.shim < max_connections
+    ):
         text += "; raise the hard limit (ulimit -Hn, LimitNOFILE=) to serve more"
     return text

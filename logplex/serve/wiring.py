@@ -5,7 +5,7 @@ Settings (flags, environment, TOML) are resolved in ``logplex.serve.settings``.
 Start-up: the soft open-files limit raised to the hard one, and the ingest listeners' caps
 derived from it (``logplex.serve.limits``) -> data dir -> auth key (``DATA_DIR/auth-key``,
 mode 0600, generated with ``secrets``)
--> config store -> ``Router`` with every stored channel applied -> HTTP (hypercorn on trio),
+-> config store -> ``Router`` with every stored channel applied -> HTTP (``logplex.serve.http``),
 shim and syslog listeners (TLS on the last two with ``--tls-cert/--tls-key``) -> one
 ``listening NAME=HOST:PORT`` line each on stdout, flushed -> ``/healthcheck`` ready.
 
@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
-from hypercorn.config import Config as HttpConfig
-from hypercorn.trio import serve as serve_http
 from prometheus_client import REGISTRY
 
 from drains import DestinationPolicy, DrainSettings, open_drain, parse_drain_url
@@ -53,7 +51,14 @@ from logplex.config.store import ConfigStore
 from logplex.fanout.router import DrainFactory, Router
 from logplex.ingest.shim import ShimListener, ShimListenerSettings
 from logplex.ingest.syslog import SyslogListener, SyslogListenerSettings
-from logplex.serve.limits import describe_caps, ingest_connection_cap, raise_open_files_limit
+from logplex.serve.http import HttpServer, HttpServerSettings
+from logplex.serve.http import listeners_of as http_listeners
+from logplex.serve.limits import (
+    ConnectionCaps,
+    connection_caps,
+    describe_caps,
+    raise_open_files_limit,
+)
 from logplex.serve.secrets import (
     check_private,
     key_given_in_argv,
@@ -174,9 +179,9 @@ def _with_tls(
     return [trio.SSLListener(listener, context) for listener in listeners]
 
 
-def _bind_http(address: HostPort) -> tuple[int, str]:
-    """Bind the HTTP socket ourselves (port 0 gives its port before the app is built, so
-    session URLs can name it) and hand its descriptor to hypercorn: (fd, bound HOST:PORT)."""
+def _bind_http(address: HostPort) -> tuple[socket.socket, str]:
+    """Bind the HTTP socket before the app is built (port 0 gives its port, so session URLs
+    can name it): (listening socket, bound HOST:PORT)."""
     try:
         sock = socket.create_server(
             (address.host, address.port),
@@ -191,20 +196,23 @@ def _bind_http(address: HostPort) -> tuple[int, str]:
     # A tail client that stops reading is finally dropped by the kernel (DESIGN 8: 60 s).
     drop_connections_that_stop_reading(sock)
     host, port = sock.getsockname()[:2]
-    return sock.detach(), str(HostPort(host, port))
+    return sock, str(HostPort(host, port))
 
 
-def _http_config(bind: str) -> HttpConfig:
-    config = HttpConfig()
-    config.bind = [bind]
-    config.accesslog = None
-    # Through our logging setup only, and without hypercorn's one INFO line ("Running on
-    # http://… (CTRL + C to quit)"): the ``listening http=…`` line already says it.
+def _http_config(settings: ServeSettings, max_connections: int) -> HttpServerSettings:
+    return HttpServerSettings(
+        idle_timeout_s=settings.http_idle_timeout,
+        graceful_timeout_s=HTTP_GRACEFUL_TIMEOUT_S,
+        max_connections=max_connections,
+        max_connections_per_ip=settings.max_connections_per_ip,
+    )
+
+
+def _http_errorlog() -> logging.Logger:
+    # hypercorn's errors through our logging setup only, warnings and up.
     errorlog = logging.getLogger("hypercorn.error")
     errorlog.setLevel(logging.WARNING)
-    config.errorlog = errorlog
-    config.graceful_timeout = HTTP_GRACEFUL_TIMEOUT_S
-    return config
+    return errorlog
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -215,8 +223,11 @@ async def serve(
 ) -> None:
     """Run the router until SIGTERM/SIGINT, then stop accepting, flush drains and return."""
     open_files = raise_open_files_limit()
-    max_ingest_connections = ingest_connection_cap(open_files.soft)
-    log.info("%s", describe_caps(open_files, max_ingest_connections))
+    caps = connection_caps(open_files.soft, settings.max_connections)
+    log.info(
+        "%s",
+        describe_caps(open_files, caps, settings.max_connections, settings.max_connections_per_ip),
+    )
     try:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key_path = settings.data_dir / AUTH_KEY_FILE
@@ -250,7 +261,7 @@ async def serve(
     shim_sockets = await _open_listeners("shim", settings.shim)
     try:
         syslog_sockets = await _open_listeners("syslog", settings.syslog)
-        http_fd, http_address = _bind_http(settings.http)
+        http_socket, http_address = _bind_http(settings.http)
     except BaseException:
         for listener in shim_sockets:
             listener.socket.close()
@@ -322,9 +333,11 @@ async def serve(
                 )
                 http_stop = trio.Event()
                 ingest = await root.start(
-                    _run_ingest, router, shim_sockets, syslog_sockets, tls, max_ingest_connections
+                    _run_ingest, router, shim_sockets, syslog_sockets, tls, settings, caps
                 )
-                await root.start(_run_http, serve_http, app, http_fd, http_stop)
+                await root.start(
+                    _run_http, app, http_socket, _http_config(settings, caps.http), http_stop
+                )
                 _announce("http", http_address)
                 _announce("shim", _bound_address(shim_sockets))
                 _announce("syslog", _bound_address(syslog_sockets))
@@ -417,14 +430,31 @@ async def _run_ingest(
     shim_sockets: list[trio.SocketListener],
     syslog_sockets: list[trio.SocketListener],
     tls: ssl.SSLContext | None,
-    max_connections: int,
+    settings: ServeSettings,
+    caps: ConnectionCaps,
     *,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The shim and syslog listeners and all their connections, under one cancel scope;
-    each listener serves at most ``max_connections`` at once (``logplex.serve.limits``)."""
-    shim = ShimListener(router, ShimListenerSettings(max_connections=max_connections))
-    syslog = SyslogListener(router, SyslogListenerSettings(max_connections=max_connections))
+    each listener with its connection caps (``logplex.serve.limits``) and deadlines."""
+    shim = ShimListener(
+        router,
+        ShimListenerSettings(
+            hello_timeout_s=settings.shim_hello_timeout,
+            frame_timeout_s=settings.shim_frame_timeout,
+            max_connections=caps.shim,
+            max_connections_per_ip=settings.max_connections_per_ip,
+        ),
+    )
+    syslog = SyslogListener(
+        router,
+        SyslogListenerSettings(
+            idle_timeout_s=settings.syslog_idle_timeout,
+            frame_timeout_s=settings.syslog_frame_timeout,
+            max_connections=caps.syslog,
+            max_connections_per_ip=settings.max_connections_per_ip,
+        ),
+    )
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             await nursery.start(shim.serve, _with_tls(shim_sockets, tls))
@@ -433,15 +463,15 @@ async def _run_ingest(
 
 
 async def _run_http(
-    serve_http: Any,
     app: Any,
-    fd: int,
+    sock: socket.socket,
+    config: HttpServerSettings,
     stop: trio.Event,
     *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    config = _http_config(f"fd://{fd}")
-    await serve_http(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+    server = HttpServer(app, config, errorlog=_http_errorlog())
+    await server.serve(http_listeners(sock), stop, task_status=task_status)
 
 
 # The hot paths create one tuple per line; with the default gen-0 threshold of 700 the cyclic

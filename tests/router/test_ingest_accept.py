@@ -10,7 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from logplex.ingest.accept import ACCEPT_RETRY_S, REFUSAL_LOG_INTERVAL_S, AcceptLoop
+from logplex.ingest.accept import (
+    ACCEPT_RETRY_S,
+    REFUSAL_LOG_INTERVAL_S,
+    AcceptLoop,
+    Refusal,
+    normalise_source,
+    refused_limit,
+)
 
 
 class ScriptedListener(trio.abc.Listener[trio.abc.Stream]):
@@ -55,7 +62,7 @@ async def hold(_stream: trio.abc.Stream) -> None:
     await trio.sleep_forever()
 
 
-async def close(stream: trio.abc.Stream) -> None:
+async def close(stream: trio.abc.Stream, *_refusal: object) -> None:
     await stream.aclose()
 
 
@@ -107,4 +114,73 @@ async def test_refusals_past_the_cap_are_counted_and_logged_once_per_interval(
         assert loop.refused_connections == 51
         assert len(caplog.records) == 2
         assert "48 new connection(s) refused" in caplog.records[1].getMessage()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("open_total", "open_from_source", "expected"),
+    [
+        (0, 0, None),
+        (9, 2, None),
+        (10, 0, "max_connections"),
+        (9, 3, "max_connections_per_ip"),
+        (10, 3, "max_connections"),  # both reached: the listener-wide one is named
+    ],
+)
+def test_refused_limit(open_total: int, open_from_source: int, expected: str | None) -> None:
+    assert refused_limit(open_total, 10, open_from_source, 3) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.1", "192.0.2.1"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("::FFFF:c000:0201", "192.0.2.1"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_normalise_source(host: str, key: str) -> None:
+    assert normalise_source(host) == key
+
+
+def test_refusals_name_the_limit() -> None:
+    per_ip = Refusal("max_connections_per_ip", 3).describe("shim")
+    assert "3 shim connections per source address (max_connections_per_ip)" in per_ip
+    assert "(max_connections)" in Refusal("max_connections", 10).describe("HTTP")
+
+
+async def test_per_source_counts_are_released_on_close() -> None:
+    loop = AcceptLoop("syslog", max_connections=10, max_connections_per_ip=2)
+    release = trio.Event()
+
+    async def hold_until_released(stream: trio.abc.Stream) -> None:
+        await release.wait()
+        await stream.aclose()
+
+    refused: list[Refusal] = []
+
+    async def record(stream: trio.abc.Stream, refusal: Refusal) -> None:
+        refused.append(refusal)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        await nursery.start(partial(loop.serve, listeners, hold_until_released, refuse=record))
+        clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        with trio.fail_after(5):
+            while len(refused) < 1:
+                await trio.sleep(0.01)
+        assert refused == [Refusal("max_connections_per_ip", 2)]
+        assert loop.open_by_source == {"127.0.0.1": 2}
+        release.set()
+        with trio.fail_after(5):
+            while loop.open_by_source:
+                await trio.sleep(0.01)
+        assert loop.open_connections == 0
+        for client in clients:
+            await client.aclose()
         nursery.cancel_scope.cancel()
