@@ -242,21 +242,8 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-class ClosingCanary(Canary):
-    """The Canary, closing its shim's stdout pipe when it stops (else a ResourceWarning)."""
-
-    def stop(self) -> None:
-        try:
-            super().stop()
-        finally:
-            if self._shim is not None and self._shim.stdout is not None:
-                self._shim.stdout.close()
-
-
 def canary_for(serve: Serve, token: str) -> Canary:
-    return ClosingCanary(
-        serve.api, f"127.0.0.1:{serve.ports['shim']}", token, "canary", auth_key=KEY
-    )
+    return Canary(serve.api, f"127.0.0.1:{serve.ports['shim']}", token, "canary", auth_key=KEY)
 
 
 def started_router(tmp_path: Path, *args: str) -> tuple[Serve, str]:
