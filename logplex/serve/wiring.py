@@ -277,6 +277,10 @@ async def serve(
                             *(("shim", _bound_address([s])) for s in shim_sockets),
                             *(("syslog", _bound_address([s])) for s in syslog_sockets),
                         ),
+                        http_body_timeout_s=settings.http_body_timeout,
+                        max_inflating_bodies=settings.max_inflating_bodies,
+                        max_inflate_bytes=settings.max_inflate_bytes,
+                        auth_failure_limit=settings.auth_failure_limit,
                     ),
                 )
                 http_stop = trio.Event()
