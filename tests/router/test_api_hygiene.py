@@ -30,7 +30,7 @@ from logplex.api.body_budget import (
     blocking_limit,
     worst_case_bytes,
 )
-from logplex.api.logs import INLINE_INFLATE_MAX_BYTES
+from logplex.api.logs import INFLATE_STEP_BYTES, GzipTooLarge, inflate_steps
 from logplex.config.store import ConfigStore
 from logplex.fanout.router import Router
 
@@ -447,15 +447,15 @@ async def test_a_body_larger_than_a_small_budget_is_413_naming_the_limit(tmp_pat
         assert str(1 * MiB) in response.json()["error"]
 
 
-async def test_a_gzip_body_that_inflates_past_the_inline_limit_is_accepted_whole(
+async def test_a_gzip_body_that_inflates_in_several_steps_is_accepted_whole(
     tmp_path: Path,
 ) -> None:
-    # The large inflate runs in a worker thread; the result must be the same messages.
+    # The inflate takes several steps; the result must be the same messages.
     async with running_api(tmp_path) as api:
         token = await channel_token(api)
         texts = [f"line {n} " + "x" * 200 for n in range(6000)]
         body = frames(texts, "app")
-        assert INLINE_INFLATE_MAX_BYTES < len(body) < 8 * MiB
+        assert INFLATE_STEP_BYTES < len(body) < 8 * MiB
         response = await api.client.post(
             "/logs",
             content=gzip.compress(body),
@@ -564,3 +564,28 @@ async def test_after_n_wrong_keys_an_address_gets_429_even_with_the_right_key(
     assert len(blocking) == 1
     assert "127.0.0.2" in blocking[0]
     assert "wrong-guess" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("step_bytes", [1, 7, 64, 1000, 4096, 10_000])
+def test_inflating_in_steps_gives_the_whole_body_whatever_the_step(step_bytes: int) -> None:
+    body = b"".join(b"line %d of the body\n" % n for n in range(200))
+    pieces = list(inflate_steps(gzip.compress(body), len(body), step_bytes))
+    assert b"".join(pieces) == body
+    assert all(len(piece) <= step_bytes for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "max_bytes", "error", "message"),
+    [
+        (lambda z: z[:-4], 10_000, ValueError, "truncated"),
+        (lambda z: z + b"junk", 10_000, ValueError, "bytes after its end"),
+        (lambda z: b"not gzip at all", 10_000, ValueError, "corrupt"),
+        (lambda z: z, 4000, GzipTooLarge, "more than 4000 bytes"),
+    ],
+)
+def test_inflating_in_steps_refuses_bad_or_oversize_bodies(
+    mangle: Callable[[bytes], bytes], max_bytes: int, error: type[Exception], message: str
+) -> None:
+    body = gzip.compress(b"x" * 5000)
+    with pytest.raises(error, match=message):
+        list(inflate_steps(mangle(body), max_bytes, 1000))
