@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -118,9 +119,20 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
         assert "Traceback" not in running.stderr(), running.stderr()
 
 
-def canary(router: Router, channel: str) -> Canary:
+@contextmanager
+def canary(router: Router, channel: str) -> Iterator[Canary]:
+    """A started ``Canary`` on a new channel; it checks on exit. Its shim's stdout pipe is
+    closed afterwards (``Canary`` leaves it to the garbage collector, whose ResourceWarning
+    would fail a later test)."""
     token = router.create_channel(channel)
-    return Canary(router.api, router.shim, token, channel, auth_key=KEY)
+    watch = Canary(router.api, router.shim, token, channel, auth_key=KEY)
+    try:
+        with watch:
+            yield watch
+    finally:
+        shim = watch._shim
+        if shim is not None and shim.stdout is not None:
+            shim.stdout.close()
 
 
 def test_a_json_body_trickled_at_one_byte_per_second_gets_408(router: Router) -> None:
