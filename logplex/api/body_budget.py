@@ -5,8 +5,9 @@ largest possible size, plus the inflate limit when it is gzip); gzip bodies also
 ``max_inflating`` inflation slots. While the reservation does not fit, the request waits up
 to ``wait_s`` for others to finish, then gets ``BudgetExhausted`` naming the limit (the API
 answers 503 with ``Retry-After``). A single request whose worst case exceeds the whole budget
-is admitted only when nothing else holds any of it. Transient copies (joining the received
-chunks) are not counted: the router's memory for bodies stays under about twice the budget.
+is admitted only when nothing else holds any of it. Transient copies (joining received or
+inflated pieces) and what the allocator keeps of freed buffers are not counted: the router's
+RSS for bodies measured about three times the budget at worst (docs/operations.md).
 
 The decisions (``worst_case_bytes``, ``blocking_limit``) are plain functions.
 """

