@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from logplex.api.auth_failures import AuthFailures
 from logplex.api.base import (
     ApiConfig,
     ApiError,
@@ -27,6 +28,7 @@ from logplex.api.base import (
     http_error_response,
     internal_error_response,
 )
+from logplex.api.body_budget import BodyBudget
 from logplex.api.channels import (
     add_drain,
     add_token,
@@ -102,6 +104,10 @@ def create_app(*, store: ConfigStore, router: RouterAPI, config: ApiConfig) -> S
         config=config,
         sessions=SessionRegistry(),
         write_lock=trio.Lock(),
+        auth_failures=AuthFailures(limit=config.auth_failure_limit),
+        body_budget=BodyBudget(
+            max_bytes=config.max_inflate_bytes, max_inflating=config.max_inflating_bodies
+        ),
     )
     app.state.ready = False
     return app

@@ -2,14 +2,18 @@
 
 Owns the protocols the API needs from the router (``RouterAPI``, ``TailLike``), its settings
 (``ApiConfig``) and per-app state (``ApiState``), admin and ingest authentication, the rate
-limit on logging refused authentication, request-body limits, JSON reading and the JSON
-error responses (``{"error": "<reason>"}``).
+limit on logging refused authentication, the per-address block after too many failed
+authentications (``AuthFailures``: 429 with ``Retry-After``), request-body limits and the
+body deadline (408), JSON reading (415 unless ``application/json``) and the JSON error
+responses (``{"error": "<reason>"}``).
 
 Admin auth: ``Authorization: Bearer KEY`` or HTTP Basic whose password is KEY, compared in
 constant time; anything else, including credentials that are not valid base64 or UTF-8, is
 401 with ``WWW-Authenticate: Basic realm=Logplex``. Refusals are logged at most once per
 ``REFUSAL_LOG_INTERVAL_S`` with the number of refusals since the last line, so a client
 hammering with a wrong key cannot fill the router's log; no credential is ever logged.
+An address blocked for failing too often gets one more line per window (at most
+``BLOCK_LINES_PER_INTERVAL`` such lines per interval for all addresses together).
 """
 
 from __future__ import annotations
@@ -29,17 +33,22 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from logplex.api.auth_failures import AuthFailures
+from logplex.api.body_budget import BodyBudget
 from logplex.api.numbers import parse_whole_number
 from logplex.api.registry import SessionRegistry
 from logplex.codecs.records import Message
 from logplex.config.records import ChannelConfig, TokenInfo
 from logplex.config.store import ConfigStore
+from logplex.metrics import DEADLINE_CLOSES, LIMIT_REFUSALS
 
 log = logging.getLogger("logplex.api")
 
 MAX_JSON_BODY_BYTES = 64 * 1024
 AUTH_CHALLENGE = {"WWW-Authenticate": "Basic realm=Logplex"}
 REFUSAL_LOG_INTERVAL_S = 60.0
+BLOCK_LINES_PER_INTERVAL = 10  # "blocking ADDRESS" lines per interval, for all addresses
+JSON_MEDIA_TYPE = "application/json"
 
 
 class TailLike(Protocol):
@@ -79,6 +88,12 @@ class ApiConfig:
     max_tokens_per_channel: int = 20
     max_sessions_per_channel: int = 50
     max_clients_per_session: int = 4
+    # Request hygiene (docs/security.md): the time a whole request body has to arrive, the
+    # POST /logs body budget, failed authentications per source address per window.
+    http_body_timeout_s: float = 30.0
+    max_inflating_bodies: int = 8
+    max_inflate_bytes: int = 64 << 20
+    auth_failure_limit: int = 20
 
 
 class ApiError(Exception):
@@ -100,8 +115,12 @@ class RefusalLog:
     """
 
     interval_s: float = REFUSAL_LOG_INTERVAL_S
+    max_block_lines: int = BLOCK_LINES_PER_INTERVAL
     _next_line_at_s: float = -math.inf
     _quiet: int = 0
+    _block_interval_ends_at_s: float = -math.inf
+    _block_lines: int = 0
+    _quiet_blocks: int = 0
 
     def refused(self, now_s: float, what: str) -> str | None:
         if now_s < self._next_line_at_s:
@@ -112,6 +131,26 @@ class RefusalLog:
         line = f"refused {what}"
         if quiet:
             line += f" (and {quiet} more refusals since the last such line)"
+        return line
+
+    def blocked(self, now_s: float, address: str, failures: int, for_s: float) -> str | None:
+        """The line for an address that has just been blocked, or None past
+        ``max_block_lines`` in this interval. An address is blocked once per failure window,
+        so each address gets at most one line per window."""
+        if now_s >= self._block_interval_ends_at_s:
+            self._block_interval_ends_at_s = now_s + self.interval_s
+            self._block_lines = 0
+        if self._block_lines >= self.max_block_lines:
+            self._quiet_blocks += 1
+            return None
+        self._block_lines += 1
+        quiet, self._quiet_blocks = self._quiet_blocks, 0
+        line = (
+            f"blocking authentication from {address} for {for_s:.0f} s after {failures} "
+            "failures (--auth-failure-limit)"
+        )
+        if quiet:
+            line += f" (and {quiet} more addresses blocked without a line)"
         return line
 
 
@@ -125,6 +164,8 @@ class ApiState:
     sessions: SessionRegistry
     write_lock: trio.Lock
     auth_refusals: RefusalLog = field(default_factory=RefusalLog)
+    auth_failures: AuthFailures = field(default_factory=lambda: AuthFailures(limit=20))
+    body_budget: BodyBudget = field(default_factory=BodyBudget)
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -172,17 +213,48 @@ def basic_token(header: str | None) -> str | None:
     return credentials[1]
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown client"
+
+
+def refuse_if_blocked(request: Request) -> None:
+    """ApiError 429 while the client's address has too many failed authentications in its
+    window (``AuthFailures``), before any credential is looked at."""
+    state = api_state(request)
+    blocked_for_s = state.auth_failures.blocked_for_s(client_address(request), trio.current_time())
+    if blocked_for_s is None:
+        return
+    LIMIT_REFUSALS.labels(limit="auth_failure_limit").inc()
+    retry_after_s = max(1, math.ceil(blocked_for_s))
+    raise ApiError(
+        429,
+        f"too many failed authentications from this address (--auth-failure-limit "
+        f"{state.auth_failures.limit} per {state.auth_failures.window_s:.0f} s); "
+        f"retry in {retry_after_s} s with the right credentials",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def log_refused_auth(request: Request, what: str) -> None:
-    """Log one refused authentication, rate-limited (see ``RefusalLog``)."""
-    client = request.client.host if request.client is not None else "unknown client"
-    line = api_state(request).auth_refusals.refused(
-        trio.current_time(), f"{what}: {request.method} {request.url.path} from {client}"
+    """Count one refused authentication against the client's address and log it,
+    rate-limited (see ``RefusalLog``)."""
+    state = api_state(request)
+    client = client_address(request)
+    now_s = trio.current_time()
+    line = state.auth_refusals.refused(
+        now_s, f"{what}: {request.method} {request.url.path} from {client}"
     )
     if line is not None:
         log.warning("%s", line)
+    failures = state.auth_failures
+    if failures.failed(client, now_s):
+        line = state.auth_refusals.blocked(now_s, client, failures.limit, failures.window_s)
+        if line is not None:
+            log.warning("%s", line)
 
 
 def require_admin(request: Request) -> None:
+    refuse_if_blocked(request)
     presented = presented_admin_key(request.headers.get("authorization"))
     expected = api_state(request).config.auth_key.encode("utf-8")
     if presented is None or not hmac.compare_digest(presented.encode("utf-8"), expected):
@@ -201,21 +273,26 @@ def require_admin(request: Request) -> None:
 async def read_body_limited(request: Request, max_bytes: int, what: str) -> bytes:
     """The request body, or ApiError 413 as soon as it passes ``max_bytes``.
 
-    A client that goes away before the end of its body gets one short log line and an
-    ApiError (its answer goes nowhere), not a traceback.
+    The whole body must arrive within ``ApiConfig.http_body_timeout_s`` of the start of the
+    read; past it the answer is 408 with ``Connection: close`` (a slowloris body holds a
+    connection that long at most), counted in ``logplex_deadline_closes_total``. A client
+    that goes away before the end of its body gets one short log line and an ApiError (its
+    answer goes nowhere), not a traceback.
     """
     declared = parse_whole_number(request.headers.get("content-length", ""))
     if declared is not None and declared > max_bytes:
         raise ApiError(413, f"{what} is {declared} bytes; the limit is {max_bytes}")
+    timeout_s = api_state(request).config.http_body_timeout_s
     chunks: list[bytes] = []
     size = 0
     try:
-        async with aclosing(request.stream()) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ApiError(413, f"{what} is larger than the limit of {max_bytes} bytes")
-                chunks.append(chunk)
+        with trio.move_on_after(timeout_s) as deadline:
+            async with aclosing(request.stream()) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ApiError(413, f"{what} is larger than the limit of {max_bytes} bytes")
+                    chunks.append(chunk)
     except ClientDisconnect:
         log.info(
             "%s %s: the client went away after %d bytes of the body; request dropped",
@@ -224,13 +301,49 @@ async def read_body_limited(request: Request, max_bytes: int, what: str) -> byte
             size,
         )
         raise ApiError(400, f"the client closed the connection inside {what}") from None
+    if deadline.cancelled_caught:
+        DEADLINE_CLOSES.labels(listener="http", deadline="body").inc()
+        raise ApiError(
+            408,
+            f"{what} did not arrive within {timeout_s:g} s (--http-body-timeout; "
+            f"{size} bytes came); send the whole body at once",
+            headers={"Connection": "close"},
+        )
     return b"".join(chunks)
 
 
+def json_content_type_problem(content_type: str | None) -> str | None:
+    """Why a request with this Content-Type may not carry a JSON body, or None when it may:
+    ``application/json``, parameters allowed, a charset only if it is UTF-8 (RFC 8259 8.1)."""
+    if content_type is None:
+        return f"the body has no Content-Type; send Content-Type: {JSON_MEDIA_TYPE}"
+    media_type, _, parameters = content_type.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        shown = media_type if len(media_type) <= 60 else media_type[:60] + "…"
+        return f"Content-Type {shown!r} is not JSON; send Content-Type: {JSON_MEDIA_TYPE}"
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            shown = charset if len(charset) <= 40 else charset[:40] + "…"
+            return f"charset {shown!r} is not supported; send UTF-8 JSON as {JSON_MEDIA_TYPE}"
+    return None
+
+
 async def read_json_object(request: Request) -> dict[str, object]:
+    """The JSON object of the body; an empty body (as clients send for "no options") is
+    ``{}`` whatever its Content-Type, any other body must be ``application/json`` (415)."""
+    problem = json_content_type_problem(request.headers.get("content-type"))
+    if problem is not None and request.headers.get("content-length", "").strip() not in ("", "0"):
+        raise ApiError(415, problem)
     body = await read_body_limited(request, MAX_JSON_BODY_BYTES, "the JSON body")
+    if not body.strip():
+        return {}
+    if problem is not None:
+        raise ApiError(415, problem)
     try:
-        value = json.loads(body) if body.strip() else {}
+        value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"the body is not valid JSON: {error}") from None
     except RecursionError:

@@ -329,6 +329,10 @@ async def serve(
                         validate_drain_url=drains.validate_url,
                         deny_private_drains=settings.deny_private_drains,
                         listen_addresses=listen_addresses,
+                        http_body_timeout_s=settings.http_body_timeout,
+                        max_inflating_bodies=settings.max_inflating_bodies,
+                        max_inflate_bytes=settings.max_inflate_bytes,
+                        auth_failure_limit=settings.auth_failure_limit,
                     ),
                 )
                 http_stop = trio.Event()

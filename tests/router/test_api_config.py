@@ -19,6 +19,7 @@ from logplex.fanout.router import Router
 TOKEN = re.compile(r"t\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 DRAIN_TOKEN = re.compile(r"d\.[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
 ADMIN_ENDPOINTS = [
     ("GET", "/v3/channels"),
     ("PUT", "/v3/channels/c"),
@@ -114,7 +115,7 @@ async def test_put_channel_bad_payload_is_400_saying_why(
     tmp_path: Path, path: str, content: bytes, reason: str
 ) -> None:
     async with running_api(tmp_path) as api:
-        response = await api.client.put(path, content=content, headers=ADMIN)
+        response = await api.client.put(path, content=content, headers=ADMIN_JSON)
         assert response.status_code == 400
         assert reason in response.json()["error"]
         assert await api.store.list_channel_names() == []
@@ -123,7 +124,7 @@ async def test_put_channel_bad_payload_is_400_saying_why(
 async def test_oversize_json_body_is_413(tmp_path: Path) -> None:
     async with running_api(tmp_path) as api:
         big = b'{"tokens": ["app"], "pad": "' + b"x" * (64 * 1024) + b'"}'
-        response = await api.client.put("/v3/channels/c", content=big, headers=ADMIN)
+        response = await api.client.put("/v3/channels/c", content=big, headers=ADMIN_JSON)
         assert response.status_code == 413
         assert "limit" in response.json()["error"]
 
@@ -368,6 +369,6 @@ async def test_drain_list_reports_the_running_drains_status(tmp_path: Path) -> N
 async def test_deeply_nested_json_is_400_not_a_crash(tmp_path: Path) -> None:
     async with running_api(tmp_path) as api:
         body = b"[" * 30000 + b"]" * 30000
-        response = await api.client.put("/v3/channels/c", content=body, headers=ADMIN)
+        response = await api.client.put("/v3/channels/c", content=body, headers=ADMIN_JSON)
         assert response.status_code == 400
         assert "error" in response.json()

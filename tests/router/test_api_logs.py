@@ -374,7 +374,7 @@ async def test_a_client_that_leaves_mid_body_costs_one_short_log_line(
         assert url.port is not None
         requests = [
             ("/logs", {**LOGPLEX1, **basic("token", token)}),
-            ("/v3/channels/c/tokens", ADMIN),
+            ("/v3/channels/c/tokens", {**ADMIN, "Content-Type": "application/json"}),
         ]
         for path, headers in requests:
             conn = h11.Connection(h11.CLIENT)

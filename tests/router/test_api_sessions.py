@@ -18,6 +18,8 @@ from controlplane_helpers import ADMIN, ApiHarness, StreamingGet, running_api
 from logplex.api import sessions as api_sessions
 from logplex.codecs.records import Message
 
+ADMIN_JSON = {**ADMIN, "Content-Type": "application/json"}
+
 # 2026-11-27T20:39:33.123456+00:00
 T0_US = int(datetime(2026, 11, 27, 20, 39, 33, tzinfo=UTC).timestamp()) * 1_000_000 + 123456
 UUID4 = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
@@ -60,7 +62,7 @@ async def test_create_session_returns_a_uuid4_url_under_the_public_url(tmp_path:
 async def test_create_session_bad_body_is_400(tmp_path: Path, content: bytes, reason: str) -> None:
     async with running_api(tmp_path) as api:
         await api.create_channel("c", [])
-        response = await api.client.post("/v3/sessions", content=content, headers=ADMIN)
+        response = await api.client.post("/v3/sessions", content=content, headers=ADMIN_JSON)
         assert response.status_code == 400
         assert reason in response.json()["error"]
 
