@@ -121,18 +121,10 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
 
 @contextmanager
 def canary(router: Router, channel: str) -> Iterator[Canary]:
-    """A started ``Canary`` on a new channel; it checks on exit. Its shim's stdout pipe is
-    closed afterwards (``Canary`` leaves it to the garbage collector, whose ResourceWarning
-    would fail a later test)."""
+    """A started ``Canary`` on a new channel; it checks on exit."""
     token = router.create_channel(channel)
-    watch = Canary(router.api, router.shim, token, channel, auth_key=KEY)
-    try:
-        with watch:
-            yield watch
-    finally:
-        shim = watch._shim
-        if shim is not None and shim.stdout is not None:
-            shim.stdout.close()
+    with Canary(router.api, router.shim, token, channel, auth_key=KEY) as watch:
+        yield watch
 
 
 def test_a_json_body_trickled_at_one_byte_per_second_gets_408(router: Router) -> None:
