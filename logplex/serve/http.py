@@ -167,6 +167,7 @@ class DeadlineStream(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream, send_timeout_s: float) -> None:
         self._stream = stream
         self.send_timeout_s = send_timeout_s
+        self._send_lock = trio.Lock()
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -174,7 +175,8 @@ class DeadlineStream(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with trio.move_on_after(self.send_timeout_s):
-            await self._stream.send_all(data)
+            async with self._send_lock:
+                await self._stream.send_all(data)
             return
         _SEND_DEADLINE.inc()
         log.info("HTTP connection closed: the client read nothing for %.0f s", self.send_timeout_s)
@@ -188,7 +190,14 @@ class DeadlineStream(trio.abc.HalfCloseableStream):
         return await self._stream.receive_some(max_bytes)
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        # hypercorn half-closes when the peer's side ends, outside its send lock: meeting a
+        # response still being written (a 408 to a client that closed meanwhile), trio would
+        # raise BusyResourceError out of one of them. Writes and the half-close take turns;
+        # a half-close during a write is skipped, as the close that follows ends the write.
+        if self._send_lock.locked():
+            return
+        async with self._send_lock:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         await self._stream.aclose()

@@ -20,9 +20,10 @@ import h2.connection
 import h2.events
 import pytest
 import trio
+import trio.testing
 
 from logplex import metrics
-from logplex.serve.http import HttpServer, HttpServerSettings, listeners_of
+from logplex.serve.http import DeadlineStream, HttpServer, HttpServerSettings, listeners_of
 
 BIG_BYTES = 32 << 20
 
@@ -315,3 +316,56 @@ async def test_stop_closes_idle_connections_and_cancels_the_rest_after_the_grace
     assert await read_to_close(idle) == b""
     with pytest.raises(ConnectionRefusedError):  # no longer accepting
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+async def _stream_pair() -> tuple[DeadlineStream, trio.SocketStream]:
+    ours, theirs = trio.socket.socketpair()
+    return DeadlineStream(trio.SocketStream(ours), 30.0), trio.SocketStream(theirs)
+
+
+async def test_a_half_close_during_a_blocked_write_is_skipped_not_a_busy_error() -> None:
+    # hypercorn half-closes when the peer's side ends, outside its send lock; a 408 still
+    # being written to that client raised BusyResourceError out of the app.
+    stream, peer = await _stream_pair()
+    outcomes: list[str] = []
+
+    async def write() -> None:
+        try:
+            await stream.send_all(b"x" * (8 << 20))  # blocks: the peer reads nothing
+        except trio.BrokenResourceError:
+            outcomes.append("peer gone")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write)
+        await trio.testing.wait_all_tasks_blocked()
+        await stream.send_eof()  # skipped: no BusyResourceError
+        await peer.aclose()  # the write now fails as a peer gone away
+    assert outcomes == ["peer gone"]
+    await stream.aclose()
+
+
+@pytest.mark.parametrize("eof_first", [True, False])
+async def test_writes_and_half_closes_take_turns(eof_first: bool) -> None:
+    stream, peer = await _stream_pair()
+    outcomes: list[str] = []
+
+    async def write() -> None:
+        try:
+            await stream.send_all(b"answer")
+            outcomes.append("sent")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):  # hypercorn takes both
+            outcomes.append("peer gone")
+
+    async def half_close() -> None:
+        await stream.send_eof()
+        outcomes.append("eof")
+
+    first, second = (half_close, write) if eof_first else (write, half_close)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        await trio.lowlevel.checkpoint()  # the first is inside trio's send, at its checkpoint
+        nursery.start_soon(second)
+    # No BusyResourceError either way; a write after the half-close fails cleanly.
+    assert sorted(outcomes) in (["eof", "peer gone"], ["eof", "sent"])
+    await stream.aclose()
+    await peer.aclose()
