@@ -238,3 +238,57 @@ def test_a_key_guesser_gets_429_and_the_canary_is_unaffected(router: Router) -> 
         metrics = httpx.get(f"{router.api}/metrics").text
         assert 'logplex_limit_refusals_total{limit="auth_failure_limit"} 1.0' in metrics
     assert router.stderr().count("blocking authentication from 127.0.0.2") == 1
+
+
+def _trickle_until_answered(port: int, request: bytes, body: bytes, ending: str) -> bytes:
+    """Send ``request`` then ``body`` a byte at a time until the router answers; then close,
+    half-close or reset as ``ending`` says. The answer's bytes."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        sock.settimeout(0.25)
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 10
+        sent = 0
+        while time.monotonic() < deadline and b"\r\n\r\n" not in answer:
+            if sent < len(body):
+                sock.send(body[sent : sent + 1])
+                sent += 1
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        if ending == "half-close":
+            sock.shutdown(socket.SHUT_WR)
+        elif ending == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    return answer
+
+
+def test_tricklers_that_leave_at_their_408_leave_no_traceback(router: Router) -> None:
+    # Twenty clients answered 408 at once, each leaving as the answer arrives: hypercorn's
+    # half-close used to meet the answer's write and raise out of the app.
+    body = b'{"tokens": ["app", "web", "worker", "clock", "other", "more", "and", "more"]}'
+    head = (
+        b"PUT /v3/channels/trickled HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n" % (KEY.encode(), len(body))
+    )
+    answers: list[bytes] = []
+    endings = ["close", "half-close", "reset", "close"] * 5
+
+    def one(ending: str) -> None:
+        answers.append(_trickle_until_answered(router.ports["http"], head, body, ending))
+
+    threads = [threading.Thread(target=one, args=(ending,)) for ending in endings]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == len(endings)
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers
+    assert httpx.get(f"{router.api}/healthcheck").status_code == 200
+    time.sleep(0.5)  # let the router finish the closes it is running
+    assert "Error in ASGI" not in router.stderr()
+    assert "Traceback" not in router.stderr()
