@@ -48,6 +48,7 @@ import json
 import os
 import random
 import re
+import signal
 import socket
 import struct
 import sys
@@ -106,6 +107,7 @@ class FuzzInput:
     kind: str  # the mutation
     data: bytes
     slow: bool = False  # one byte every 0.5-1 s
+    slow_from: int = 0  # with ``slow``: the bytes before this offset go at once (an HTTP head)
     half_close: bool = False  # shut down the write side after sending (syslog)
 
 
@@ -549,15 +551,24 @@ def raw_input(rng: random.Random, target: Target, kind: str) -> FuzzInput:
     return FuzzInput("http_raw", kind, data)
 
 
-SLOW_KINDS = ("shim_stream", "syslog_stream", "http_head", "http_body")
+SLOW_KINDS = ("shim_hello", "shim_batch", "syslog_stream", "http_head", "http_body", "logs_body")
 
 
 def slow_input(rng: random.Random, target: Target, kind: str) -> FuzzInput:
-    if kind == "shim_stream":
-        base = shim_input(rng, target, "valid")
-        return FuzzInput("shim", "slow", base.data, slow=True)
+    """A valid input sent one byte every 0.5-1 s: from its first byte (a shim HELLO, a
+    syslog frame, an HTTP head) or after its start went at once (a BATCH after the HELLO,
+    an HTTP body after the head)."""
+    if kind in ("shim_hello", "shim_batch"):
+        frames = shim_frames(rng, target)
+        start = len(frames[0]) if kind == "shim_batch" else 0
+        return FuzzInput("shim", f"slow_{kind}", b"".join(frames), slow=True, slow_from=start)
     if kind == "syslog_stream":
-        return FuzzInput("syslog", "slow", syslog_input(rng, target, "valid").data, slow=True)
+        data = syslog_input(rng, target, "valid").data
+        return FuzzInput("syslog", "slow_syslog", data, slow=True)
+    if kind == "logs_body":
+        data = logs_input(rng, target, "valid").data
+        head = data.index(b"\r\n\r\n") + 4
+        return FuzzInput("http_logs", "slow_logs_body", data, slow=True, slow_from=head)
     body = json.dumps({"channel_id": "fuzz", "num": "1"}).encode()
     request = http_request(
         "POST",
@@ -569,9 +580,10 @@ def slow_input(rng: random.Random, target: Target, kind: str) -> FuzzInput:
         ],
         body,
     )
-    return FuzzInput(
-        "http_api" if kind == "http_body" else "http_raw", f"slow_{kind}", request, slow=True
-    )
+    if kind == "http_body":
+        head = request.index(b"\r\n\r\n") + 4
+        return FuzzInput("http_api", "slow_api_body", request, slow=True, slow_from=head)
+    return FuzzInput("http_raw", "slow_http_head", request, slow=True)
 
 
 BUILDERS: dict[str, tuple[tuple[str, ...], Callable[[random.Random, Target, str], FuzzInput]]] = {
@@ -606,7 +618,7 @@ class Tally:
     recent: collections.deque[tuple[float, float, str, int, str, str]] = field(
         default_factory=lambda: collections.deque(maxlen=20_000)
     )
-    slow_closed_after_s: list[float] = field(default_factory=list)
+    slow_closed_after_s: dict[str, list[float]] = field(default_factory=dict)
 
     def begin(self, worker: str, index: int, item: FuzzInput) -> float:
         started = time.time()
@@ -663,7 +675,9 @@ def send_and_read(
     try:
         sock.settimeout(10)
         if item.slow:
-            for position in range(len(item.data)):
+            if item.slow_from:
+                sock.sendall(item.data[: item.slow_from])
+            for position in range(item.slow_from, len(item.data)):
                 if stop.is_set() or time.monotonic() - started > slow_cap_s:
                     break
                 sock.sendall(item.data[position : position + 1])
@@ -735,7 +749,7 @@ def worker_loop(
         tally.end(worker, index, item, started, outcome)
         if item.slow and closed_after:
             with tally.lock:
-                tally.slow_closed_after_s.append(round(closed_after, 1))
+                tally.slow_closed_after_s.setdefault(item.kind, []).append(round(closed_after, 1))
         index += 1
 
 
@@ -795,7 +809,7 @@ def rss_bytes(pid: int) -> int:
 
 # -- the run ------------------------------------------------------------------------------
 
-WORKERS = {"shim": 3, "syslog": 2, "http_logs": 2, "http_api": 2, "http_raw": 2, "slow": 4}
+WORKERS = {"shim": 3, "syslog": 2, "http_logs": 2, "http_api": 2, "http_raw": 2, "slow": 6}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -810,6 +824,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "workers": workers,
             "load_1m_before": round(os.getloadavg()[0], 2),
         }
+        canary = None
         try:
             router.wait_healthy()
             token = router.create_channel("fuzz")
@@ -890,6 +905,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["router_exit_code"] = router.process.returncode
             log_text = router.log_path.read_text(errors="replace")
         finally:
+            if canary is not None:  # an interrupted run leaves no shim behind
+                canary._stop.set()
+                canary._kill_shim()
             if router.process.poll() is None:
                 router.kill()
         problems = log_problems(log_text)
@@ -908,8 +926,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "bytes_per_listener": dict(tally.bytes_sent),
                 "inputs": by_listener,
                 "http_5xx": sum(c for (_, _, o), c in tally.counts.items() if o == "http_5xx"),
-                "slow_closed_by_router": len(tally.slow_closed_after_s),
-                "slow_closed_after_s_max": max(tally.slow_closed_after_s, default=None),
+                "slow_closed_by_router": {
+                    kind: {
+                        "closed": len(times),
+                        "after_s_min": min(times),
+                        "after_s_max": max(times),
+                    }
+                    for kind, times in sorted(tally.slow_closed_after_s.items())
+                },
                 "router_crashes": 0 if crashed is None else 1,
                 "router_crash_exit_code": crashed,
                 "router_tracebacks": sum(
@@ -954,8 +978,7 @@ def summary(report: dict[str, Any]) -> str:
             rows.append(f"    {kind:<18} {shown}")
     rows += [
         f"HTTP 5xx answers: {report['http_5xx']}",
-        f"slow connections the router closed: {report['slow_closed_by_router']} "
-        f"(latest after {report['slow_closed_after_s_max']} s)",
+        f"slow connections the router closed: {report['slow_closed_by_router']}",
         f"router crashes: {report['router_crashes']}  tracebacks: {report['router_tracebacks']}  "
         f"ERROR lines: {report['router_error_lines']}",
         f"canary: {report['canary_printed']} printed, {report['canary_lines_lost']} lost; "
@@ -1008,6 +1031,7 @@ def main() -> None:
         print(repr(item.data[:4000]))
         print("(the token, key and host are placeholders: the run used its router's)")
         return
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # clean up
     report = run(args)
     if args.report:
         args.report.write_text(json.dumps(report, indent=1))
