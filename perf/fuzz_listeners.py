@@ -87,7 +87,15 @@ def load_canary() -> Any:
 
 # -- the inputs: seeds and mutations ---------------------------------------------------------
 
-ZSTD = zstandard.ZstdCompressor(level=1)
+# A zstandard compressor must not be used from two threads at once (it crashed the process):
+# one per worker thread.
+_PER_THREAD = threading.local()
+
+
+def compressor() -> zstandard.ZstdCompressor:
+    if not hasattr(_PER_THREAD, "zstd"):
+        _PER_THREAD.zstd = zstandard.ZstdCompressor(level=1)
+    return _PER_THREAD.zstd  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +166,7 @@ def shim_frames(rng: random.Random, target: Target) -> list[bytes]:
     )
     batches = [
         shimproto.encode_batch_payload(
-            seq, compress_records(shim_records(rng, rng.randint(1, 50)), ZSTD)
+            seq, compress_records(shim_records(rng, rng.randint(1, 50)), compressor())
         )
         for seq in range(1, rng.randint(2, 6))
     ]
@@ -167,7 +175,7 @@ def shim_frames(rng: random.Random, target: Target) -> list[bytes]:
 
 def lying_zstd(rng: random.Random, records: list[list[Any]]) -> bytes:
     """A zstd frame whose header declares a content size other than the real one."""
-    frame = bytearray(compress_records(records, ZSTD))
+    frame = bytearray(compress_records(records, compressor()))
     descriptor = frame[4]
     size_flag, single_segment = descriptor >> 6, (descriptor >> 5) & 1
     field_bytes = (1, 2, 4, 8)[size_flag] if size_flag or single_segment else 0
@@ -188,7 +196,7 @@ _BOMBS: dict[str, bytes] = {}
 def zstd_bomb() -> bytes:
     """64 MiB of zeros in about 2 KB (honest content size)."""
     if "zstd" not in _BOMBS:
-        _BOMBS["zstd"] = ZSTD.compress(b"\x92\x01" + b"\x00" * (64 << 20))
+        _BOMBS["zstd"] = compressor().compress(b"\x92\x01" + b"\x00" * (64 << 20))
     return _BOMBS["zstd"]
 
 
