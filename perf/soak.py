@@ -7,9 +7,10 @@ Everything runs as users run it (``perf/harness.py``): ``logplex serve`` in its 
 HTTPS drain to ``perf/receivers.py --https`` (``drains.sink``, trustme TLS) and a
 ``syslog://`` drain to ``perf/receivers.py --syslog``. Meanwhile:
 
-- the HTTPS receiver is stopped for 10-20 s about once a minute (``--flap-every-s``) and
-  started again on the same port: the drain goes down, the spool holds its backlog, the drain
-  catches up;
+- the HTTPS receiver goes away for 10-20 s about once a minute (``--flap-every-s``): a TCP
+  proxy in front of it closes its listener and every connection, then listens again on the
+  same port: the drain goes down, the spool holds its backlog, the drain catches up (the
+  receiver process stays up, so it counts every post that reached it);
 - a tail session (``POST /v3/sessions`` with ``tail``) is opened, read for 2-8 s and closed,
   again and again;
 - every ``--sample-s`` (10) s the router's RSS (VmRSS), open fds (``/proc/PID/fd``) and
@@ -37,6 +38,7 @@ Usage: ``.venv/bin/python perf/soak.py [--duration 600] [--rate N] [--report FIL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -148,33 +150,74 @@ def rss_bytes(pid: int) -> int:
 
 
 class FlappingReceiver:
-    """The HTTPS receiver, stopped and started again on one port; counts summed over runs."""
+    """The HTTPS receiver behind a TCP proxy on a fixed port; ``down`` closes the proxy's
+    listener and every proxied connection (the drain sees its receiver go away), ``up``
+    listens again. The receiver itself stays up, so it counts every post that reached it
+    (and drops resent Frame-Ids), with no window between a last report and a stop."""
 
     def __init__(self, cert: str, key: str) -> None:
-        self.cert, self.key = cert, key
+        self.receiver = Receiver.https(cert, key)
         self.port = free_port()
-        self.totals: dict[str, int] = {}
         self.flaps = 0
-        self.receiver: Receiver | None = Receiver.https(cert, key, port=self.port)
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._connections: list[socket.socket] = []
+        self.up()
 
     def report(self) -> dict[str, int]:
-        now = self.receiver.report() if self.receiver is not None else {}
-        keys = ("app_frames", "frames", "notices", "l10", "l11", "l12", "l13")
-        return {k: self.totals.get(k, 0) + int(now.get(k, 0)) for k in keys}
-
-    def down(self) -> None:
-        assert self.receiver is not None
-        self.totals = self.report()
-        self.receiver.stop()
-        self.receiver = None
-        self.flaps += 1
+        return self.receiver.report()
 
     def up(self) -> None:
-        self.receiver = Receiver.https(self.cert, self.key, port=self.port)
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            assert self._listener is not None
+            self._listener.close()
+            self._listener = None
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self._connections.clear()
+        self.flaps += 1
 
     def stop(self) -> None:
-        if self.receiver is not None:
-            self.receiver.stop()
+        if self._listener is not None:
+            self.down()
+        self.receiver.stop()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.receiver.port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
 
 
 def tails(api: str, key: str, stop: threading.Event, seed: int, stats: dict[str, int]) -> None:
