@@ -232,3 +232,47 @@ def register_router_collector(
     collector = RouterIndexCollector(counts)
     registry.register(collector)
     return collector
+
+
+# -- trio tasks (for the soak: a leak of tasks shows as a rising gauge) ----------------------
+
+
+def count_trio_tasks(root: trio.lowlevel.Task) -> int:
+    """The tasks alive under ``root``, itself included (a walk of the nursery tree)."""
+    count = 0
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+class TaskCountCollector(Collector):
+    """``logplex_tasks``: trio tasks alive in this process, walked at scrape time.
+
+    A scrape from outside a trio run (a test's ``generate_latest``) reports nothing.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            root = trio.lowlevel.current_root_task()
+        except RuntimeError:
+            return
+        if root is not None:
+            yield GaugeMetricFamily(
+                "logplex_tasks", "Trio tasks alive in the router.", value=count_trio_tasks(root)
+            )
+
+
+_TASK_COLLECTORS: dict[int, TaskCountCollector] = {}
+
+
+def register_task_collector(registry: CollectorRegistry = REGISTRY) -> TaskCountCollector:
+    """Register ``logplex_tasks`` once per registry (later calls return the same collector)."""
+    collector = _TASK_COLLECTORS.get(id(registry))
+    if collector is None:
+        collector = _TASK_COLLECTORS[id(registry)] = TaskCountCollector()
+        registry.register(collector)
+    return collector

@@ -292,6 +292,7 @@ async def serve(
             spool=spool,
         )
         collector = metrics.register_router_collector(router.counts)
+        metrics.register_task_collector()
         spool_collector = metrics.register_spool_collector(spool) if spool is not None else None
         try:
             channels = await store.load_channels()
