@@ -663,6 +663,19 @@ def classify_shim(reply: bytes) -> str:
     return kinds[-1] if kinds else "closed_no_reply"
 
 
+SOURCE_ADDRESSES = 250
+
+
+def source_address(item: FuzzInput, index: int) -> str:
+    """The loopback address an input comes from. The canary runs from 127.0.0.1 and keeps
+    its own per-address budgets; the attack spreads over 127.0.0.2-251, so the mutated
+    credentials of some inputs do not get every other input answered 429 by the router's
+    failed-authentication limit, and it hides no parser; inputs that are all wrong
+    credentials come from 127.0.1.x, where that limit does block them."""
+    block = 1 if item.kind == "bad_auth" else 0
+    return f"127.0.{block}.{2 + index % SOURCE_ADDRESSES}"
+
+
 def send_and_read(
     address: tuple[str, int],
     item: FuzzInput,
@@ -670,13 +683,15 @@ def send_and_read(
     slow_cap_s: float,
     rng: random.Random,
     stop: threading.Event,
+    source: str = "127.0.0.2",
 ) -> tuple[str, float]:
-    """Send ``item``, read the reply until the router closes or ``read_s`` passes; the
-    outcome and, for a slow input, the seconds until the router closed (0 when it did not)."""
+    """Send ``item`` from ``source``, read the reply until the router closes or ``read_s``
+    passes; the outcome and, for a slow input, the seconds until the router closed (0 when
+    it did not)."""
     reply = b""
     closed_after = 0.0
     try:
-        sock = socket.create_connection(address, timeout=10)
+        sock = socket.create_connection(address, timeout=10, source_address=(source, 0))
     except OSError as error:
         return f"connect_failed_{type(error).__name__}", 0.0
     started = time.monotonic()
@@ -753,7 +768,8 @@ def worker_loop(
         address = addresses["http" if item.listener.startswith("http") else item.listener]
         started = tally.begin(worker, index, item)
         rng = random.Random(f"{seed}/{worker}/{index}/timing")
-        outcome, closed_after = send_and_read(address, item, read_s, slow_cap_s, rng, stop)
+        source = source_address(item, index)
+        outcome, closed_after = send_and_read(address, item, read_s, slow_cap_s, rng, stop, source)
         tally.end(worker, index, item, started, outcome)
         if item.slow and closed_after:
             with tally.lock:
