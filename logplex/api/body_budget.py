@@ -1,13 +1,13 @@
 """The memory budget for ``POST /logs`` bodies being read and inflated (DESIGN section 3).
 
 Owns ``BodyBudget``: before reading a body, a request reserves its worst case (its declared or
-largest possible size, plus the inflate limit when it is gzip); gzip bodies also take one of
+largest possible size, with the copies joining pieces makes: see ``worst_case_bytes``); gzip
+bodies also take one of
 ``max_inflating`` inflation slots. While the reservation does not fit, the request waits up
 to ``wait_s`` for others to finish, then gets ``BudgetExhausted`` naming the limit (the API
 answers 503 with ``Retry-After``). A single request whose worst case exceeds the whole budget
-is admitted only when nothing else holds any of it. Transient copies (joining received or
-inflated pieces) and what the allocator keeps of freed buffers are not counted: the router's
-RSS for bodies measured about three times the budget at worst (docs/operations.md).
+is admitted only when nothing else holds any of it. What the allocator keeps of freed
+buffers is not counted (docs/operations.md).
 
 The decisions (``worst_case_bytes``, ``blocking_limit``) are plain functions.
 """
@@ -33,10 +33,16 @@ class BudgetExhausted(Exception):
 
 
 def worst_case_bytes(declared_bytes: int | None, *, gzip: bool, max_body_bytes: int) -> int:
-    """What a body may take while read (and inflated): its declared size, or the limit when it
-    declares none (chunked), plus the inflated limit for gzip."""
+    """What a body may take at its peak while read (and inflated), copies included.
+
+    The received size is the declared one, or the limit when none is declared (chunked).
+    Reading holds the received pieces and, for a moment, their joined copy: twice the received
+    size. Inflating holds the received body, the inflated pieces and, for a moment, their
+    joined copy: the received size plus twice the inflate limit."""
     received = max_body_bytes if declared_bytes is None else min(declared_bytes, max_body_bytes)
-    return received + (max_body_bytes if gzip else 0)
+    if gzip:
+        return received + 2 * max_body_bytes
+    return 2 * received
 
 
 def blocking_limit(

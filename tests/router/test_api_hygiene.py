@@ -329,11 +329,11 @@ async def test_a_trickled_logs_body_gets_408_and_the_connection_is_closed(
 @pytest.mark.parametrize(
     ("declared", "gzip_body", "expected"),
     [
-        (1000, False, 1000),
-        (1000, True, 1000 + 8 * MiB),
-        (None, False, 8 * MiB),  # chunked: as large as it may be
-        (None, True, 16 * MiB),
-        (20 * MiB, False, 8 * MiB),  # refused at 413 before it could take more
+        (1000, False, 2000),  # the pieces read, and their joined copy
+        (1000, True, 1000 + 16 * MiB),  # the body, the inflated pieces and their joined copy
+        (None, False, 16 * MiB),  # chunked: as large as it may be
+        (None, True, 24 * MiB),
+        (20 * MiB, False, 16 * MiB),  # refused at 413 before it could take more
     ],
 )
 def test_worst_case_bytes(declared: int | None, gzip_body: bool, expected: int) -> None:

@@ -211,10 +211,13 @@ def test_forty_concurrent_gzip_bombs_stay_within_the_inflate_budget(
         # Inflated whole (just under the 8 MiB limit), then refused as malformed: 400.
         assert set(statuses) <= {400, 503}, statuses
         assert 400 in statuses
-        # The budget counts each bomb as 8 MiB inflated plus its compressed body; joining the
-        # inflated pieces doubles that for a moment, and the allocator keeps some freed
-        # buffers: measured 72-116 MiB here; without the budget this took 241 MiB.
-        bound = 4 * INFLATE_BUDGET_BYTES + 24 * MiB
+        # The budget counts each bomb at its peak: its compressed body, the inflated pieces
+        # and their joined copy (16 MiB and a little), so one bomb inflates at a time here.
+        # What the allocator keeps of freed buffers is not counted: glibc keeps up to its
+        # trim threshold (which rises to 64 MiB once large buffers have been freed) in the
+        # heap. Measured 67-68 MiB above idle; without the budget 241 MiB, and 72-120 MiB
+        # when the budget counted one inflated copy instead of two.
+        bound = INFLATE_BUDGET_BYTES + 64 * MiB + 24 * MiB
         assert peak[0] - baseline <= bound, (peak[0] - baseline) / MiB
 
 
