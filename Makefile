@@ -22,7 +22,8 @@ $(VENV): $(STAMP)
 run: $(STAMP)
 	$(BIN)/logplex serve
 
-# Real peers the interop tests talk to (rsyslog with its TLS driver, util-linux logger).
+# Real peers the interop tests talk to (rsyslog with its TLS driver, util-linux logger,
+# nats-server for the cluster tests).
 peers:
 	@sh tests/install-peers.sh
 
