@@ -57,18 +57,20 @@ async def serving(
     sock = socket.create_server(("127.0.0.1", 0), backlog=128)
     port = sock.getsockname()[1]
     stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve, listeners_of(sock), stop)
-        yield server, app, port
-        stop.set()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, listeners_of(sock), stop)
+            yield server, app, port
+            stop.set()
+    finally:
+        close_client_sockets()
 
 
 OPENED: list[trio.socket.SocketType] = []
 
 
-@pytest.fixture(autouse=True)
-async def _close_client_sockets() -> AsyncIterator[None]:
-    yield
+def close_client_sockets() -> None:
+    """Close what ``connect`` opened (in trio context: a trio socket's close needs it)."""
     while OPENED:
         OPENED.pop().close()
 
@@ -316,6 +318,7 @@ async def test_stop_closes_idle_connections_and_cancels_the_rest_after_the_grace
     assert await read_to_close(idle) == b""
     with pytest.raises(ConnectionRefusedError):  # no longer accepting
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    close_client_sockets()
 
 
 async def _stream_pair() -> tuple[DeadlineStream, trio.SocketStream]:
