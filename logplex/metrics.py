@@ -134,6 +134,42 @@ SPOOL_DISK_READS = Counter(
 
 # -- event loop --------------------------------------------------------------------------
 
+# -- cluster mode (DESIGN 10) ----------------------------------------------------------------
+
+CLUSTER_CONNECTED = Gauge(
+    "logplex_cluster_connected", "1 while the router's connection to NATS is up (cluster mode)."
+)
+CLUSTER_PENDING_BYTES = Gauge(
+    "logplex_cluster_pending_bytes",
+    "Bytes of accepted batches waiting for JetStream's acknowledgement.",
+)
+CLUSTER_PUBLISHED_BATCHES = Counter(
+    "logplex_cluster_published_batches_total",
+    "Batches JetStream acknowledged, by outcome.",
+    ["outcome"],  # stored | duplicate (dropped by Nats-Msg-Id)
+)
+CLUSTER_PUBLISHED_MESSAGES = Counter(
+    "logplex_cluster_published_messages_total", "Messages stored in the partition streams."
+)
+CLUSTER_PUBLISH_FAILURES = Counter(
+    "logplex_cluster_publish_failures_total", "Publish rounds with a batch to retry."
+)
+CLUSTER_OWNED_PARTITIONS = Gauge(
+    "logplex_cluster_owned_partitions", "Partitions this router owns (holds the lease of)."
+)
+CLUSTER_DELIVERED_BATCHES = Counter(
+    "logplex_cluster_consumed_batches_total", "Stream batches an owner read from its partitions."
+)
+CLUSTER_LEASE_EVENTS = Counter(
+    "logplex_cluster_lease_events_total",
+    "Partition lease events, by kind.",
+    ["event"],  # acquired | released | lost | expired_locally
+)
+CLUSTER_TAIL_DROPPED = Counter(
+    "logplex_cluster_tail_dropped_total",
+    "Tail batches a router could not take from NATS in time (its tails got an L11).",
+)
+
 EVENT_LOOP_LAG = Histogram(
     "logplex_event_loop_lag_seconds",
     "How late a periodic timer fired: time the event loop was busy with other work.",

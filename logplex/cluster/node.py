@@ -1,0 +1,399 @@
+"""One router as a member of a cluster: the pieces of the cluster mode tied together.
+
+``ClusterNode`` is what the router and the API see of the cluster (DESIGN section 10):
+
+- the ingest side (``ClusterLog``: ``append``, ``wait_durable``);
+- the partitions this router owns (``PartitionOwner`` each, started and stopped by the
+  ``Coordinator``), whose drain queues the router asks for with ``queue_for``;
+- reads that may be answered by another router: a channel's history and drain statuses
+  (request/reply to the owner on ``logplex.owner.<n>``) and live tails (``ClusterTails``: one
+  core subscription per partition with sessions here, shared by all of them);
+- ``status()`` for ``GET /v3/cluster`` and ``/healthcheck``.
+
+At start it makes sure the cluster's shape exists: its id and partition count in the
+``logplex-cluster`` bucket (created by the first router, fixed afterwards: a router
+configured with a different count uses the cluster's and says so), one stream per
+partition, and the buckets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+import trio
+import zstandard
+
+from logplex.cluster import names
+from logplex.cluster.bridge import BridgeError, KeyExists, NatsBridge, NoResponders
+from logplex.cluster.ingest import ClusterLog
+from logplex.cluster.ownership import DEFAULT_LEASE_TTL_S, Coordinator, LeaseHandle
+from logplex.cluster.partition import PartitionOwner
+from logplex.codecs.clusterbatch import (
+    KIND_HISTORY,
+    ClusterFormatError,
+    decode_batch,
+    decode_envelope,
+)
+from logplex.codecs.records import Message
+from logplex.codecs.spoolformat import StreamMark
+
+if TYPE_CHECKING:
+    from drains import EncodeMessages, MakeNotice
+    from logplex.cluster.partition import ClusterQueue, RouterSide
+    from logplex.fanout.tails import TailSession
+
+log = logging.getLogger(__name__)
+
+STREAM_MAX_BYTES: Final = 256 * 1024 * 1024  # per partition
+STREAM_MAX_AGE_S: Final = 3 * 24 * 3600.0
+STREAM_DUPLICATE_WINDOW_S: Final = 120.0
+OWNER_REQUEST_ATTEMPTS_S: Final = 8.0
+TAIL_PENDING_BATCHES: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    partitions: int = names.DEFAULT_PARTITIONS
+    replicas: int = 1
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+    stream_max_bytes: int = STREAM_MAX_BYTES
+    stream_max_age_s: float = STREAM_MAX_AGE_S
+    public_url: str = ""
+
+
+@dataclass(eq=False, slots=True)
+class _SeamedTail:
+    """A tail session fed from the partition's tail subject, with the history seam: live
+    batches at or below the history's last stream sequence are already in the history."""
+
+    session: TailSession
+    through: int | None = None
+    pending: list[tuple[int, list[Message]]] = field(default_factory=list)
+
+    def push(self, seq: int, messages: list[Message]) -> None:
+        if self.through is None:
+            if len(self.pending) < TAIL_PENDING_BATCHES:
+                self.pending.append((seq, messages))
+            else:
+                self.session.push(messages)  # the buffer's own drop-oldest and L11 apply
+            return
+        if seq > self.through:
+            self.session.push(messages)
+
+    def set_through(self, seq: int) -> None:
+        self.through = seq
+        for pending_seq, messages in self.pending:
+            if pending_seq > seq:
+                self.session.push(messages)
+        self.pending.clear()
+
+
+class ClusterTails:
+    """Live tails on this router for channels owned anywhere."""
+
+    def __init__(self, bridge: NatsBridge, partitions: int) -> None:
+        self.bridge = bridge
+        self.partitions = partitions
+        self._by_channel: dict[str, list[_SeamedTail]] = {}
+        self._subscriptions: dict[int, tuple[trio.CancelScope, trio.Event, set[str]]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def attach(self, channel: str, session: TailSession) -> _SeamedTail:
+        """Feed ``session`` from the channel's partition; returns once subscribed."""
+        partition = names.partition_of(channel, self.partitions)
+        seamed = _SeamedTail(session)
+        self._by_channel.setdefault(channel, []).append(seamed)
+        entry = self._subscriptions.get(partition)
+        if entry is None:
+            assert self._nursery is not None
+            scope = trio.CancelScope()
+            ready = trio.Event()
+            entry = (scope, ready, set())
+            self._subscriptions[partition] = entry
+            self._nursery.start_soon(self._subscribe, partition, scope, ready)
+        entry[2].add(channel)
+        with trio.move_on_after(5.0):
+            await entry[1].wait()
+        return seamed
+
+    def detach(self, channel: str, session: TailSession) -> None:
+        tails = self._by_channel.get(channel, [])
+        tails[:] = [t for t in tails if t.session is not session]
+        if tails:
+            return
+        self._by_channel.pop(channel, None)
+        partition = names.partition_of(channel, self.partitions)
+        entry = self._subscriptions.get(partition)
+        if entry is not None:
+            entry[2].discard(channel)
+            if not entry[2]:
+                entry[0].cancel()
+                del self._subscriptions[partition]
+
+    async def _subscribe(self, partition: int, scope: trio.CancelScope, ready: trio.Event) -> None:
+        with scope:
+            while True:
+                try:
+                    async with self.bridge.subscribe(names.tail_subject(partition)) as messages:
+                        ready.set()
+                        async for message in messages:
+                            self._dispatch(message.data)
+                except BridgeError as exc:
+                    log.info("tail subscription of partition %d: %s; again", partition, exc)
+                ready.set()
+                await trio.sleep(1.0)
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            envelope = decode_envelope(data)
+            batch = decode_batch(envelope.batch, self._decompressor)
+        except ClusterFormatError:
+            return
+        for tail in self._by_channel.get(batch.channel, ()):
+            tail.push(envelope.stream_seq, batch.messages)
+
+
+class ClusterNode:
+    """This router's part in the cluster (see the module docstring)."""
+
+    def __init__(
+        self,
+        bridge: NatsBridge,
+        settings: ClusterSettings,
+        *,
+        member_id: str | None = None,
+        wall_clock_s: Callable[[], float] = time.time,
+    ) -> None:
+        self.bridge = bridge
+        self.settings = settings
+        self.member_id = member_id or uuid.uuid4().hex[:12]
+        self.partitions = settings.partitions
+        self.cluster_id = ""
+        self._wall_clock_s = wall_clock_s
+        self.router: RouterSide | None = None
+        self.owners: dict[int, PartitionOwner] = {}
+        self.log = ClusterLog(bridge, member_id=self.member_id, partitions=self.partitions)
+        self.tails = ClusterTails(bridge, self.partitions)
+        self.coordinator: Coordinator | None = None
+        self.ready = False
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    # -- start-up -------------------------------------------------------------------------
+
+    async def _shape(self) -> None:
+        await self.bridge.ensure_kv(names.CLUSTER_BUCKET, replicas=self.settings.replicas)
+        shape = json.dumps({"id": uuid.uuid4().hex, "partitions": self.partitions}).encode()
+        with contextlib.suppress(KeyExists):
+            await self.bridge.kv_create(names.CLUSTER_BUCKET, names.PARTITIONS_KEY, shape)
+        entry = await self.bridge.kv_get(names.CLUSTER_BUCKET, names.PARTITIONS_KEY)
+        if entry is None or entry.value is None:
+            raise BridgeError("the cluster's shape key vanished; check the logplex-cluster bucket")
+        doc = json.loads(entry.value)
+        self.cluster_id = str(doc["id"])
+        partitions = int(doc["partitions"])
+        if partitions != self.partitions:
+            log.warning(
+                "the cluster has %d partitions (fixed when it was created), not %d: using %d",
+                partitions,
+                self.partitions,
+                partitions,
+            )
+            self.partitions = partitions
+            self.log.partitions = partitions
+            self.tails.partitions = partitions
+        for partition in range(self.partitions):
+            await self.bridge.ensure_stream(
+                names.stream_name(partition),
+                [names.log_subject(partition)],
+                replicas=self.settings.replicas,
+                max_bytes=self.settings.stream_max_bytes,
+                max_age_s=self.settings.stream_max_age_s,
+                duplicate_window_s=STREAM_DUPLICATE_WINDOW_S,
+            )
+
+    def attach(self, router: RouterSide) -> None:
+        self.router = router
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Make the cluster's shape, then ingest, own and tail until cancelled."""
+        await self._shape()
+        self.coordinator = Coordinator(
+            self.bridge,
+            member_id=self.member_id,
+            partitions=self.partitions,
+            make_owner=self._make_owner,
+            info={"http": self.settings.public_url, "started": self._wall_clock_s()},
+            ttl_s=self.settings.lease_ttl_s,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.log.run)
+            await nursery.start(self.tails.run)
+            await nursery.start(self.coordinator.run)
+            self.ready = True
+            task_status.started()
+
+    def _make_owner(self, partition: int, lease: LeaseHandle) -> PartitionOwner:
+        assert self.router is not None
+        owner = PartitionOwner(
+            partition,
+            bridge=self.bridge,
+            router=self.router,
+            lease=lease,
+            cluster_id=self.cluster_id,
+            on_stopped=self._owner_stopped,
+        )
+        self.owners[partition] = owner
+        return owner
+
+    def _owner_stopped(self, owner: PartitionOwner) -> None:
+        if self.owners.get(owner.partition) is owner:
+            del self.owners[owner.partition]
+
+    async def shutdown(self) -> None:
+        """Hand every owned partition off and leave (a clean stop)."""
+        if self.coordinator is not None:
+            await self.coordinator.shutdown()
+
+    # -- what the router asks --------------------------------------------------------------
+
+    def partition_of(self, channel: str) -> int:
+        return names.partition_of(channel, self.partitions)
+
+    def owns(self, channel: str) -> bool:
+        return self.partition_of(channel) in self.owners
+
+    def append(self, channel: str, messages: list[Message], stream: StreamMark | None) -> int:
+        return self.log.append(channel, messages, stream)
+
+    def latest_ticket(self) -> int:
+        return self.log.latest_ticket()
+
+    async def wait_durable(self, ticket: int) -> None:
+        await self.log.wait_durable(ticket)
+
+    def queue_for(
+        self,
+        channel: str,
+        token: str,
+        encode: EncodeMessages,
+        memo_key: str,
+        make_notice: MakeNotice,
+    ) -> ClusterQueue:
+        owner = self.owners[self.partition_of(channel)]
+        return owner.queue_for(channel, token, encode, memo_key, make_notice)
+
+    def forget_drain(self, token: str) -> None:
+        for owner in self.owners.values():
+            owner.forget_drain(token)
+
+    def drain_lag(self) -> list[tuple[ClusterQueue, int, float]]:
+        return [lag for owner in self.owners.values() for lag in owner.drain_lag()]
+
+    async def _ask_owner(self, channel: str, op: str) -> bytes | None:
+        """The owner's answer, waiting through a hand-off or takeover; None if none came."""
+        request = json.dumps({"op": op, "channel": channel}).encode()
+        subject = names.owner_subject(self.partition_of(channel))
+        deadline = trio.current_time() + OWNER_REQUEST_ATTEMPTS_S
+        while True:
+            try:
+                return await self.bridge.request(subject, request, timeout_s=2.0)
+            except NoResponders:
+                pass
+            except BridgeError as exc:
+                log.info("no answer from the owner of %r's partition: %s", channel, exc)
+            if trio.current_time() >= deadline:
+                return None
+            await trio.sleep(0.25)
+
+    async def history(self, channel: str) -> tuple[list[Message], int]:
+        """The channel's history and the last stream sequence it includes."""
+        owner = self.owners.get(self.partition_of(channel))
+        if owner is not None and owner.ready.is_set() and self.router is not None:
+            return self.router.history(channel), owner.frontier
+        reply = await self._ask_owner(channel, "history")
+        if reply is None:
+            return [], 0
+        try:
+            envelope = decode_envelope(reply)
+            if envelope.kind != KIND_HISTORY:
+                return [], 0
+            return decode_batch(envelope.batch, self._decompressor).messages, envelope.stream_seq
+        except ClusterFormatError:
+            return [], 0
+
+    async def drain_statuses(self, channel: str) -> dict[int, dict[str, object]] | None:
+        """The owner's drain statuses (None: no owner answered)."""
+        owner = self.owners.get(self.partition_of(channel))
+        if owner is not None and self.router is not None:
+            return self.router.drain_statuses(channel)
+        reply = await self._ask_owner(channel, "drains")
+        if reply is None:
+            return None
+        try:
+            doc = json.loads(reply)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or "error" in doc:
+            return None
+        return {int(k): v for k, v in doc.items() if k.isdigit() and isinstance(v, dict)}
+
+    # -- status ---------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return self.ready and self.bridge.connected
+
+    async def status(self) -> dict[str, object]:
+        """``GET /v3/cluster``: members, partitions per member, lease ages, consumer lag."""
+        coordinator = self.coordinator
+        members: dict[str, object] = {}
+        leases: dict[str, object] = {}
+        if coordinator is not None:
+            view = coordinator.status()
+            members = view["members"]  # type: ignore[assignment]
+            leases = view["leases"]  # type: ignore[assignment]
+        lags: dict[str, object] = {}
+        for partition in range(self.partitions):
+            try:
+                info = await self.bridge.stream_info(names.stream_name(partition))
+            except BridgeError:
+                continue
+            owner = self.owners.get(partition)
+            entry: dict[str, object] = {
+                "stream_last_seq": info.last_seq,
+                "stream_messages": info.messages,
+                "stream_bytes": info.bytes,
+                "leader": info.leader,
+            }
+            if owner is not None:
+                entry["owner"] = self.member_id
+                entry["read_seq"] = owner.frontier
+                entry["lag_batches"] = max(0, info.last_seq - owner.frontier)
+                entry["backlog_messages"] = owner.lag()["backlog_messages"]
+            elif coordinator is not None:
+                entry["owner"] = coordinator.designated(partition)
+            lags[str(partition)] = entry
+        return {
+            "cluster_id": self.cluster_id,
+            "member": self.member_id,
+            "partitions": self.partitions,
+            "nats": self.bridge.status(),
+            "members": members,
+            "owned": sorted(self.owners),
+            "leases": leases,
+            "partition_status": lags,
+            "pending_bytes": self.log.pending_bytes,
+        }
