@@ -225,7 +225,7 @@ async def list_drains(request: Request) -> Response:
     require_admin(request)
     state = api_state(request)
     config = await _existing_channel(state, request.path_params["channel"])
-    statuses = state.router.drain_statuses(config.name)
+    statuses = await state.router.fetch_drain_statuses(config.name)
     return JSONResponse(
         [
             {**drain.to_json(), "status": statuses.get(drain.id) or pending_drain_status()}

@@ -221,7 +221,7 @@ async def channel_logs(request: Request) -> Response:
         raise ApiError(400, f"num must be a non-negative whole number, got {shown!r}")
     if not state.router.has_channel(channel):
         raise ApiError(404, f"channel {channel!r} not found")
-    history = state.router.history(channel)
+    history = await state.router.fetch_history(channel)
     messages = history[-num:] if num else []
     body, count = encode_https_body(messages)
     return Response(body, media_type=LOGPLEX1, headers={"Logplex-Msg-Count": str(count)})

@@ -145,13 +145,16 @@ async def stream_session(request: Request) -> Response:
     if not state.router.has_channel(spec.channel):
         state.sessions.end_fetch(session_id, trio.current_time())
         raise ApiError(404, f"the session's channel {spec.channel!r} no longer exists")
-    # No await from here to the snapshot: publish cannot run between the two.
-    tail = (
-        state.router.open_tail(spec.channel, ps=spec.ps, source=spec.source) if spec.tail else None
-    )
-    history = history_lines(
-        state.router.history(spec.channel), num=spec.num, ps=spec.ps, source=spec.source
-    )
+    # The tail and the history snapshot together, each line in exactly one of them
+    # (``Router.open_view``: one synchronous step in a single process).
+    try:
+        tail, snapshot = await state.router.open_view(
+            spec.channel, ps=spec.ps, source=spec.source, tail=spec.tail
+        )
+    except BaseException:
+        state.sessions.end_fetch(session_id, trio.current_time())
+        raise
+    history = history_lines(snapshot, num=spec.num, ps=spec.ps, source=spec.source)
     return SessionStream(state, session_id, history, tail)
 
 

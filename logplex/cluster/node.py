@@ -303,6 +303,12 @@ class ClusterNode:
     def drain_lag(self) -> list[tuple[ClusterQueue, int, float]]:
         return [lag for owner in self.owners.values() for lag in owner.drain_lag()]
 
+    async def attach_tail(self, channel: str, session: TailSession) -> _SeamedTail:
+        return await self.tails.attach(channel, session)
+
+    def detach_tail(self, channel: str, session: TailSession) -> None:
+        self.tails.detach(channel, session)
+
     async def _ask_owner(self, channel: str, op: str) -> bytes | None:
         """The owner's answer, waiting through a hand-off or takeover; None if none came."""
         request = json.dumps({"op": op, "channel": channel}).encode()

@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from logplex.codecs.spoolformat import StreamMark
     from logplex.spool.log import Spool
 
-__all__ = ["DrainFactory", "Router", "TailSession", "message_filter"]
+__all__ = ["ClusterHooks", "DrainFactory", "Router", "TailSession", "message_filter"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,32 @@ HISTORY_COMPACT_CHANNELS_PER_STEP: Final = 20
 
 
 DrainFactory = Callable[["DrainContext"], "Drain"]
+
+
+class ClusterHooks(Protocol):
+    """What the router needs of the cluster mode (``logplex.cluster.node.ClusterNode``)."""
+
+    def partition_of(self, channel: str) -> int: ...
+    def owns(self, channel: str) -> bool: ...
+    def append(self, channel: str, messages: list[Message], stream: StreamMark | None) -> int: ...
+    def latest_ticket(self) -> int: ...
+    async def wait_durable(self, ticket: int) -> None: ...
+    def queue_for(
+        self,
+        channel: str,
+        token: str,
+        encode: EncodeMessages,
+        memo_key: str,
+        make_notice: MakeNotice,
+    ) -> DrainQueue: ...
+    def forget_drain(self, token: str) -> None: ...
+    def drain_lag(self) -> list[tuple[object, int, float]]: ...
+    async def history(self, channel: str) -> tuple[list[Message], int]: ...
+    async def drain_statuses(self, channel: str) -> dict[int, dict[str, object]] | None: ...
+    async def attach_tail(self, channel: str, session: TailSession) -> object: ...
+    def detach_tail(self, channel: str, session: TailSession) -> None: ...
+
+
 # Lines a channel's history let go early to stay within --history-max-bytes.
 HISTORY_BYTES_EVICTIONS: Final = metrics.LIMIT_REFUSALS.labels(limit="history_max_bytes")
 
@@ -112,6 +138,7 @@ class Router:
         drain_settings: DrainSettings | None = None,
         tail_buffer_messages: int = DEFAULT_TAIL_BUFFER_MESSAGES,
         spool: Spool | None = None,
+        cluster: ClusterHooks | None = None,
     ) -> None:
         if history_lines < 0:
             raise ValueError(f"--history must be 0 or more lines, not {history_lines}")
@@ -129,6 +156,9 @@ class Router:
         # With the spool, publish appends there and drains read from it (their queues are
         # the spool's); without, each drain has its own memory buffer.
         self.spool = spool
+        # In the cluster mode (DESIGN 10) publish appends to the partition streams; history
+        # and drains live on each channel's partition owner (``deliver``), tails anywhere.
+        self.cluster = cluster
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -153,6 +183,9 @@ class Router:
             return 0
         if not messages:
             return 0
+        if self.cluster is not None:
+            metrics.PUBLISH_BATCH_MESSAGES.observe(len(messages))
+            return self.cluster.append(channel, messages, stream)
         state.history.extend(messages)
         self._uncompacted.add(state.history)
         for tail in state.tails:
@@ -170,9 +203,26 @@ class Router:
         """The spool's mode, size and last error (None without a spool)."""
         return None if self.spool is None else self.spool.status().to_json()
 
+    def deliver(self, channel: str, messages: list[Message]) -> None:
+        """Cluster mode, on the partition's owner: a batch read from the stream goes into
+        the channel's history (its drains read the owner's channel log; tails are fed from
+        the partition's tail subject)."""
+        state = self._channels.get(channel)
+        if state is None:
+            metrics.PUBLISH_UNKNOWN_CHANNEL_MESSAGES.inc(len(messages))
+            return
+        state.history.extend(messages)
+        self._uncompacted.add(state.history)
+
+    def channel_has_drains(self, channel: str) -> bool:
+        state = self._channels.get(channel)
+        return state is not None and bool(state.drains)
+
     async def wait_durable(self) -> None:
         """Return once everything published so far is durable (at once without a spool)."""
-        if self.spool is not None:
+        if self.cluster is not None:
+            await self.cluster.wait_durable(self.cluster.latest_ticket())
+        elif self.spool is not None:
             await self.spool.wait_durable(self.spool.latest_ticket())
 
     def post_notice(self, channel: str, messages: list[Message]) -> None:
@@ -195,6 +245,56 @@ class Router:
         state = self._channels.get(channel)
         return state.history.messages() if state is not None else []
 
+    async def fetch_history(self, channel: str) -> list[Message]:
+        """The channel's history, from its owner in the cluster mode."""
+        if self.cluster is not None and channel in self._channels:
+            messages, _ = await self.cluster.history(channel)
+            return messages
+        return self.history(channel)
+
+    async def fetch_drain_statuses(self, channel: str) -> dict[int, dict[str, object]]:
+        """``drain_statuses``, asked of the channel's owner in the cluster mode."""
+        if self.cluster is not None and channel in self._channels:
+            statuses = await self.cluster.drain_statuses(channel)
+            if statuses is not None:
+                return statuses
+            return {
+                drain_id: {**pending_drain_status(), "state": "unknown"}
+                for drain_id in self._channels[channel].drains
+            }
+        return self.drain_statuses(channel)
+
+    async def open_view(
+        self,
+        channel: str,
+        *,
+        ps: bytes | None = None,
+        source: bytes | None = None,
+        tail: bool = False,
+    ) -> tuple[TailSession | None, list[Message]]:
+        """A session's start: its live tail (when ``tail``) and the channel's history, each
+        line in exactly one of them. Raises KeyError for an unknown channel.
+
+        Single process: both in one synchronous step (no publish between them). Cluster:
+        the tail subscribes first, then the history comes from the owner with the last
+        stream sequence it holds, and live batches up to that one are dropped from the tail.
+        """
+        session = self.open_tail(channel, ps=ps, source=source) if tail else None
+        if self.cluster is None:
+            return session, self.history(channel)
+        try:
+            seamed: object = None
+            if session is not None:
+                seamed = await self.cluster.attach_tail(channel, session)
+            messages, through = await self.cluster.history(channel)
+        except BaseException:
+            if session is not None:
+                session.close()
+            raise
+        if seamed is not None:
+            seamed.set_through(through)  # type: ignore[attr-defined]
+        return session, messages
+
     def open_tail(
         self, channel: str, *, ps: bytes | None = None, source: bytes | None = None
     ) -> TailSession:
@@ -205,9 +305,13 @@ class Router:
         accepts = None if ps is None and source is None else message_filter(ps=ps, source=source)
         tails = state.tails
 
+        cluster = self.cluster
+
         def forget(session: TailSession) -> None:
             if session in tails:
                 tails.remove(session)
+            if cluster is not None:
+                cluster.detach_tail(channel, session)
 
         session = TailSession(capacity=self.tail_buffer_messages, accepts=accepts, on_close=forget)
         tails.append(session)
@@ -223,12 +327,13 @@ class Router:
         if state is None:
             return {}
         statuses: dict[int, dict[str, object]] = {}
+        source = self.spool if self.spool is not None else self.cluster
         lags = (
             {
-                queue.token: (messages, seconds)
-                for queue, messages, seconds in self.spool.drain_lag()
+                getattr(queue, "token", ""): (messages, seconds)
+                for queue, messages, seconds in source.drain_lag()
             }
-            if self.spool is not None
+            if source is not None
             else {}
         )
         for drain_id, handle in state.drains.items():
@@ -333,6 +438,10 @@ class Router:
             self.spool.forget_channel(name)
 
     def _add_drain(self, state: _Channel, config: DrainConfig, *, carried_loss: int = 0) -> None:
+        if self.cluster is not None and not self.cluster.owns(state.name):
+            # Another router owns the channel's partition and runs its drains.
+            state.drains[config.id] = _DrainHandle(config=config, drain=None)
+            return
         drain = self._open_drain(state.name, config, carried_loss)
         handle = _DrainHandle(config=config, drain=drain)
         state.drains[config.id] = handle
@@ -360,7 +469,42 @@ class Router:
                 )
         if removed and self.spool is not None:
             self.spool.forget_drain(handle.config.token)
+        if removed and self.cluster is not None:
+            self.cluster.forget_drain(handle.config.token)
         return held
+
+    # -- cluster mode: the drains of owned partitions ---------------------------------------
+
+    def _partition_channels(self, partition: int) -> list[_Channel]:
+        cluster = self.cluster
+        assert cluster is not None
+        return [c for c in self._channels.values() if cluster.partition_of(c.name) == partition]
+
+    def start_partition_drains(self, partition: int) -> None:
+        """This router took the partition over: start its channels' drains."""
+        for state in self._partition_channels(partition):
+            for handle in state.drains.values():
+                if handle.drain is None:
+                    handle.drain = self._open_drain(state.name, handle.config)
+                    if handle.drain is not None:
+                        state.drain_list.append(handle.drain)
+                        if self._nursery is not None:
+                            self._start_drain(state.name, handle)
+
+    def stop_partition_drains(self, partition: int) -> None:
+        """The partition moved away (or its lease was lost): stop its drains, keeping their
+        cursors (the next owner resumes from them) — nothing is counted as dropped."""
+        if self.cluster is None:
+            return
+        for state in self._partition_channels(partition):
+            for handle in state.drains.values():
+                if handle.drain is not None:
+                    handle.cancel_scope.cancel()
+                    if handle.drain in state.drain_list:
+                        state.drain_list.remove(handle.drain)
+                    handle.drain = None
+                    handle.cancel_scope = trio.CancelScope()
+                    handle.started = False
 
     def _open_drain(self, channel: str, config: DrainConfig, carried_loss: int = 0) -> Drain | None:
         if self._drain_factory is None:
@@ -371,15 +515,19 @@ class Router:
             self.post_notice(channel, messages)
 
         spool = self.spool
+        cluster = self.cluster
 
         def make_queue(
             encode: EncodeMessages, memo_key: str, make_notice: MakeNotice
         ) -> DrainQueue:
+            if cluster is not None:
+                return cluster.queue_for(channel, config.token, encode, memo_key, make_notice)
             assert spool is not None
             return spool.queue_for(channel, config.token, encode, memo_key, make_notice)
 
+        durable = spool is not None or cluster is not None
         settings = self._drain_settings or DrainSettings()
-        if spool is not None:
+        if durable:
             # A batch is retried until it is delivered or refused for good (DESIGN 8).
             settings = dataclasses.replace(settings, retry_window_s=math.inf)
         context = DrainContext(
@@ -389,7 +537,7 @@ class Router:
             url=config.url,
             settings=settings,
             post_notice=post_notice,
-            make_queue=make_queue if spool is not None else None,
+            make_queue=make_queue if durable else None,
             carried_loss=carried_loss,
         )
         try:
@@ -474,7 +622,7 @@ class Router:
                     nursery.start_soon(drain.wait_flushed)
         if scope.cancelled_caught:
             unflushed = sum(_buffered(d) for d in drains)
-            if self.spool is not None:
+            if self.spool is not None or self.cluster is not None:
                 log.info(
                     "shutdown grace of %.1f s ran out with %d messages not yet delivered; "
                     "they stay in the spool and drains resume from there at the next start",

@@ -71,6 +71,13 @@ class ServeSettings:
     syslog_frame_timeout: float = 30.0
     shim_hello_timeout: float = 10.0
     shim_frame_timeout: float = 30.0
+    # The cluster mode (DESIGN 10): None keeps SQLite and the local spool.
+    nats: tuple[str, ...] | None = None
+    nats_creds: Path | None = None
+    nats_ca_file: Path | None = None
+    nats_replicas: int | None = None  # None: min(3, the number of --nats servers)
+    nats_partitions: int = 64
+    nats_lease_ttl: float = 3.0
 
     @property
     def spool_dir(self) -> Path | None:
@@ -404,8 +411,63 @@ SETTINGS: Final = (
         "SECONDS",
         "shim: the time a begun frame has to complete",
     ),
+    # -- the cluster mode (DESIGN 10, docs/scale-out.md) -------------------------------------
+    _Setting(
+        "nats",
+        lambda text: parse_nats_urls(text),
+        None,
+        "URL[,URL...]",
+        "scale-out: config, durable log and tails through NATS JetStream instead of SQLite "
+        "and the local spool",
+    ),
+    _Setting("nats-creds", Path, None, "FILE", "NATS credentials file (JWT + NKey seed)"),
+    _Setting("nats-ca-file", Path, None, "FILE", "CA bundle that verifies NATS servers (TLS)"),
+    _Setting(
+        "nats-replicas",
+        _count(1),
+        None,
+        "N",
+        "replicas of the partition streams and buckets (default: 3 with 3+ servers, else 1)",
+    ),
+    _Setting(
+        "nats-partitions",
+        _count(1),
+        64,
+        "N",
+        "partitions of a new cluster (fixed when the cluster is first created)",
+    ),
+    _Setting(
+        "nats-lease-ttl",
+        _timeout,
+        3.0,
+        "SECONDS",
+        "partition lease TTL: a dead owner's partitions move after about this long",
+    ),
 )
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
+
+
+def parse_nats_urls(text: str) -> tuple[str, ...]:
+    """``URL[,URL...]`` of NATS servers: nats://, tls:// (or bare HOST:PORT, as nats://)."""
+    urls = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "://" not in part:
+            part = "nats://" + part
+        scheme = part.split("://", 1)[0]
+        if scheme not in ("nats", "tls"):
+            raise ValueError(f"{part!r}: a NATS URL starts with nats:// or tls://")
+        if "@" in part:
+            raise ValueError(
+                "credentials do not belong in --nats URLs (they would show in ps and logs); "
+                "use --nats-creds FILE"
+            )
+        urls.append(part)
+    if not urls:
+        raise ValueError("give at least one NATS server URL")
+    return tuple(urls)
 
 
 def env_name(setting: str) -> str:
@@ -515,6 +577,10 @@ def resolve_settings(
             "--spool and --no-spool contradict each other: give a spool directory or turn "
             "the spool off, not both"
         )
+    if settings.nats is not None and settings.nats_partitions > 1024:
+        raise ServeConfigError("--nats-partitions must be at most 1024")
+    if settings.nats is None and (settings.nats_creds or settings.nats_ca_file):
+        raise ServeConfigError("--nats-creds and --nats-ca-file need --nats")
     return settings
 
 
