@@ -36,10 +36,10 @@ from starlette.responses import JSONResponse, Response
 from logplex.api.auth_failures import AuthFailures
 from logplex.api.body_budget import BodyBudget
 from logplex.api.numbers import parse_whole_number
-from logplex.api.registry import SessionRegistry
+from logplex.api.registry import SessionRegistry, SessionSpec
 from logplex.codecs.records import Message
 from logplex.config.records import ChannelConfig, TokenInfo
-from logplex.config.store import ConfigStore
+from logplex.config.store import ConfigStoreAPI
 from logplex.metrics import DEADLINE_CLOSES, LIMIT_REFUSALS
 
 log = logging.getLogger("logplex.api")
@@ -81,6 +81,15 @@ class RouterAPI(Protocol):
     ) -> tuple[TailLike | None, list[Message]]: ...
     def apply_channel(self, config: ChannelConfig) -> None: ...
     def remove_channel(self, name: str) -> None: ...
+
+
+class SessionDirectory(Protocol):
+    """Sessions shared by the routers of a cluster (``logplex.cluster.sessions.KvSessions``),
+    so a session URL made by one router can be fetched on any. Both calls raise
+    ``logplex.config.store.StoreUnavailable`` when the directory cannot be reached."""
+
+    async def put(self, session_id: str, spec: SessionSpec) -> None: ...
+    async def get(self, session_id: str) -> SessionSpec | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +177,7 @@ class RefusalLog:
 class ApiState:
     """What every handler needs, kept on ``app.state.api``."""
 
-    store: ConfigStore
+    store: ConfigStoreAPI
     router: RouterAPI
     config: ApiConfig
     sessions: SessionRegistry
@@ -176,6 +185,8 @@ class ApiState:
     auth_refusals: RefusalLog = field(default_factory=RefusalLog)
     auth_failures: AuthFailures = field(default_factory=lambda: AuthFailures(limit=20))
     body_budget: BodyBudget = field(default_factory=BodyBudget)
+    # Cluster mode: where sessions are shared with the other routers; None on a single node.
+    session_directory: SessionDirectory | None = None
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

@@ -2,10 +2,14 @@
 
 Every config write is ``store write -> router.apply_channel`` (or ``remove_channel``) under
 one lock, so the router applies changes in the order the store made them and a change takes
-effect before the response is sent. A drain URL is checked before it is stored: by the
-drains package's validator (scheme, host, port) and by ``logplex.api.drain_targets`` (it must
-not lead back into this router's own listeners, nor, with ``--deny-private-drains``, reach a
-private destination).
+effect before the response is sent. A store that applies configs itself
+(``ConfigStoreAPI.applies_itself``: the cluster's KV store, whose watcher applies every
+revision in order and whose writes return once this router has applied them) is left to do
+so; a store that cannot be reached answers 503 with ``Retry-After``.
+
+A drain URL is checked before it is stored: by the drains package's validator (scheme, host,
+port) and by ``logplex.api.drain_targets`` (it must not lead back into this router's own
+listeners, nor, with ``--deny-private-drains``, reach a private destination).
 
 Limits on what the key holder may create (docs/operations.md, "Guards: limits"): at most
 ``--max-channels`` channels, ``--max-tokens-per-channel`` tokens per channel and
@@ -37,6 +41,7 @@ from logplex.config.store import (
     DrainNotFound,
     DuplicateDrainURL,
     InvalidName,
+    StoreUnavailable,
     TooManyChannels,
     TooManyDrains,
     TooManyTokens,
@@ -44,6 +49,18 @@ from logplex.config.store import (
 from logplex.fanout.router import pending_drain_status
 
 MAX_DRAIN_ID_DIGITS = 18  # ids are SQLite integers: 18 digits always fit in 63 bits
+
+
+STORE_RETRY_AFTER_S = 1  # what a 503 of an unreachable shared store asks the client to wait
+
+
+def _unavailable(error: StoreUnavailable) -> ApiError:
+    return ApiError(503, str(error), headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+
+def _apply(state: ApiState, config: ChannelConfig) -> None:
+    if not state.store.applies_itself:
+        state.router.apply_channel(config)
 
 
 def _limit_refused(limit: str, error: Exception) -> ApiError:
@@ -104,7 +121,9 @@ async def put_channel(request: Request) -> Response:
             raise _limit_refused("max_channels", error) from None
         except TooManyTokens as error:
             raise _limit_refused("max_tokens_per_channel", error) from None
-        state.router.apply_channel(config)
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
+        _apply(state, config)
     return JSONResponse(config.to_json(), status_code=201 if created else 200)
 
 
@@ -135,7 +154,10 @@ async def delete_channel(request: Request) -> Response:
             await state.store.delete_channel(name)
         except ChannelNotFound as error:
             raise ApiError(404, str(error)) from None
-        state.router.remove_channel(name)
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
+        if not state.store.applies_itself:
+            state.router.remove_channel(name)
         state.sessions.forget_channel(name)
     return Response(status_code=204)
 
@@ -159,8 +181,10 @@ async def add_token(request: Request) -> Response:
             raise _limit_refused("max_tokens_per_channel", error) from None
         except ChannelNotFound as error:
             raise ApiError(404, str(error)) from None
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
         if created:
-            state.router.apply_channel(config)
+            _apply(state, config)
     return JSONResponse({"name": name, "token": token}, status_code=201 if created else 200)
 
 
@@ -184,7 +208,9 @@ async def add_drain(request: Request) -> Response:
             raise ApiError(409, str(error)) from None
         except TooManyDrains as error:
             raise _limit_refused("max_drains_per_channel", error) from None
-        state.router.apply_channel(config)
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
+        _apply(state, config)
     location = f"{state.config.public_url}/v3/channels/{channel}/drains/{drain.id}"
     return JSONResponse(drain.to_json(), status_code=201, headers={"Location": location})
 
@@ -203,7 +229,9 @@ async def update_drain(request: Request) -> Response:
             raise ApiError(404, str(error)) from None
         except DuplicateDrainURL as error:
             raise ApiError(409, str(error)) from None
-        state.router.apply_channel(config)
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
+        _apply(state, config)
     return JSONResponse(drain.to_json())
 
 
@@ -217,7 +245,9 @@ async def delete_drain(request: Request) -> Response:
             config = await state.store.remove_drain(channel, drain_id)
         except (ChannelNotFound, DrainNotFound) as error:
             raise ApiError(404, str(error)) from None
-        state.router.apply_channel(config)
+        except StoreUnavailable as error:
+            raise _unavailable(error) from None
+        _apply(state, config)
     return Response(status_code=204)
 
 

@@ -20,6 +20,11 @@ Bounds (docs/operations.md, "Guards: limits"), each enforced when it would be pa
 Everything here is synchronous and takes the time as an argument, so the expiry and eviction
 rules are table-tested without a clock. ``parse_session_request`` turns the JSON body of
 ``POST /v3/sessions`` into a ``SessionSpec`` or a ``SessionRequestError`` saying what is wrong.
+
+In a cluster a session created on one router is fetched on another: the spec travels as the
+JSON of ``session_spec_json`` (the request body's own form, so ``parse_session_request``
+validates it again on the way back), and the fetching router registers it under its id with
+``adopt``, after which it is a session of that router like any other.
 """
 
 from __future__ import annotations
@@ -120,6 +125,17 @@ def parse_session_request(body: object) -> SessionSpec:
     )
 
 
+def session_spec_json(spec: SessionSpec) -> dict[str, object]:
+    """``spec`` as the JSON object ``parse_session_request`` reads back into an equal spec."""
+    return {
+        "channel_id": spec.channel,
+        "num": spec.num,
+        "ps": spec.ps.decode("ascii") if spec.ps is not None else None,
+        "source": spec.source.decode("ascii") if spec.source is not None else None,
+        "tail": spec.tail,
+    }
+
+
 @dataclass(slots=True)
 class _Entry:
     spec: SessionSpec
@@ -193,6 +209,33 @@ class SessionRegistry:
 
     def create(self, spec: SessionSpec, now_s: float, *, max_per_channel: int | None = None) -> str:
         """Register ``spec``; return its new random id (a uuid4 string)."""
+        session_id = str(uuid.uuid4())
+        self._insert(session_id, spec, now_s, max_per_channel)
+        return session_id
+
+    def adopt(
+        self,
+        session_id: str,
+        spec: SessionSpec,
+        now_s: float,
+        *,
+        max_per_channel: int | None = None,
+    ) -> None:
+        """Register ``spec`` under ``session_id``, an id another router of the cluster
+        created, with the same bounds as ``create``. An id this registry already holds is
+        left as it is."""
+        if session_id not in self._entries:
+            self._insert(session_id, spec, now_s, max_per_channel)
+
+    def discard(self, session_id: str) -> None:
+        """Forget an idle session (one whose creation could not be completed)."""
+        entry = self._entries.get(session_id)
+        if entry is not None and entry.streaming == 0:
+            self._remove(session_id)
+
+    def _insert(
+        self, session_id: str, spec: SessionSpec, now_s: float, max_per_channel: int | None
+    ) -> None:
         sessions = self._by_channel.get(spec.channel)
         if (
             max_per_channel is not None
@@ -209,11 +252,9 @@ class SessionRegistry:
             raise RegistryFull(
                 f"{self.max_sessions} sessions are streaming; try again when one ends"
             )
-        session_id = str(uuid.uuid4())
         entry = _Entry(spec, now_s)
         self._entries[session_id] = entry
         self._by_channel.setdefault(spec.channel, OrderedDict())[session_id] = entry
-        return session_id
 
     def begin_fetch(
         self, session_id: str, now_s: float, *, max_clients: int | None = None

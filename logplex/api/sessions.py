@@ -16,6 +16,11 @@ past either the answer is 429 with ``Retry-After`` naming the limit, counted in
 ``logplex_limit_refusals_total``. The router-wide caps (sessions, concurrent fetches) answer
 503.
 
+In a cluster (``ApiState.session_directory`` set) a session is shared with every router: its
+creation returns once the directory holds it as well, and a fetch of an id this router does
+not know asks the directory and adopts the session found there (``SessionRegistry.adopt``),
+under the same limits. A directory that cannot be reached answers 503.
+
 A tail whose client reads nothing for ``IDLE_READER_TIMEOUT_S`` (60 s) is disconnected: its
 router subscription is closed at once and the response ends without its final chunk.
 hypercorn shields its socket writes from cancellation, so the write stuck behind a
@@ -46,10 +51,12 @@ from logplex.api.registry import (
     RegistryFull,
     SessionLimitReached,
     SessionRequestError,
+    SessionSpec,
     parse_session_request,
 )
 from logplex.codecs.notices import tail_line
 from logplex.codecs.records import Message
+from logplex.config.store import StoreUnavailable
 from logplex.fanout.router import message_filter
 
 IDLE_READER_TIMEOUT_S = 60.0
@@ -93,6 +100,15 @@ async def create_session(request: Request) -> Response:
         raise _limit_error(429, error.limit, str(error)) from None
     except RegistryFull as error:
         raise _limit_error(503, "sessions_total", str(error)) from None
+    if state.session_directory is not None:
+        try:
+            await state.session_directory.put(session_id, spec)
+        except StoreUnavailable as error:
+            state.sessions.discard(session_id)
+            raise _unavailable(error) from None
+        except BaseException:
+            state.sessions.discard(session_id)
+            raise
     url = f"{state.config.public_url}/sessions/{session_id}"
     return JSONResponse({"url": url}, status_code=201, headers={"Location": url})
 
@@ -129,17 +145,52 @@ def encode_chunks(
         yield b"".join(pending)
 
 
-async def stream_session(request: Request) -> Response:
-    state = api_state(request)
-    session_id: str = request.path_params["session_id"]
+def _unavailable(error: StoreUnavailable) -> ApiError:
+    return ApiError(503, str(error), headers={"Retry-After": str(LIMIT_RETRY_AFTER_S)})
+
+
+def _begin_fetch(state: ApiState, session_id: str) -> SessionSpec | None:
     try:
-        spec = state.sessions.begin_fetch(
+        return state.sessions.begin_fetch(
             session_id, trio.current_time(), max_clients=state.config.max_clients_per_session
         )
     except SessionLimitReached as error:
         raise _limit_error(429, error.limit, str(error)) from None
     except RegistryFull as error:
         raise _limit_error(503, "session_fetches_total", str(error)) from None
+
+
+async def _adopt_from_directory(state: ApiState, session_id: str) -> bool:
+    """Look an id unknown here up in the cluster's directory; True when it was found and
+    is now a session of this router."""
+    if state.session_directory is None:
+        return False
+    try:
+        spec = await state.session_directory.get(session_id)
+    except StoreUnavailable as error:
+        raise _unavailable(error) from None
+    if spec is None:
+        return False
+    try:
+        state.sessions.adopt(
+            session_id,
+            spec,
+            trio.current_time(),
+            max_per_channel=state.config.max_sessions_per_channel,
+        )
+    except SessionLimitReached as error:
+        raise _limit_error(429, error.limit, str(error)) from None
+    except RegistryFull as error:
+        raise _limit_error(503, "sessions_total", str(error)) from None
+    return True
+
+
+async def stream_session(request: Request) -> Response:
+    state = api_state(request)
+    session_id: str = request.path_params["session_id"]
+    spec = _begin_fetch(state, session_id)
+    if spec is None and await _adopt_from_directory(state, session_id):
+        spec = _begin_fetch(state, session_id)
     if spec is None:
         raise ApiError(404, "session not found: it never existed or expired; create a new one")
     if not state.router.has_channel(spec.channel):

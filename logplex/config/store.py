@@ -17,6 +17,10 @@ Validation that is about stored state lives here (duplicate drain URL, the limit
 tokens per channel and drains per channel, name syntax), checked inside the write's
 transaction so concurrent writers cannot pass a limit together; validation of drain URL
 syntax belongs to ``drains.parse_drain_url``, called by the API before it writes.
+
+``ConfigStoreAPI`` is what the API needs of a store: this one, or the cluster's
+``logplex.cluster.kvconfig.KvConfigStore`` (NATS KV), which shares the checks, errors and
+messages defined here so both stores refuse the same writes with the same words.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -80,11 +84,35 @@ class TooManyTokens(ConfigError):
     """The channel would have more tokens than allowed (``--max-tokens-per-channel``)."""
 
 
-def _too_many_tokens(channel: str, count: int, max_tokens: int) -> TooManyTokens:
+class StoreUnavailable(ConfigError):
+    """A shared store (the cluster's NATS KV) could not be reached or did not confirm a
+    write in time; the message says whether the write may have happened. Never raised by
+    the SQLite ``ConfigStore``."""
+
+
+def too_many_tokens(channel: str, count: int, max_tokens: int) -> TooManyTokens:
     return TooManyTokens(
         f"token limit reached: channel {channel!r} would have {count} tokens, the limit is "
         f"{max_tokens} (--max-tokens-per-channel); revoke one first"
     )
+
+
+def too_many_channels(existing: int, max_channels: int) -> TooManyChannels:
+    return TooManyChannels(
+        f"channel limit reached: {existing} channels exist, the limit is "
+        f"{max_channels} (--max-channels); delete a channel first"
+    )
+
+
+def too_many_drains(channel: str, existing: int, max_drains: int) -> TooManyDrains:
+    return TooManyDrains(
+        f"channel {channel!r} already has {existing} drains, the "
+        f"maximum is {max_drains} (--max-drains-per-channel); remove one first"
+    )
+
+
+def channel_not_found(name: str) -> ChannelNotFound:
+    return ChannelNotFound(f"channel {name!r} not found")
 
 
 def check_channel_name(name: str) -> None:
@@ -204,12 +232,53 @@ def _read_channel(conn: sqlite3.Connection, name: str) -> ChannelConfig | None:
 def _require_channel(conn: sqlite3.Connection, name: str) -> ChannelConfig:
     config = _read_channel(conn, name)
     if config is None:
-        raise ChannelNotFound(f"channel {name!r} not found")
+        raise channel_not_found(name)
     return config
+
+
+class ConfigStoreAPI(Protocol):
+    """The config store as the API uses it: SQLite (``ConfigStore``) or NATS KV
+    (``logplex.cluster.kvconfig.KvConfigStore``); the same results and errors.
+
+    ``applies_itself`` tells who applies a written config to the router: False, the API
+    handler does, right after the write (under its write lock, so in the store's order);
+    True, the store does (its watcher applies every revision, this router's and others', in
+    revision order), and a handler must not, lest it regress a newer revision applied
+    meanwhile.
+    """
+
+    @property
+    def applies_itself(self) -> bool: ...
+
+    async def load_channels(self) -> list[ChannelConfig]: ...
+    async def get_channel(self, name: str) -> ChannelConfig | None: ...
+    async def list_channel_names(self) -> list[str]: ...
+    async def put_channel(
+        self,
+        name: str,
+        token_names: Iterable[str],
+        *,
+        max_channels: int | None = None,
+        max_tokens: int | None = None,
+    ) -> tuple[ChannelConfig, bool]: ...
+    async def delete_channel(self, name: str) -> None: ...
+    async def add_token(
+        self, channel: str, name: str, *, max_tokens: int | None = None
+    ) -> tuple[ChannelConfig, str, bool]: ...
+    async def add_drain(
+        self, channel: str, url: str, *, max_drains: int
+    ) -> tuple[ChannelConfig, DrainConfig]: ...
+    async def update_drain(
+        self, channel: str, drain_id: int, url: str
+    ) -> tuple[ChannelConfig, DrainConfig]: ...
+    async def remove_drain(self, channel: str, drain_id: int) -> ChannelConfig: ...
+    async def aclose(self) -> None: ...
 
 
 class ConfigStore:
     """Channels, tokens and drains in one SQLite database; see the module docstring."""
+
+    applies_itself = False  # ConfigStoreAPI: the API handlers apply what they wrote
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn: sqlite3.Connection | None = conn
@@ -308,7 +377,7 @@ class ConfigStore:
         for token_name in wanted:
             check_token_name(token_name)
         if max_tokens is not None and len(wanted) > max_tokens:
-            raise _too_many_tokens(name, len(wanted), max_tokens)
+            raise too_many_tokens(name, len(wanted), max_tokens)
 
         def put(conn: sqlite3.Connection) -> tuple[ChannelConfig, bool]:
             created = (
@@ -318,10 +387,7 @@ class ConfigStore:
             if created and max_channels is not None:
                 (count,) = conn.execute("SELECT count(*) FROM channels").fetchone()
                 if count > max_channels:
-                    raise TooManyChannels(
-                        f"channel limit reached: {count - 1} channels exist, the limit is "
-                        f"{max_channels} (--max-channels); delete a channel first"
-                    )
+                    raise too_many_channels(count - 1, max_channels)
             existing = {
                 row[0] for row in conn.execute("SELECT name FROM tokens WHERE channel = ?", (name,))
             }
@@ -342,7 +408,7 @@ class ConfigStore:
 
         def delete(conn: sqlite3.Connection) -> None:
             if conn.execute("DELETE FROM channels WHERE name = ?", (name,)).rowcount == 0:
-                raise ChannelNotFound(f"channel {name!r} not found")
+                raise channel_not_found(name)
 
         await self._write(delete)
 
@@ -364,7 +430,7 @@ class ConfigStore:
             if name in config.tokens:
                 return config, config.tokens[name], False
             if max_tokens is not None and len(config.tokens) >= max_tokens:
-                raise _too_many_tokens(channel, len(config.tokens) + 1, max_tokens)
+                raise too_many_tokens(channel, len(config.tokens) + 1, max_tokens)
             token = new_token()
             conn.execute(
                 "INSERT INTO tokens (token, channel, name) VALUES (?, ?, ?)",
@@ -385,12 +451,9 @@ class ConfigStore:
 
         def add(conn: sqlite3.Connection) -> tuple[ChannelConfig, DrainConfig]:
             config = _require_channel(conn, channel)
-            _check_unique_url(config, url, drain_id=None)
+            check_unique_url(config, url, drain_id=None)
             if len(config.drains) >= max_drains:
-                raise TooManyDrains(
-                    f"channel {channel!r} already has {len(config.drains)} drains, the "
-                    f"maximum is {max_drains} (--max-drains-per-channel); remove one first"
-                )
+                raise too_many_drains(channel, len(config.drains), max_drains)
             token = new_drain_token()
             cursor = conn.execute(
                 "INSERT INTO drains (channel, token, url) VALUES (?, ?, ?)", (channel, token, url)
@@ -408,8 +471,8 @@ class ConfigStore:
 
         def update(conn: sqlite3.Connection) -> tuple[ChannelConfig, DrainConfig]:
             config = _require_channel(conn, channel)
-            drain = _require_drain(config, drain_id)
-            _check_unique_url(config, url, drain_id=drain_id)
+            drain = require_drain(config, drain_id)
+            check_unique_url(config, url, drain_id=drain_id)
             conn.execute("UPDATE drains SET url = ? WHERE id = ?", (url, drain_id))
             return _require_channel(conn, channel), DrainConfig(drain.id, drain.token, url)
 
@@ -419,21 +482,21 @@ class ConfigStore:
         """Remove drain ``drain_id`` of ``channel``; ``DrainNotFound`` if it has none."""
 
         def remove(conn: sqlite3.Connection) -> ChannelConfig:
-            _require_drain(_require_channel(conn, channel), drain_id)
+            require_drain(_require_channel(conn, channel), drain_id)
             conn.execute("DELETE FROM drains WHERE id = ?", (drain_id,))
             return _require_channel(conn, channel)
 
         return await self._write(remove)
 
 
-def _require_drain(config: ChannelConfig, drain_id: int) -> DrainConfig:
+def require_drain(config: ChannelConfig, drain_id: int) -> DrainConfig:
     for drain in config.drains:
         if drain.id == drain_id:
             return drain
     raise DrainNotFound(f"channel {config.name!r} has no drain with id {drain_id}")
 
 
-def _check_unique_url(config: ChannelConfig, url: str, *, drain_id: int | None) -> None:
+def check_unique_url(config: ChannelConfig, url: str, *, drain_id: int | None) -> None:
     for drain in config.drains:
         if drain.url == url and drain.id != drain_id:
             raise DuplicateDrainURL(
