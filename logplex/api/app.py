@@ -8,6 +8,8 @@ endpoint (config endpoints in ``logplex.api.channels``, log ingest and history r
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -22,11 +24,13 @@ from logplex.api.base import (
     ApiError,
     ApiState,
     RouterAPI,
+    SessionDirectory,
     api_error_response,
     api_state,
     error_response,
     http_error_response,
     internal_error_response,
+    require_admin,
 )
 from logplex.api.body_budget import BodyBudget
 from logplex.api.channels import (
@@ -43,7 +47,7 @@ from logplex.api.channels import (
 from logplex.api.logs import channel_logs, post_logs
 from logplex.api.registry import SessionRegistry
 from logplex.api.sessions import create_session, stream_session
-from logplex.config.store import ConfigStore
+from logplex.config.store import ConfigStoreAPI
 
 __all__ = ["ApiConfig", "create_app"]
 
@@ -53,6 +57,9 @@ async def healthcheck(request: Request) -> Response:
     durable (``durable``), memory after a disk error (``memory``) or ``off``."""
     if not getattr(request.app.state, "ready", False):
         return error_response(503, "starting: the router is not ready yet")
+    cluster_health = getattr(request.app.state, "cluster_health", None)
+    if cluster_health is not None and not cluster_health():
+        return error_response(503, "cluster: NATS (a JetStream quorum) is not reachable")
     spool = api_state(request).router.spool_status()
     mode = "off" if spool is None else str(spool["mode"])
     return PlainTextResponse("OK", headers={"Logplex-Spool": mode})
@@ -66,12 +73,33 @@ async def spool_health(request: Request) -> Response:
     return JSONResponse(spool)
 
 
+async def cluster_view(request: Request) -> Response:
+    """``GET /v3/cluster``: members, partitions per member, lease ages, consumer lag."""
+    require_admin(request)
+    status = getattr(request.app.state, "cluster_status", None)
+    if status is None:
+        raise ApiError(404, "not a cluster: this router runs without --nats")
+    return JSONResponse(await status())
+
+
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(*, store: ConfigStore, router: RouterAPI, config: ApiConfig) -> Starlette:
-    """The API app; ``app.state.ready`` starts False (``/healthcheck`` answers 503)."""
+def create_app(
+    *,
+    store: ConfigStoreAPI,
+    router: RouterAPI,
+    config: ApiConfig,
+    session_directory: SessionDirectory | None = None,
+    cluster_status: Callable[[], Awaitable[dict[str, object]]] | None = None,
+    cluster_health: Callable[[], bool] | None = None,
+) -> Starlette:
+    """The API app; ``app.state.ready`` starts False (``/healthcheck`` answers 503).
+
+    In the cluster mode ``session_directory`` shares sessions with the other routers,
+    ``cluster_status`` answers ``GET /v3/cluster`` and ``cluster_health`` gates
+    ``/healthcheck``."""
     routes = [
         Route("/healthcheck", healthcheck, methods=["GET"]),
         Route("/healthcheck/spool", spool_health, methods=["GET"]),
@@ -89,6 +117,7 @@ def create_app(*, store: ConfigStore, router: RouterAPI, config: ApiConfig) -> S
         Route("/v3/sessions", create_session, methods=["POST"]),
         Route("/sessions/{session_id}", stream_session, methods=["GET"]),
         Route("/logs", post_logs, methods=["POST"]),
+        Route("/v3/cluster", cluster_view, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -108,6 +137,9 @@ def create_app(*, store: ConfigStore, router: RouterAPI, config: ApiConfig) -> S
         body_budget=BodyBudget(
             max_bytes=config.max_inflate_bytes, max_inflating=config.max_inflating_bodies
         ),
+        session_directory=session_directory,
     )
     app.state.ready = False
+    app.state.cluster_status = cluster_status
+    app.state.cluster_health = cluster_health
     return app

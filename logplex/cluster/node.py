@@ -282,6 +282,13 @@ class ClusterNode:
     def latest_ticket(self) -> int:
         return self.log.latest_ticket()
 
+    @property
+    def backlogged(self) -> bool:
+        return self.log.backlogged
+
+    async def wait_capacity(self) -> None:
+        await self.log.wait_capacity()
+
     async def wait_durable(self, ticket: int) -> None:
         await self.log.wait_durable(ticket)
 

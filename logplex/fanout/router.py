@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -69,7 +69,10 @@ class ClusterHooks(Protocol):
         make_notice: MakeNotice,
     ) -> DrainQueue: ...
     def forget_drain(self, token: str) -> None: ...
-    def drain_lag(self) -> list[tuple[object, int, float]]: ...
+    @property
+    def backlogged(self) -> bool: ...
+    async def wait_capacity(self) -> None: ...
+    def drain_lag(self) -> Sequence[tuple[object, int, float]]: ...
     async def history(self, channel: str) -> tuple[list[Message], int]: ...
     async def drain_statuses(self, channel: str) -> dict[int, dict[str, object]] | None: ...
     async def attach_tail(self, channel: str, session: TailSession) -> object: ...
@@ -213,6 +216,15 @@ class Router:
             return
         state.history.extend(messages)
         self._uncompacted.add(state.history)
+
+    @property
+    def backlogged(self) -> bool:
+        """Cluster mode: accepted batches waiting for JetStream passed their bound."""
+        return self.cluster is not None and self.cluster.backlogged
+
+    async def wait_capacity(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.wait_capacity()
 
     def channel_has_drains(self, channel: str) -> bool:
         state = self._channels.get(channel)

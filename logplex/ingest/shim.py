@@ -328,7 +328,7 @@ class _ShimConnection:
                 self.router.publish(self.channel, published, mark)
                 _MESSAGES.inc(len(published))
                 _BYTES.inc(message_bytes)
-        if self.router.spool is not None and session.acked:
+        if (self.router.spool is not None or self.router.cluster is not None) and session.acked:
             # An ACK means durable (DESIGN 8): written and fsynced, with the batches of
             # every other connection that went into the same group commit.
             await self.router.wait_durable()
@@ -378,7 +378,16 @@ class _ShimConnection:
             ps=self.ps,
             sources=self.sources,
         )
-        published.extend(messages)
+        if self.router.cluster is not None:
+            # One JetStream message per shim batch, its Nats-Msg-Id from (stream, seq): a
+            # resend of this batch through any router is dropped by JetStream as a duplicate.
+            self.router.publish(
+                self.channel, messages, StreamMark(self.token, self.stream_id, frame.seq)
+            )
+            _MESSAGES.inc(len(messages))
+            _BYTES.inc(message_bytes)
+        else:
+            published.extend(messages)
         self.session.batch_held(frame.seq)
         self.streams.record(self.token, self.stream_id, frame.seq)
         return message_bytes

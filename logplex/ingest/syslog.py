@@ -133,6 +133,11 @@ class SyslogListener:
         idle_deadline_s = now_s + idle_timeout_s
         frame_deadline_s = math.inf  # no frame begun
         while True:
+            if router.backlogged:
+                # Cluster mode with JetStream slow or away: stop reading (TCP back-pressure)
+                # rather than hold unbounded batches; the deadlines start again after.
+                await router.wait_capacity()
+                idle_deadline_s = trio.current_time() + idle_timeout_s
             with trio.move_on_at(min(idle_deadline_s, frame_deadline_s)):
                 data = await stream.receive_some(RECEIVE_BYTES)
                 if not data:

@@ -45,9 +45,19 @@ from drains import DestinationPolicy, DrainSettings, open_drain, parse_drain_url
 from logplex import metrics
 from logplex.api.app import ApiConfig, create_app
 from logplex.api.drain_targets import parse_listener
+from logplex.api.registry import (
+    SESSION_TTL_S,
+    SessionSpec,
+    parse_session_request,
+    session_spec_json,
+)
 from logplex.api.sessions import drop_connections_that_stop_reading
+from logplex.cluster.bridge import BridgeError, BridgeSettings, NatsBridge
+from logplex.cluster.kvconfig import KvConfigStore
+from logplex.cluster.node import ClusterNode, ClusterSettings
+from logplex.cluster.sessions import KvSessions
 from logplex.codecs import rfc5424
-from logplex.config.store import ConfigStore
+from logplex.config.store import ConfigStore, ConfigStoreAPI
 from logplex.fanout.router import DrainFactory, Router
 from logplex.ingest.shim import ShimListener, ShimListenerSettings
 from logplex.ingest.syslog import SyslogListener, SyslogListenerSettings
@@ -275,53 +285,56 @@ async def serve(
 
     # One receiver for the whole run: signals are never lost or re-raised between phases.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        database = settings.data_dir / CONFIG_DB_FILE
-        try:
-            store = await ConfigStore.open(database)
-        except Exception as exc:
-            raise ServeConfigError(
-                f"cannot open the config database {database} ({exc}); check the file and "
-                "its directory, or start with an empty --data-dir"
-            ) from None
-        spool = await _open_spool(settings)
+        public_url = (settings.public_url or f"http://{http_address}").rstrip("/")
+        cluster = _cluster_parts(settings, public_url) if settings.nats is not None else None
+        store: ConfigStoreAPI
+        if cluster is None:
+            database = settings.data_dir / CONFIG_DB_FILE
+            try:
+                store = await ConfigStore.open(database)
+            except Exception as exc:
+                raise ServeConfigError(
+                    f"cannot open the config database {database} ({exc}); check the file "
+                    "and its directory, or start with an empty --data-dir"
+                ) from None
+            spool = await _open_spool(settings)
+        else:
+            spool = None
         router = Router(
             history_lines=settings.history,
             history_max_bytes=settings.history_max_bytes,
             drain_factory=drains.factory,
             drain_settings=drains.settings,
             spool=spool,
+            cluster=cluster.node if cluster is not None else None,
         )
+        if cluster is not None:
+            cluster.node.attach(router)
+            store = KvConfigStore(
+                cluster.bridge,
+                apply=router.apply_channel,
+                remove=router.remove_channel,
+                replicas=cluster.node.settings.replicas,
+            )
         collector = metrics.register_router_collector(router.counts)
         metrics.register_task_collector()
         spool_collector = metrics.register_spool_collector(spool) if spool is not None else None
         try:
-            channels = await store.load_channels()
-            if spool is not None:
-                spool.forget_unknown_drains(d.token for c in channels for d in c.drains)
-            restored = 0
-            for channel in channels:
-                router.apply_channel(channel)
-                restored += router.restore_history(channel.name)
-            if spool is not None:
-                log.info(
-                    "spool %s: %d segments, %d bytes; history of %d lines restored",
-                    spool.directory,
-                    len(spool.segments),
-                    spool.total_bytes(),
-                    restored,
-                )
             async with trio.open_nursery() as root:
+                if cluster is not None:
+                    await _start_cluster(root, cluster, store)
+                else:
+                    await _restore_single(store, router, spool)
                 if spool is not None:
                     await root.start(spool.run)
                 await root.start(router.run)
                 root.start_soon(metrics.measure_event_loop_lag)
-                public_url = settings.public_url or f"http://{http_address}"
                 app = create_app(
                     store=store,
                     router=router,
                     config=ApiConfig(
                         auth_key=auth_key,
-                        public_url=public_url.rstrip("/"),
+                        public_url=public_url,
                         max_drains_per_channel=settings.max_drains_per_channel,
                         max_channels=settings.max_channels,
                         max_tokens_per_channel=settings.max_tokens_per_channel,
@@ -335,6 +348,9 @@ async def serve(
                         max_inflate_bytes=settings.max_inflate_bytes,
                         auth_failure_limit=settings.auth_failure_limit,
                     ),
+                    session_directory=cluster.sessions if cluster is not None else None,
+                    cluster_status=cluster.node.status if cluster is not None else None,
+                    cluster_health=cluster.node.healthy if cluster is not None else None,
                 )
                 http_stop = trio.Event()
                 ingest = await root.start(
@@ -366,7 +382,13 @@ async def serve(
                         stopping_since,
                         flush_scope,
                     )
+                    if cluster is not None:
+                        # What was accepted but not yet stored in JetStream goes first.
+                        with trio.move_on_after(settings.shutdown_grace):
+                            await router.wait_durable()
                     await router.flush_drains(settings.shutdown_grace)
+                    if cluster is not None:
+                        await cluster.node.shutdown()
                 root.cancel_scope.cancel()
         finally:
             REGISTRY.unregister(collector)
@@ -375,7 +397,94 @@ async def serve(
             with trio.CancelScope(shield=True):
                 if spool is not None:
                     await spool.close()
-                await store.aclose()
+                if cluster is None or cluster.started:
+                    await store.aclose()
+
+
+async def _restore_single(store: ConfigStoreAPI, router: Router, spool: Spool | None) -> None:
+    """Single process: apply the stored channels and refill their histories from the spool."""
+    channels = await store.load_channels()
+    if spool is not None:
+        spool.forget_unknown_drains(d.token for c in channels for d in c.drains)
+    restored = 0
+    for channel in channels:
+        router.apply_channel(channel)
+        restored += router.restore_history(channel.name)
+    if spool is not None:
+        log.info(
+            "spool %s: %d segments, %d bytes; history of %d lines restored",
+            spool.directory,
+            len(spool.segments),
+            spool.total_bytes(),
+            restored,
+        )
+
+
+@dataclass(eq=False, slots=True)
+class _ClusterParts:
+    bridge: NatsBridge
+    node: ClusterNode
+    sessions: KvSessions[SessionSpec]
+    started: bool = False
+
+
+def _cluster_parts(settings: ServeSettings, public_url: str) -> _ClusterParts:
+    """The cluster mode's pieces (DESIGN 10), not yet connected."""
+    assert settings.nats is not None
+    replicas = settings.nats_replicas or (3 if len(settings.nats) >= 3 else 1)
+    bridge = NatsBridge(
+        BridgeSettings(
+            servers=settings.nats,
+            creds_file=settings.nats_creds,
+            ca_file=settings.nats_ca_file,
+            name=f"logplex {socket.gethostname()}",
+        )
+    )
+    node = ClusterNode(
+        bridge,
+        ClusterSettings(
+            partitions=settings.nats_partitions,
+            replicas=replicas,
+            lease_ttl_s=settings.nats_lease_ttl,
+            public_url=public_url,
+        ),
+    )
+    sessions = KvSessions(
+        bridge,
+        ttl_s=SESSION_TTL_S,
+        to_json=session_spec_json,
+        from_json=parse_session_request,
+        replicas=replicas,
+    )
+    return _ClusterParts(bridge, node, sessions)
+
+
+async def _start_cluster(root: trio.Nursery, cluster: _ClusterParts, store: Any) -> None:
+    """Connect, load the config from KV (applied to the router by its watcher), then take
+    part in ownership."""
+    try:
+        await root.start(cluster.bridge.run)
+    except BridgeError as exc:
+        raise ServeConfigError(f"cannot use --nats: {exc}") from None
+    cluster.started = True
+    await root.start(store.run)
+    await root.start(cluster.sessions.run)
+    await root.start(cluster.node.run)
+    metrics.CLUSTER_CONNECTED.set(1)
+    root.start_soon(_report_connection, cluster.bridge)
+    log.info(
+        "cluster member %s: %d partitions, %d replicas, lease TTL %.1f s",
+        cluster.node.member_id,
+        cluster.node.partitions,
+        cluster.node.settings.replicas,
+        cluster.node.settings.lease_ttl_s,
+    )
+
+
+async def _report_connection(bridge: NatsBridge) -> None:
+    while True:
+        metrics.CLUSTER_CONNECTED.set(1 if bridge.connected else 0)
+        await trio.sleep(1.0)
 
 
 async def _open_spool(settings: ServeSettings) -> Spool | None:
