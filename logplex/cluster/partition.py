@@ -259,6 +259,17 @@ class ClusterQueue(SpoolQueue):
                 return
             await self.owner.reload(missing)
 
+    def _take_stop(self, start: int, committed: int, max_messages: int) -> int:
+        """A post never spans two stream batches, and a batch longer than a post is cut
+        into fixed chunks counted from its first message: every owner forms the same
+        posts from the same stream, so a post re-sent after a takeover keeps its Frame-Id."""
+        ref = self.channel.ref_at(start)
+        if ref is None:
+            return committed
+        chunk = max(1, max_messages)
+        offset = start - ref.first_n
+        return min(committed, ref.first_n + min(ref.count, (offset // chunk + 1) * chunk))
+
     def _taken(
         self, extent: OpenExtent, frames: list[bytes], byte_count: int, has_notice: bool
     ) -> Taken:

@@ -480,7 +480,11 @@ class SpoolQueue:
         if notice_frame:
             frames.append(notice_frame)
         end, byte_count, missing = self._gather(
-            state.next_n, committed, max_messages, max_bytes - len(notice_frame), frames
+            state.next_n,
+            self._take_stop(state.next_n, committed, max_messages),
+            max_messages,
+            max_bytes - len(notice_frame),
+            frames,
         )
         if missing:
             self._record_loss(missing, self._now_us())
@@ -492,6 +496,11 @@ class SpoolQueue:
         state.open.append(extent)
         self._persist()
         return self._taken(extent, frames, byte_count + len(notice_frame), bool(notice_frame))
+
+    def _take_stop(self, start: int, committed: int, max_messages: int) -> int:
+        """Where a take from ``start`` must end at the latest (a subclass may cut it)."""
+        del start, max_messages
+        return committed
 
     def _taken(
         self, extent: OpenExtent, frames: list[bytes], byte_count: int, has_notice: bool
