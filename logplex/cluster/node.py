@@ -71,7 +71,8 @@ class ClusterSettings:
 @dataclass(eq=False, slots=True)
 class _SeamedTail:
     """A tail session fed from the partition's tail subject, with the history seam: live
-    batches at or below the history's last stream sequence are already in the history."""
+    batches at or below the history's last stream sequence are already in the history, and
+    a batch is passed on once even when owners send it twice."""
 
     session: TailSession
     through: int | None = None
@@ -84,15 +85,17 @@ class _SeamedTail:
             else:
                 self.session.push(messages)  # the buffer's own drop-oldest and L11 apply
             return
+        # Stream sequences grow within a partition: one seen already is a repeat (a new
+        # owner re-sends what its predecessor may have sent after its last checkpoint).
         if seq > self.through:
+            self.through = seq
             self.session.push(messages)
 
     def set_through(self, seq: int) -> None:
         self.through = seq
-        for pending_seq, messages in self.pending:
-            if pending_seq > seq:
-                self.session.push(messages)
-        self.pending.clear()
+        pending, self.pending = self.pending, []
+        for pending_seq, messages in pending:
+            self.push(pending_seq, messages)
 
 
 class ClusterTails:

@@ -650,8 +650,9 @@ class PartitionOwner:
                     ):
                         break
                     continue
-                for message in messages:
-                    self._feed(message, live=False)
+                # Batches past the last owner's checkpoint may not have reached the tails:
+                # they go there again (tails drop the stream sequences they have seen).
+                await self._feed_all(messages, tails_after=checkpoint.frontier)
                 replayed += len(messages)
             if replayed:
                 log.info(
@@ -681,23 +682,28 @@ class PartitionOwner:
                 await reader.aclose()
 
     async def _deliver_live(self, reader: Any) -> None:
-        tail_subject = names.tail_subject(self.partition)
         while True:
             messages = await reader.fetch(FETCH_BATCH, FETCH_TIMEOUT_S)
             if not messages:
                 continue
             self.last_read_at = self._wall_clock_s()
-            metrics.CLUSTER_DELIVERED_BATCHES.inc(len(messages))
-            tails: list[tuple[str, bytes]] = []
-            for message in messages:
-                data = self._feed(message, live=True)
-                if data is not None:
-                    tails.append((tail_subject, encode_envelope(KIND_TAIL, message.seq, data)))
-            if tails:
-                try:
-                    await self.bridge.publish_core(tails)
-                except BridgeError:
-                    metrics.CLUSTER_TAIL_DROPPED.inc(len(tails))
+            await self._feed_all(messages, tails_after=0)
+
+    async def _feed_all(self, messages: list[StreamMessage], *, tails_after: int) -> None:
+        """Feed a fetched round; the batches past ``tails_after`` go to the tails in one
+        crossing."""
+        metrics.CLUSTER_DELIVERED_BATCHES.inc(len(messages))
+        tail_subject = names.tail_subject(self.partition)
+        tails: list[tuple[str, bytes]] = []
+        for message in messages:
+            data = self._feed(message, live=message.seq > tails_after)
+            if data is not None:
+                tails.append((tail_subject, encode_envelope(KIND_TAIL, message.seq, data)))
+        if tails:
+            try:
+                await self.bridge.publish_core(tails)
+            except BridgeError:
+                metrics.CLUSTER_TAIL_DROPPED.inc(len(tails))
 
     # -- checkpoints ------------------------------------------------------------------------
 
