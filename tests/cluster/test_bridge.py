@@ -1,8 +1,73 @@
-"""The NATS bridge against real nats-server processes (tests/natsd.py)."""
+"""The NATS bridge against real nats-server processes (tests/natsd.py): no fakes of NATS."""
 
 from __future__ import annotations
 
-from tests.natsd import NatsNode
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from logplex.cluster.bridge import (
+    BridgeError,
+    BridgeSettings,
+    BridgeTimeout,
+    KeyExists,
+    KvEntry,
+    NatsBridge,
+    NoResponders,
+    NotConnected,
+    PubAck,
+    StreamNotFound,
+    WrongRevision,
+)
+from tests.natsd import NatsNode, free_port
+
+MARKER = ""  # the key of the "initial values done" entry of a watch
+
+
+@asynccontextmanager
+async def running_bridge(*servers: str, **settings: Any) -> AsyncIterator[NatsBridge]:
+    """A connected bridge for the body of the block; stopped (thread joined) after it."""
+    bridge = NatsBridge(BridgeSettings(servers=servers, **settings))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bridge.run)
+        try:
+            yield bridge
+        finally:
+            nursery.cancel_scope.cancel()
+    assert not bridge.connected
+    assert not [t for t in threading.enumerate() if t.name.startswith("nats-")]
+
+
+async def wait_until(predicate: Any, timeout_s: float = 20.0, what: str = "condition") -> None:
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+def acks(results: list[PubAck | BridgeError]) -> list[PubAck]:
+    assert all(isinstance(r, PubAck) for r in results), results
+    return [r for r in results if isinstance(r, PubAck)]
+
+
+async def read_all(bridge: NatsBridge, stream: str, count: int, start_seq: int = 1) -> list[Any]:
+    reader = await bridge.open_reader(stream, start_seq)
+    out: list[Any] = []
+    try:
+        with trio.fail_after(20):
+            while len(out) < count:
+                out += await reader.fetch(100, 1.0)
+        assert await reader.fetch(100, 0.2) == []
+    finally:
+        await reader.aclose()
+    return out
+
+
+# -- the harness --------------------------------------------------------------------------
 
 
 def test_harness_node_restarts_on_the_same_port(nats_node: NatsNode) -> None:
@@ -17,3 +82,255 @@ def test_harness_cluster_has_one_meta_leader(nats_cluster: list[NatsNode]) -> No
     leaders = {node.meta_leader() for node in nats_cluster}
     assert len(leaders) == 1
     assert leaders.pop() in {node.name for node in nats_cluster}
+
+
+# -- connecting -----------------------------------------------------------------------------
+
+
+async def test_first_connect_failure_names_the_servers_without_credentials() -> None:
+    url = f"nats://secretuser:secretpass@127.0.0.1:{free_port()}"
+    bridge = NatsBridge(BridgeSettings(servers=(url,), connect_timeout_s=0.5))
+    started = time.monotonic()
+    with trio.fail_after(10), pytest.raises(BridgeError) as caught:
+        await bridge.run()
+    assert time.monotonic() - started < 5
+    text = str(caught.value)
+    assert "127.0.0.1" in text
+    assert "secret" not in text
+    assert not bridge.connected
+
+
+async def test_calls_before_run_raise_not_connected() -> None:
+    bridge = NatsBridge(BridgeSettings(servers=("nats://127.0.0.1:1",)))
+    with pytest.raises(NotConnected):
+        await bridge.kv_get("b", "k")
+
+
+async def test_status_tells_the_server(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        status = bridge.status()
+        assert status["connected"] is True
+        assert status["server"] == f"127.0.0.1:{nats_node.port}"
+        assert status["reconnects"] == 0
+        assert status["dropped"] == 0
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+async def test_publish_many_and_read_back_in_order(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        info = await bridge.ensure_stream("S", ["s.>"])
+        assert (info.name, info.messages, info.replicas) == ("S", 0, 1)
+        items: list[tuple[str, bytes, str | None]] = [
+            (f"s.{i % 3}", f"m{i}".encode(), f"id-{i}") for i in range(50)
+        ]
+        published = acks(await bridge.publish_many(items))
+        assert [a.seq for a in published] == list(range(1, 51))
+        assert not any(a.duplicate for a in published)
+        got = await read_all(bridge, "S", 50)
+        assert [m.data for m in got] == [data for _, data, _ in items]
+        assert [m.subject for m in got] == [subject for subject, _, _ in items]
+        assert [m.seq for m in got] == list(range(1, 51))
+        assert all(m.time_ns > 1_600_000_000 * 10**9 for m in got)
+        tail = await read_all(bridge, "S", 10, start_seq=41)
+        assert [m.seq for m in tail] == list(range(41, 51))
+
+
+async def test_publish_many_resend_is_a_duplicate(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("D", ["d"])
+        first = acks(await bridge.publish_many([("d", b"a", "x1"), ("d", b"b", "x2")]))
+        again = acks(await bridge.publish_many([("d", b"b", "x2"), ("d", b"c", "x3")]))
+        assert [(a.seq, a.duplicate) for a in first] == [(1, False), (2, False)]
+        assert [(a.seq, a.duplicate) for a in again] == [(2, True), (3, False)]
+        assert (await bridge.stream_info("D")).messages == 3
+        assert [m.data for m in await read_all(bridge, "D", 3)] == [b"a", b"b", b"c"]
+
+
+async def test_publish_many_errors_per_item(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("E", ["e"], max_msg_bytes=100)
+        results = await bridge.publish_many(
+            [("e", b"ok", None), ("nostream", b"x", None), ("e", b"x" * 200, None)]
+        )
+        assert isinstance(results[0], PubAck)
+        assert isinstance(results[1], NoResponders)
+        assert isinstance(results[2], BridgeError)
+        assert "nats" not in type(results[2]).__module__
+
+
+async def test_get_message_and_stream_info(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("G", ["g"])
+        acks(await bridge.publish_many([("g", b"one", None), ("g", b"two", None)]))
+        message = await bridge.get_message("G", 2)
+        assert message is not None
+        assert (message.subject, message.seq, message.data) == ("g", 2, b"two")
+        assert message.time_ns > 0
+        assert await bridge.get_message("G", 99) is None
+        with pytest.raises(StreamNotFound):
+            await bridge.get_message("NOPE", 1)
+        with pytest.raises(StreamNotFound):
+            await bridge.stream_info("NOPE")
+        with pytest.raises(StreamNotFound):
+            await bridge.open_reader("NOPE", 1)
+        info = await bridge.stream_info("G")
+        assert (info.messages, info.first_seq, info.last_seq) == (2, 1, 2)
+
+
+async def test_ensure_stream_updates_an_existing_stream(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("U", ["u.1"], max_age_s=60, duplicate_window_s=30)
+        again = await bridge.ensure_stream("U", ["u.1"], max_age_s=60, duplicate_window_s=30)
+        assert again.name == "U"
+        await bridge.ensure_stream("U", ["u.1", "u.2"], max_bytes=1 << 20)
+        assert isinstance((await bridge.publish_many([("u.2", b"x", None)]))[0], PubAck)
+
+
+async def test_reader_waits_for_new_messages(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("W", ["w"])
+        reader = await bridge.open_reader("W", 1)
+        assert await reader.fetch(10, 0.2) == []
+
+        async def later() -> None:
+            await trio.sleep(0.3)
+            acks(await bridge.publish_many([("w", b"late", None)]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            with trio.fail_after(10):
+                got = await reader.fetch(10, 8.0)
+        assert [m.data for m in got] == [b"late"]
+        assert reader.next_seq == 2
+        await reader.aclose()
+        with pytest.raises(BridgeError):
+            await reader.fetch(1, 0.1)
+
+
+# -- KV ---------------------------------------------------------------------------------------
+
+
+async def test_kv_create_update_delete_keys(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        with pytest.raises(StreamNotFound):
+            await bridge.kv_get("nobucket", "k")
+        await bridge.ensure_kv("cfg", history=5)
+        await bridge.ensure_kv("cfg", history=5)  # binds to the existing bucket
+        assert await bridge.kv_keys("cfg") == []
+        assert await bridge.kv_get("cfg", "a") is None
+        rev1 = await bridge.kv_create("cfg", "a", b"1")
+        with pytest.raises(KeyExists):
+            await bridge.kv_create("cfg", "a", b"again")
+        rev2 = await bridge.kv_update("cfg", "a", b"2", rev1)
+        with pytest.raises(WrongRevision):
+            await bridge.kv_update("cfg", "a", b"stale", rev1)
+        entry = await bridge.kv_get("cfg", "a")
+        assert entry == KvEntry("cfg", "a", b"2", rev2)
+        rev3 = await bridge.kv_put("cfg", "b", b"")
+        assert await bridge.kv_get("cfg", "b") == KvEntry("cfg", "b", b"", rev3)
+        assert sorted(await bridge.kv_keys("cfg")) == ["a", "b"]
+        with pytest.raises(WrongRevision):
+            await bridge.kv_delete("cfg", "a", last_revision=rev1)
+        await bridge.kv_delete("cfg", "a", last_revision=rev2)
+        assert await bridge.kv_get("cfg", "a") is None
+        assert await bridge.kv_keys("cfg") == ["b"]
+        assert await bridge.kv_create("cfg", "a", b"new") > rev3  # a deleted key is missing
+        await bridge.kv_delete("cfg", "b")
+        assert await bridge.kv_keys("cfg") == ["a"]
+
+
+async def test_kv_bucket_ttl_expires_values(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_kv("sessions", ttl_s=1.0)
+        await bridge.kv_put("sessions", "s1", b"x")
+        assert await bridge.kv_get("sessions", "s1") is not None
+        with trio.fail_after(10):
+            while await bridge.kv_get("sessions", "s1") is not None:
+                await trio.sleep(0.1)
+        assert await bridge.kv_keys("sessions") == []
+
+
+async def test_kv_watch_initial_values_marker_and_updates(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_kv("w")
+        await bridge.kv_put("w", "a", b"1")
+        await bridge.kv_put("w", "b", b"2")
+        await bridge.kv_put("w", "a", b"3")
+        with trio.fail_after(20):
+            async with bridge.kv_watch("w") as entries:
+                initial = [await entries.receive(), await entries.receive()]
+                assert [(e.key, e.value) for e in initial] == [("b", b"2"), ("a", b"3")]
+                assert initial[-1].delta == 0
+                marker = await entries.receive()
+                assert (marker.key, marker.value, marker.revision) == (MARKER, None, 0)
+                rev = await bridge.kv_put("w", "c", b"4")
+                update = await entries.receive()
+                assert (update.key, update.value, update.revision) == ("c", b"4", rev)
+                await bridge.kv_delete("w", "a")
+                deleted = await entries.receive()
+                assert (deleted.key, deleted.value) == ("a", None)
+
+
+async def test_kv_watch_of_an_empty_bucket_and_a_key_filter(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_kv("f")
+        with trio.fail_after(20):
+            async with bridge.kv_watch("f", "m.*") as entries:
+                assert (await entries.receive()).key == MARKER
+                await bridge.kv_put("f", "other", b"x")
+                await bridge.kv_put("f", "m.1", b"y")
+                got = await entries.receive()
+                assert (got.key, got.value) == ("m.1", b"y")
+        with pytest.raises(StreamNotFound):
+            async with bridge.kv_watch("missing"):
+                pass
+
+
+# -- core NATS --------------------------------------------------------------------------------
+
+
+async def test_request_and_serve(nats_node: NatsNode) -> None:
+    async def echo(data: bytes) -> bytes:
+        if data == b"fail":
+            raise ValueError("no good")
+        if data == b"slow":
+            await trio.sleep(5)
+        return data.upper()
+
+    async with running_bridge(nats_node.url) as bridge, trio.open_nursery() as nursery:
+        await nursery.start(bridge.serve, "svc.echo", echo)
+        assert await bridge.request("svc.echo", b"hi") == b"HI"
+        with pytest.raises(BridgeError, match="ValueError: no good") as failed:
+            await bridge.request("svc.echo", b"fail")
+        assert type(failed.value) is BridgeError
+        with pytest.raises(NoResponders):
+            await bridge.request("svc.nobody", b"x")
+        with pytest.raises(BridgeTimeout):
+            await bridge.request("svc.echo", b"slow", timeout_s=0.3)
+        replies = []
+
+        async def ask(i: int) -> None:
+            replies.append(await bridge.request("svc.echo", b"r%d" % i))
+
+        async with trio.open_nursery() as asks:
+            for i in range(20):
+                asks.start_soon(ask, i)
+        assert sorted(replies) == sorted(b"R%d" % i for i in range(20))
+        nursery.cancel_scope.cancel()
+
+
+async def test_subscribe_delivers_and_counts_drops(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        async with bridge.subscribe("t.>", max_buffer=10) as messages:
+            await bridge.publish_core([("t.1", b"a"), ("t.2", b"b")])
+            with trio.fail_after(10):
+                first = [await messages.receive(), await messages.receive()]
+            assert [(m.subject, m.data) for m in first] == [("t.1", b"a"), ("t.2", b"b")]
+            # Nobody receives now: 10 fit the channel, the rest are dropped and counted.
+            await bridge.publish_core([("t.x", b"%d" % i) for i in range(100)])
+            await wait_until(lambda: bridge.status()["dropped"] == 90)
+            kept = [messages.receive_nowait() for _ in range(10)]
+            assert [m.data for m in kept] == [b"%d" % i for i in range(10)]
+        await bridge.publish_core([("t.after", b"gone")])  # unsubscribed: nobody gets it
