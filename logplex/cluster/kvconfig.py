@@ -419,8 +419,10 @@ class KvConfigStore:
             )
         return value
 
-    async def _read(self, name: str) -> tuple[ChannelConfig | None, int]:
-        """The channel as NATS has it now, with its revision (0 when missing)."""
+    async def _read(self, name: str, *, deleting: bool) -> tuple[ChannelConfig | None, int]:
+        """The channel as NATS has it now, with its revision (0 when missing). A value that
+        is not a channel config refuses every write but a deletion, which sees it as a
+        channel without tokens or drains (and so deletes it at its revision)."""
         entry = await self._call(
             f"reading channel {name!r}", self._bridge.kv_get(self.bucket, channel_key(name))
         )
@@ -429,13 +431,19 @@ class KvConfigStore:
         try:
             return decode_channel(name, entry.value), entry.revision
         except ValueError as error:
+            if deleting:
+                return ChannelConfig(name), entry.revision
             raise ConfigError(
                 f"the stored config of channel {name!r} is unreadable ({error}); delete the "
                 "channel and create it again"
             ) from None
 
     async def _modify(
-        self, name: str, decide: Callable[[ChannelConfig | None], Awaitable[_Change[T]]]
+        self,
+        name: str,
+        decide: Callable[[ChannelConfig | None], Awaitable[_Change[T]]],
+        *,
+        deleting: bool = False,
     ) -> T:
         """Read ``name``, ``decide``, write by compare-and-set, retry on a lost race; return
         once the watcher has applied the outcome."""
@@ -445,7 +453,7 @@ class KvConfigStore:
         written = f"the write of channel {name!r}"
         async with self._write_lock:
             for attempt in range(MAX_WRITE_ATTEMPTS):
-                current, revision = await self._read(name)
+                current, revision = await self._read(name, deleting=deleting)
                 change = await decide(current)
                 try:
                     if change.delete:
@@ -546,7 +554,7 @@ class KvConfigStore:
                 raise channel_not_found(name)
             return _Change(None, delete=True)
 
-        await self._modify(name, decide)
+        await self._modify(name, decide, deleting=True)
 
     async def add_token(
         self, channel: str, name: str, *, max_tokens: int | None = None
