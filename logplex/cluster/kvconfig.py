@@ -240,7 +240,12 @@ class KvConfigStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Ensure the bucket, apply every channel in it, ``task_status.started()``, then
         apply every change until cancelled. Should the watch end or fail later, it is opened
-        again and the index brought back in line (channels gone meanwhile are removed)."""
+        again and the index brought back in line (channels gone meanwhile are removed).
+
+        Raises ``StoreUnavailable`` when NATS cannot be reached at the start. An exception
+        from ``apply`` or ``remove`` ends ``run`` with it: a router that cannot apply its
+        config must not go on serving an older one.
+        """
         await self._call(
             "creating the config bucket",
             self._bridge.ensure_kv(
@@ -318,13 +323,13 @@ class KvConfigStore:
                     self._channels[name] = (config, entry.revision)
                     self._apply(config)
         elif not key.startswith("n.") and entry.value is not None:
-            self._note_unreadable(key, "the key is not a channel key")
+            self._note_unreadable(key, "the key is not a channel key", channel=False)
         if entry.revision > self._applied_revision:
             self._applied_revision = entry.revision
             self._progress.set()
             self._progress = trio.Event()
 
-    def _note_unreadable(self, key: str, why: str) -> None:
+    def _note_unreadable(self, key: str, why: str, *, channel: bool = True) -> None:
         if key in self._unreadable:
             return
         if len(self._unreadable) >= MAX_UNREADABLE_KEYS:
@@ -340,11 +345,11 @@ class KvConfigStore:
         self._unreadable.add(key)
         shown = key if len(key) <= 200 else key[:200] + "…"
         log.warning(
-            "config bucket %s: the value of %r is not a channel config (%s); ignored, the "
-            "channel keeps its last applied config",
+            "config bucket %s: the value of %r is not a channel config (%s); ignored%s",
             self.bucket,
             shown,
             why,
+            ", the channel keeps its last applied config" if channel else "",
         )
 
     async def _wait_applied(self, revision: int, what: str) -> None:

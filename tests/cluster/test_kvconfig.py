@@ -535,3 +535,28 @@ async def test_same_results_and_errors_as_the_sqlite_store(
         "TooManyDrains",
         "DrainNotFound",
     } <= kinds
+
+
+async def test_nats_down_refuses_writes_and_the_watch_resumes_when_it_is_back(
+    nats_node: NatsNode,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        a = await start_member(nursery, nats_node)
+        b = await start_member(nursery, nats_node)
+        await a.store.put_channel("before", [])
+        await eventually(lambda: "before" in b.router.channels, "B has the channel")
+        nats_node.stop()
+        with pytest.raises(StoreUnavailable, match="NATS"):
+            await a.store.put_channel("during", [])
+        assert await a.store.list_channel_names() == ["before"]  # reads go on from memory
+        nats_node.start()
+        with trio.fail_after(DEADLINE_S):
+            while True:
+                try:
+                    config, _ = await a.store.put_channel("after", ["app"])
+                    break
+                except StoreUnavailable:
+                    await trio.sleep(0.05)
+        await eventually(lambda: b.router.channels.get("after") == config, "B applies it")
+        # "during" may or may not exist now: its write's outcome was unknown, and said so.
+        nursery.cancel_scope.cancel()

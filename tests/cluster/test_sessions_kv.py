@@ -248,3 +248,23 @@ async def test_api_writes_and_sessions_work_on_any_router(nats_node: NatsNode) -
         assert not b.router.has_channel("web:app")
         await eventually_has_channel(a, "web:app", False)
         assert (await a.client.get("/v3/channels", headers=ADMIN)).json() == []
+
+
+async def test_api_answers_503_while_nats_is_down(nats_node: NatsNode) -> None:
+    async with cluster_router(nats_node) as a:
+        response = await a.client.put("/v3/channels/c", json={"tokens": []}, headers=ADMIN)
+        assert response.status_code == 201, response.text
+        nats_node.stop()
+        response = await a.client.put("/v3/channels/d", json={"tokens": []}, headers=ADMIN)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "NATS" in response.json()["error"]
+        response = await a.client.post("/v3/sessions", json={"channel_id": "c"}, headers=ADMIN)
+        assert response.status_code == 503
+        assert len(a.state.sessions) == 0  # not half-made: gone from this router too
+        response = await a.client.get(f"/sessions/{uuid.uuid4()}")
+        assert response.status_code == 503  # unknown here, and NATS cannot say
+        # Reads are served from memory meanwhile.
+        response = await a.client.get("/v3/channels", headers=ADMIN)
+        assert response.json() == ["c"]
+        nats_node.start()
