@@ -57,7 +57,7 @@ from logplex.cluster.kvconfig import KvConfigStore
 from logplex.cluster.node import ClusterNode, ClusterSettings
 from logplex.cluster.sessions import KvSessions
 from logplex.codecs import rfc5424
-from logplex.config.store import ConfigStore, ConfigStoreAPI
+from logplex.config.store import ConfigStore, ConfigStoreAPI, StoreUnavailable
 from logplex.fanout.router import DrainFactory, Router
 from logplex.ingest.shim import ShimListener, ShimListenerSettings
 from logplex.ingest.syslog import SyslogListener, SyslogListenerSettings
@@ -467,9 +467,12 @@ async def _start_cluster(root: trio.Nursery, cluster: _ClusterParts, store: Any)
     except BridgeError as exc:
         raise ServeConfigError(f"cannot use --nats: {exc}") from None
     cluster.started = True
-    await root.start(store.run)
-    await root.start(cluster.sessions.run)
-    await root.start(cluster.node.run)
+    try:
+        await root.start(store.run)
+        await root.start(cluster.sessions.run)
+        await root.start(cluster.node.run)
+    except (BridgeError, StoreUnavailable) as exc:
+        raise ServeConfigError(f"cannot start the cluster mode on --nats: {exc}") from None
     metrics.CLUSTER_CONNECTED.set(1)
     root.start_soon(_report_connection, cluster.bridge)
     log.info(
