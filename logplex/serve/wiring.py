@@ -636,5 +636,16 @@ def main(args: argparse.Namespace) -> int:
     except ServeConfigError as exc:
         sys.stderr.write(f"logplex serve: {exc}\n")
         return 2
+    except BaseExceptionGroup as group:
+        # A configuration error found inside the run's nursery (the cluster mode connects
+        # there) arrives wrapped; it is still a configuration error.
+        found, _ = group.split(ServeConfigError)
+        if found is None:
+            raise
+        first: BaseException = found
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        sys.stderr.write(f"logplex serve: {first}\n")
+        return 2
     log.info("stopped")
     return 0
