@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -98,16 +98,28 @@ class _SeamedTail:
             self.push(pending_seq, messages)
 
 
-class ClusterTails:
-    """Live tails on this router for channels owned anywhere."""
+FetchAfter = Callable[[str, int], Awaitable[tuple[list[Message], int]]]
 
-    def __init__(self, bridge: NatsBridge, partitions: int) -> None:
+
+class ClusterTails:
+    """Live tails on this router for channels owned anywhere.
+
+    One core subscription per partition with tails here. Each tail envelope names the
+    partition's previous one (``prev_seq``); when one is missing (core NATS dropped it, this
+    router's connection was down, the owner changed) every tail of the partition catches up
+    from the owner's history (the lines after the last batch it saw), then goes on live.
+    """
+
+    def __init__(self, bridge: NatsBridge, partitions: int, fetch_after: FetchAfter) -> None:
         self.bridge = bridge
         self.partitions = partitions
+        self._fetch_after = fetch_after
         self._by_channel: dict[str, list[_SeamedTail]] = {}
         self._subscriptions: dict[int, tuple[trio.CancelScope, trio.Event, set[str]]] = {}
+        self._last_seq: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
         self._decompressor = zstandard.ZstdDecompressor()
+        self.catch_ups = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -146,6 +158,7 @@ class ClusterTails:
             if not entry[2]:
                 entry[0].cancel()
                 del self._subscriptions[partition]
+                self._last_seq.pop(partition, None)
 
     async def _subscribe(self, partition: int, scope: trio.CancelScope, ready: trio.Event) -> None:
         with scope:
@@ -154,20 +167,42 @@ class ClusterTails:
                     async with self.bridge.subscribe(names.tail_subject(partition)) as messages:
                         ready.set()
                         async for message in messages:
-                            self._dispatch(message.data)
+                            self._dispatch(partition, message.data)
                 except BridgeError as exc:
                     log.info("tail subscription of partition %d: %s; again", partition, exc)
                 ready.set()
                 await trio.sleep(1.0)
 
-    def _dispatch(self, data: bytes) -> None:
+    def _dispatch(self, partition: int, data: bytes) -> None:
         try:
             envelope = decode_envelope(data)
             batch = decode_batch(envelope.batch, self._decompressor)
         except ClusterFormatError:
             return
+        last = self._last_seq.get(partition)
+        self._last_seq[partition] = max(envelope.stream_seq, last or 0)
+        if last is not None and envelope.prev_seq != last and envelope.stream_seq > last:
+            self._start_catch_up(partition)
         for tail in self._by_channel.get(batch.channel, ()):
             tail.push(envelope.stream_seq, batch.messages)
+
+    def _start_catch_up(self, partition: int) -> None:
+        entry = self._subscriptions.get(partition)
+        if entry is None or self._nursery is None:
+            return
+        self.catch_ups += 1
+        for channel in entry[2]:
+            for tail in self._by_channel.get(channel, ()):
+                if tail.through is not None:
+                    after = tail.through
+                    tail.through = None  # live batches wait while the history comes
+                    self._nursery.start_soon(self._catch_up, channel, tail, after)
+
+    async def _catch_up(self, channel: str, tail: _SeamedTail, after: int) -> None:
+        messages, frontier = await self._fetch_after(channel, after)
+        if messages:
+            tail.session.push(messages)
+        tail.set_through(max(frontier, after))
 
 
 class ClusterNode:
@@ -190,7 +225,7 @@ class ClusterNode:
         self.router: RouterSide | None = None
         self.owners: dict[int, PartitionOwner] = {}
         self.log = ClusterLog(bridge, member_id=self.member_id, partitions=self.partitions)
-        self.tails = ClusterTails(bridge, self.partitions)
+        self.tails = ClusterTails(bridge, self.partitions, self._history_after)
         self.coordinator: Coordinator | None = None
         self.ready = False
         self._decompressor = zstandard.ZstdDecompressor()
@@ -319,9 +354,12 @@ class ClusterNode:
     def detach_tail(self, channel: str, session: TailSession) -> None:
         self.tails.detach(channel, session)
 
-    async def _ask_owner(self, channel: str, op: str) -> bytes | None:
+    async def _ask_owner(self, channel: str, op: str, after: int | None = None) -> bytes | None:
         """The owner's answer, waiting through a hand-off or takeover; None if none came."""
-        request = json.dumps({"op": op, "channel": channel}).encode()
+        fields: dict[str, object] = {"op": op, "channel": channel}
+        if after is not None:
+            fields["after"] = after
+        request = json.dumps(fields).encode()
         subject = names.owner_subject(self.partition_of(channel))
         deadline = trio.current_time() + OWNER_REQUEST_ATTEMPTS_S
         while True:
@@ -337,10 +375,16 @@ class ClusterNode:
 
     async def history(self, channel: str) -> tuple[list[Message], int]:
         """The channel's history and the last stream sequence it includes."""
+        return await self._history(channel, None)
+
+    async def _history_after(self, channel: str, after: int) -> tuple[list[Message], int]:
+        return await self._history(channel, after)
+
+    async def _history(self, channel: str, after: int | None) -> tuple[list[Message], int]:
         owner = self.owners.get(self.partition_of(channel))
-        if owner is not None and owner.ready.is_set() and self.router is not None:
-            return self.router.history(channel), owner.frontier
-        reply = await self._ask_owner(channel, "history")
+        if owner is not None and owner.ready.is_set():
+            return owner.history_after(channel, after), owner.frontier
+        reply = await self._ask_owner(channel, "history", after)
         if reply is None:
             return [], 0
         try:

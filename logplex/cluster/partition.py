@@ -70,6 +70,10 @@ CHECKPOINT_INTERVAL_S: Final = 1.0
 FETCH_BATCH: Final = 256
 FETCH_TIMEOUT_S: Final = 0.5
 HISTORY_REPLAY_MAX_BATCHES: Final = 50_000
+TAIL_PUBLISH_ATTEMPTS: Final = 5
+TAIL_REPUBLISH_BATCHES: Final = (
+    256  # a takeover re-sends to tails from this far before the checkpoint
+)
 DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 CHECKPOINT_VERSION: Final = 1
 
@@ -395,20 +399,35 @@ class Checkpoint:
 class _History:
     """Which stream batches a channel's history ring still holds lines of."""
 
-    __slots__ = ("batches", "lines")
+    __slots__ = ("batches", "dropped_seq", "lines")
 
     def __init__(self) -> None:
         self.batches: collections.deque[tuple[int, int]] = collections.deque()  # (seq, count)
         self.lines = 0
+        self.dropped_seq = 0  # the newest batch no longer held (0: none dropped)
 
     def add(self, seq: int, count: int, keep_lines: int) -> None:
         self.batches.append((seq, count))
         self.lines += count
         while self.batches and self.lines - self.batches[0][1] >= keep_lines:
-            self.lines -= self.batches.popleft()[1]
+            dropped, lines = self.batches.popleft()
+            self.lines -= lines
+            self.dropped_seq = dropped
 
     def first_seq(self) -> int | None:
         return self.batches[0][0] if self.batches else None
+
+    def lines_after(self, seq: int) -> int | None:
+        """How many of the newest lines came in batches after ``seq`` (None: the ring no
+        longer holds all of them)."""
+        if seq < self.dropped_seq:
+            return None
+        count = 0
+        for batch_seq, lines in reversed(self.batches):
+            if batch_seq <= seq:
+                break
+            count += lines
+        return count
 
 
 class PartitionOwner:
@@ -451,6 +470,7 @@ class PartitionOwner:
         self.last_read_at: float | None = None
         self.bad_messages = 0
         self._needed_channels: set[str] = set()  # channels of checkpointed cursors, at takeover
+        self._tail_prev = 0  # the stream seq of the last tail envelope sent (0: none yet)
 
     # -- SpoolSide, for the queues ----------------------------------------------------------
 
@@ -652,7 +672,9 @@ class PartitionOwner:
                     continue
                 # Batches past the last owner's checkpoint may not have reached the tails:
                 # they go there again (tails drop the stream sequences they have seen).
-                await self._feed_all(messages, tails_after=checkpoint.frontier)
+                await self._feed_all(
+                    messages, tails_after=max(0, checkpoint.frontier - TAIL_REPUBLISH_BATCHES)
+                )
                 replayed += len(messages)
             if replayed:
                 log.info(
@@ -698,12 +720,21 @@ class PartitionOwner:
         for message in messages:
             data = self._feed(message, live=message.seq > tails_after)
             if data is not None:
-                tails.append((tail_subject, encode_envelope(KIND_TAIL, message.seq, data)))
+                envelope = encode_envelope(KIND_TAIL, message.seq, data, self._tail_prev)
+                tails.append((tail_subject, envelope))
+                self._tail_prev = message.seq
         if tails:
-            try:
-                await self.bridge.publish_core(tails)
-            except BridgeError:
-                metrics.CLUSTER_TAIL_DROPPED.inc(len(tails))
+            for attempt in range(TAIL_PUBLISH_ATTEMPTS):
+                try:
+                    await self.bridge.publish_core(tails)
+                    break
+                except BridgeError:
+                    if attempt + 1 == TAIL_PUBLISH_ATTEMPTS:
+                        # The next envelope's prev_seq shows the gap: tails catch up from
+                        # the history.
+                        metrics.CLUSTER_TAIL_DROPPED.inc(len(tails))
+                    else:
+                        await trio.sleep(0.2)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -784,13 +815,34 @@ class PartitionOwner:
             return b'{"error":"bad request"}'
         channel = request["channel"]
         if request.get("op") == "history":
-            messages = self.router.history(channel)
+            after = request.get("after")
+            messages = self.history_after(channel, after if isinstance(after, int) else None)
             batch = encode_batch(channel, messages, 0, zstandard.ZstdCompressor(level=1))
             return encode_envelope(KIND_HISTORY, self.frontier, batch)
         if request.get("op") == "drains":
             statuses = self.router.drain_statuses(channel)
             return json.dumps({str(k): v for k, v in statuses.items()}).encode()
         return b'{"error":"unknown op"}'
+
+    def history_after(self, channel: str, after: int | None) -> list[Message]:
+        """The channel's history; with ``after``, only the lines of batches after that
+        stream sequence (a tail catching up after a gap), or all of it when the ring no
+        longer reaches back that far."""
+        messages = self.router.history(channel)
+        if after is None:
+            return messages
+        ring = self._histories.get(channel)
+        if ring is None:
+            return []
+        count = ring.lines_after(after)
+        if count is None:
+            log.info(
+                "partition %d: a tail of %r caught up past what the history holds",
+                self.partition,
+                channel,
+            )
+            return messages
+        return messages[-count:] if count else []
 
     def lag(self) -> dict[str, object]:
         return {

@@ -10,9 +10,12 @@ ingest compresses once and the owner decompresses once per batch.
 
 An owner passes batches on, without re-encoding them, inside an envelope::
 
-    [kind, stream_seq, batch]
+    [kind, stream_seq, batch, prev_seq]
 
-- ``TAIL`` (2): a batch as delivered, on the partition's core tail subject;
+- ``TAIL`` (2): a batch as delivered, on the partition's core tail subject; ``prev_seq`` is
+  the stream sequence of the partition's previous tail envelope from the same owner (0: not
+  known, as after a takeover), so a subscriber sees a gap — core NATS dropped something, or
+  its own connection was down — and catches up from the owner's history;
 - ``HISTORY`` (3): a channel's history as one batch, the owner's reply to a history request,
   ``stream_seq`` being the last stream sequence the history includes (a tail that started
   before the request drops the live batches at or below it: no line twice at the seam).
@@ -59,6 +62,7 @@ class Envelope:
     kind: int
     stream_seq: int
     batch: bytes  # an encoded batch (``decode_batch`` reads it)
+    prev_seq: int = 0
 
 
 def encode_batch(
@@ -115,20 +119,21 @@ def decode_batch(
     return PartitionBatch(channel, published_us, messages)
 
 
-def encode_envelope(kind: int, stream_seq: int, batch: bytes) -> bytes:
+def encode_envelope(kind: int, stream_seq: int, batch: bytes, prev_seq: int = 0) -> bytes:
     if kind not in ENVELOPE_KINDS:
         raise ValueError(f"unknown envelope kind {kind}")
-    data: bytes = msgpack.packb([kind, stream_seq, batch])
+    data: bytes = msgpack.packb([kind, stream_seq, batch, prev_seq])
     return data
 
 
 def decode_envelope(data: bytes) -> Envelope:
     fields = _unpack(data, "an envelope")
-    if len(fields) != 3 or fields[0] not in ENVELOPE_KINDS:
-        raise ClusterFormatError("an envelope is not [kind, seq, batch]")
-    kind, stream_seq, batch = fields
-    if not (_natural(stream_seq) and isinstance(batch, bytes)):
+    if len(fields) != 4 or fields[0] not in ENVELOPE_KINDS:
+        raise ClusterFormatError("an envelope is not [kind, seq, batch, prev]")
+    kind, stream_seq, batch, prev_seq = fields
+    if not (_natural(stream_seq) and isinstance(batch, bytes) and _natural(prev_seq)):
         raise ClusterFormatError("envelope fields have the wrong types")
     assert isinstance(kind, int)
     assert isinstance(stream_seq, int)
-    return Envelope(kind, stream_seq, batch)
+    assert isinstance(prev_seq, int)
+    return Envelope(kind, stream_seq, batch, prev_seq)

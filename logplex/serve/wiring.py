@@ -27,6 +27,7 @@ import argparse
 import gc
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -105,6 +106,24 @@ def load_or_create_auth_key(path: Path) -> tuple[str, bool]:
         file.write(key + "\n")
     os.chmod(path, 0o600)  # an existing empty file may have had a wider mode
     return key, True
+
+
+MEMBER_ID_FILE: Final = "cluster-member-id"
+
+
+def load_or_create_member_id(path: Path) -> str:
+    """This router's id in the cluster, kept in its data dir: a restarted router is the same
+    member and gets the same partitions back (rendezvous hashing is stable per member set).
+    Every router needs its own data dir."""
+    try:
+        member = path.read_text().strip()
+    except FileNotFoundError:
+        member = ""
+    if re.fullmatch(r"[a-z0-9]{6,32}", member):
+        return member
+    member = secrets.token_hex(6)
+    path.write_text(member + "\n")
+    return member
 
 
 def _private_paths(settings: ServeSettings, key_path: Path) -> list[tuple[Path, str]]:
@@ -442,7 +461,8 @@ def _cluster_parts(settings: ServeSettings, public_url: str) -> _ClusterParts:
     )
     node = ClusterNode(
         bridge,
-        ClusterSettings(
+        member_id=load_or_create_member_id(settings.data_dir / MEMBER_ID_FILE),
+        settings=ClusterSettings(
             partitions=settings.nats_partitions,
             replicas=replicas,
             lease_ttl_s=settings.nats_lease_ttl,

@@ -14,9 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import trio
 
@@ -26,7 +24,6 @@ sys.path.insert(0, str(HERE.parent / "chaos"))
 from chaos_harness import (  # noqa: E402
     AUTH_KEY,
     Published,
-    Router,
     Shim,
     Sink,
     TailSession,
@@ -38,74 +35,21 @@ from chaos_harness import (  # noqa: E402
     tail_tally,
     wait_until,
 )
+from cluster_harness import (  # noqa: E402
+    LEASE_TTL_S,
+    PAD,
+    PARTITIONS,
+    add_drain,
+    cluster_view,
+    make_router,
+    members_live,
+    owner_of,
+    partition_of,
+    put_channel,
+)
 from natsd import NatsNode, start_cluster, start_node, wait_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.peer("nats-server")]
-
-PARTITIONS = 4
-LEASE_TTL_S = 2.0
-PAD = 40
-
-
-def cluster_args(urls: list[str]) -> list[str]:
-    return [
-        "--nats",
-        ",".join(urls),
-        "--nats-partitions",
-        str(PARTITIONS),
-        "--nats-lease-ttl",
-        str(LEASE_TTL_S),
-    ]
-
-
-def make_router(
-    tmp_path: Path, name: str, env: dict[str, str], tls: Any, urls: list[str]
-) -> Router:
-    workdir = tmp_path / name
-    workdir.mkdir()
-    router = Router(workdir, env, tls, cluster_args(urls))
-    router.name = name
-    return router
-
-
-async def put_channel(router: Router, name: str) -> dict[str, Any]:
-    response = await router.api.put(f"/v3/channels/{name}", json={"tokens": ["app", "heroku"]})
-    assert response.status_code in (200, 201), response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def add_drain(router: Router, channel: str, url: str) -> dict[str, Any]:
-    response = await router.api.post(f"/v3/channels/{channel}/drains", json={"url": url})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def cluster_view(router: Router) -> dict[str, Any]:
-    response = await router.api.get("/v3/cluster")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def owner_of(routers: list[Router], partition: int) -> Router | None:
-    for router in routers:
-        if not router.alive():
-            continue
-        try:
-            view = await cluster_view(router)
-        except (httpx.HTTPError, AssertionError):
-            continue
-        if partition in view["owned"]:
-            return router
-    return None
-
-
-def partition_of(channel: str) -> int:
-    from logplex.cluster.names import partition_of as place
-
-    return place(channel, PARTITIONS)
 
 
 @pytest.fixture
@@ -148,7 +92,7 @@ async def test_two_routers_share_config_traffic_tails_and_drains(
         view = await cluster_view(a)
         assert set(view["members"]) >= {view["member"]}
         await wait_until(
-            lambda: _members_live(a, 2), "both routers live in A's view", 15, poll_s=0.2
+            lambda: members_live(a, 2), "both routers live in A's view", 15, poll_s=0.2
         )
 
         async with trio.open_nursery() as nursery:
@@ -194,11 +138,6 @@ async def test_two_routers_share_config_traffic_tails_and_drains(
             await router.api.aclose()
 
 
-async def _members_live(router: Router, count: int) -> bool:
-    view = await cluster_view(router)
-    return sum(1 for m in view["members"].values() if m.get("live")) >= count
-
-
 async def test_owner_sigkill_takeover_loses_nothing_and_repeats_frame_ids(tmp_path: Path) -> None:
     nodes = start_cluster(tmp_path / "nats", 3)
     env = child_env(tmp_path)
@@ -212,7 +151,7 @@ async def test_owner_sigkill_takeover_loses_nothing_and_repeats_frame_ids(tmp_pa
         await sink.start()
         for router in routers:
             await router.start()
-        await wait_until(lambda: _members_live(routers[0], 3), "three live routers", 20, poll_s=0.2)
+        await wait_until(lambda: members_live(routers[0], 3), "three live routers", 20, poll_s=0.2)
         tokens = (await put_channel(routers[0], "alpha"))["tokens"]
         drain = await add_drain(routers[1], "alpha", f"https://127.0.0.1:{sink.port}/logs")
         partition = partition_of("alpha")
@@ -256,7 +195,7 @@ async def test_owner_sigkill_takeover_loses_nothing_and_repeats_frame_ids(tmp_pa
         assert takeover_s <= LEASE_TTL_S + 2 + 3, takeover_s  # + polling and a loaded machine
         # The victim comes back and the cluster goes on.
         await victim.start()
-        await wait_until(lambda: _members_live(others[0], 3), "the victim back", 20, poll_s=0.2)
+        await wait_until(lambda: members_live(others[0], 3), "the victim back", 20, poll_s=0.2)
     finally:
         for process in (*shims, *routers, sink):
             if process.process is not None and process.alive():

@@ -92,8 +92,10 @@ def test_sizes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("kind", [KIND_TAIL, KIND_HISTORY])
 def test_an_envelope_round_trips(kind: int) -> None:
     batch = encode_batch("ch", [], 0, COMPRESSOR)
-    envelope = decode_envelope(encode_envelope(kind, 42, batch))
+    envelope = decode_envelope(encode_envelope(kind, 42, batch, 41))
     assert (envelope.kind, envelope.stream_seq, envelope.batch) == (kind, 42, batch)
+    assert envelope.prev_seq == 41
+    assert decode_envelope(encode_envelope(kind, 42, batch)).prev_seq == 0
 
 
 def test_an_unknown_envelope_kind_is_not_encoded() -> None:
@@ -104,10 +106,11 @@ def test_an_unknown_envelope_kind_is_not_encoded() -> None:
 @pytest.mark.parametrize(
     ("data", "says"),
     [
-        (_raw([2, 1]), "not \\[kind, seq, batch\\]"),
-        (_raw([9, 1, b""]), "not \\[kind, seq, batch\\]"),
-        (_raw([2, -1, b""]), "wrong types"),
-        (_raw([2, 1, "x"]), "wrong types"),
+        (_raw([2, 1, b""]), "not \\[kind, seq, batch, prev\\]"),
+        (_raw([9, 1, b"", 0]), "not \\[kind, seq, batch, prev\\]"),
+        (_raw([2, -1, b"", 0]), "wrong types"),
+        (_raw([2, 1, "x", 0]), "wrong types"),
+        (_raw([2, 1, b"", -1]), "wrong types"),
         (_raw("x"), "not an array"),
     ],
 )
