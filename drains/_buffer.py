@@ -88,6 +88,10 @@ class DrainQueue(Protocol):
 
     async def wait_takeable(self) -> None: ...
 
+    async def wait_may_send(self) -> None:
+        """Return when this router may send (at once, except for a cluster owner that lost
+        its partition's lease: it never returns there, and the drain is stopped)."""
+
     @property
     def restored_delivered(self) -> int:
         """Messages delivered before this process started (a spool keeps the count)."""
@@ -275,6 +279,9 @@ class DrainBuffer:
 
     def _notice_takeable(self) -> bool:
         return self._lost_pending > 0 and trio.current_time() >= self._notice_due_at
+
+    async def wait_may_send(self) -> None:
+        return
 
     async def wait_takeable(self) -> None:
         """Wait until ``take`` would return something."""

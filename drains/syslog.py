@@ -303,6 +303,7 @@ class SyslogDrain(DrainCore):
             write = _Write(taken, start_pos=conn.transport.bytes_sent)
             conn.writes.append(write)
             started = trio.current_time()
+            await self.queue.wait_may_send()
             await conn.stream.send_all(b"".join(taken.frames))
             write.end_pos = conn.transport.bytes_sent
             self.metrics.request_seconds.observe(trio.current_time() - started)

@@ -248,6 +248,7 @@ class HttpDrain(DrainCore):
         first_attempt_at = trio.current_time()
         attempt = 0
         while True:
+            await self.queue.wait_may_send()
             outcome, retry_after_s, error = await self._post_once(client, post)
             if outcome is Outcome.DELIVERED:
                 self._refusals_in_a_row = 0

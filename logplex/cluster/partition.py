@@ -252,6 +252,12 @@ class ClusterQueue(SpoolQueue):
             return None
         return super().take(max_messages, max_bytes)
 
+    async def wait_may_send(self) -> None:
+        """Fencing for sends of what was taken before (retries, resends): once the lease is
+        not valid, nothing more leaves; the router stops the drain soon after."""
+        if not self.owner.lease.valid():
+            await trio.sleep_forever()
+
     async def wait_takeable(self) -> None:
         while True:
             await super().wait_takeable()

@@ -350,6 +350,10 @@ class SpoolQueue:
             or self._notice_takeable()
         )
 
+    async def wait_may_send(self) -> None:
+        """The spool's queues may always send (``drains.DrainQueue``)."""
+        return
+
     async def wait_takeable(self) -> None:
         while not self._takeable():
             self._wakeup = trio.Event()

@@ -5,10 +5,11 @@ One run, faults one after another, every output accounted at the end (DESIGN 8 a
 1. SIGKILL the owner of a busy partition (alpha's): another router takes it over within the
    lease TTL + 2 s (polling slack added), and the killed router comes back (same data dir:
    the same member, so it gets its partitions back through a clean hand-off).
-2. SIGSTOP the owner of beta's partition past its lease TTL, then SIGCONT: another router
-   delivers beta meanwhile, and the paused one sends no post from its wake-up until it holds
-   a lease again (fencing). Posts are attributed to the process that sent them
-   (``AttributingFront`` maps each connection to its pid).
+2. SIGSTOP the owner of beta's partition past its lease TTL, then SIGCONT, with the receiver
+   answering 503 around the pause (so the owner is retrying when it stops): another router
+   takes beta over meanwhile, and the paused one sends no post — not even the retry due at
+   its wake-up — until it holds a lease again (fencing). Posts are attributed to the
+   process that sent them (``AttributingFront`` maps each connection to its pid).
 3. SIGKILL one NATS node, then start it again: nothing acknowledged is lost.
 4. Restart every router (SIGTERM, start): history and drains continue.
 
@@ -145,6 +146,11 @@ async def test_cluster_chaos_loses_nothing(tmp_path: Path) -> None:
             victim2 = await owner_of(routers, beta_partition) or victim2
             assert victim2.process is not None
             victim2_pid = victim2.process.pid
+            # The receiver answers 503 from just before the pause to after it: the paused
+            # owner is retrying a post when it stops, and its retry is due the moment it
+            # wakes; fencing must hold that retry back too.
+            front.set_mode("5xx")
+            await trio.sleep(1.0)
             stopped_wall = time.time()
             victim2.process.send_signal(signal.SIGSTOP)
             rest = [r for r in routers if r is not victim2]
@@ -161,7 +167,9 @@ async def test_cluster_chaos_loses_nothing(tmp_path: Path) -> None:
                 return await owner_of(routers, beta_partition) is not None
 
             await wait_until(beta_owned, "beta owned", 30, 0.2)
-            await trio.sleep(3)
+            await trio.sleep(2)
+            front.set_mode("proxy")
+            await trio.sleep(2)
 
             # 3. SIGKILL one NATS node, then start it again.
             nodes[1].kill()
