@@ -552,9 +552,10 @@ class NatsBridge:
         task = asyncio.current_task()
         assert task is not None
         task.set_name(f"logplex-bridge: {what}")
-        if needs_connection and not (self._up and self._nc is not None and self._nc.is_connected):
-            raise NotConnected(f"{what}: not connected to NATS; retry when it is back")
-        self._inflight.add(task)
+        if needs_connection:
+            if not (self._up and self._nc is not None and self._nc.is_connected):
+                raise NotConnected(f"{what}: not connected to NATS; retry when it is back")
+            self._inflight.add(task)  # ended with NotConnected when the connection drops
         try:
             return await fn()
         except asyncio.CancelledError:

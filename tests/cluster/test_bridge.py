@@ -7,10 +7,12 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +29,7 @@ from logplex.cluster.bridge import (
     StreamNotFound,
     WrongRevision,
 )
-from tests.natsd import NatsNode, free_port
+from tests.natsd import NatsNode, free_port, start_node
 
 MARKER = ""  # the key of the "initial values done" entry of a watch
 
@@ -655,3 +657,67 @@ async def read_all_quick(bridge: NatsBridge, stream: str, count: int) -> list[An
         await reader.aclose()
     assert len(out) == count
     return out
+
+
+# -- TLS and credentials ----------------------------------------------------------------------
+
+
+async def test_tls_verified_against_the_ca_file(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    other_ca_file = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca_file))
+    tls = f'tls {{\n  cert_file: "{cert_file}"\n  key_file: "{key_file}"\n}}'
+    node = start_node(tmp_path, "tls", extra_config=tls)
+    try:
+        url = f"tls://127.0.0.1:{node.port}"
+        async with running_bridge(url, ca_file=ca_file) as bridge:
+            await bridge.ensure_kv("t")
+            assert await bridge.kv_put("t", "k", b"v") == 1
+        wrong = NatsBridge(
+            BridgeSettings(servers=(url,), ca_file=other_ca_file, connect_timeout_s=1)
+        )
+        with trio.fail_after(10), pytest.raises(BridgeError, match=r"127\.0\.0\.1"):
+            await wrong.run()
+    finally:
+        node.kill()
+
+
+async def test_credentials_problems_are_told_without_the_secret(tmp_path: Path) -> None:
+    creds = tmp_path / "user.creds"
+    creds.write_text(
+        "-----BEGIN USER NKEY SEED-----\nSUAVERYSECRETSEED\n------END USER NKEY SEED------\n"
+    )
+    for path in (creds, tmp_path / "missing.creds"):
+        bridge = NatsBridge(BridgeSettings(servers=("nats://127.0.0.1:1",), creds_file=path))
+        with pytest.raises(BridgeError) as caught:
+            await bridge.run()
+        assert "SECRET" not in str(caught.value)
+        assert "nkeys" in str(caught.value) or "cannot read" in str(caught.value)
+
+
+async def test_publish_in_flight_when_the_connection_drops(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("F", ["f"])
+        results: list[PubAck | BridgeError] = []
+
+        items: list[tuple[str, bytes, str | None]] = [("f", b"1", "f1"), ("f", b"2", "f2")]
+
+        async def publish() -> None:
+            results.extend(await bridge.publish_many(items, timeout_s=60))
+
+        nats_node.pause()  # the acks cannot come
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish)
+            await trio.sleep(0.3)
+            nats_node.kill()  # the socket closes: nats-py sees the connection go
+        assert [type(r) for r in results] == [NotConnected, NotConnected]
+        nats_node.start()
+        await wait_until(lambda: bridge.connected)
+        acked = await publish_all(bridge, items)
+        assert [a.seq for a in acked] == sorted(a.seq for a in acked)
+        assert (await retry(lambda: bridge.stream_info("F"))).messages == 2
