@@ -38,6 +38,7 @@ INACTIVE_THRESHOLD_S: Final = 30.0
 MAX_PULL_WAIT_S: Final = 5.0  # one pull request's expiry; bounds how late a lost consumer shows
 _PULL_GRACE_S: Final = 0.5  # a request counts as alive this long after its expiry
 _MIN_PULL_S: Final = 0.01
+_MIN_FETCH_S: Final = 0.05  # a fetch waits at least this long (one pull's round trip)
 _RETRY_S: Final = 0.2
 KV_OPERATION: Final = "KV-Operation"
 
@@ -123,6 +124,7 @@ class OrderedPull:
         self._queue: deque[Msg] = deque()
         self._consumer: str | None = None
         self._created_epoch = -1
+        self._replacement = False  # the consumer replaces one that delivered already
         self._cseq = 0
         self._stale = True  # (re)create the consumer before the next pull
         self._request_id = 0
@@ -195,6 +197,7 @@ class OrderedPull:
         )
         epoch = self._epoch()
         info = await self._js.add_consumer(self.stream, config=config, timeout=self._api_timeout_s)
+        self._replacement = not first
         self._consumer = name
         self._created_epoch = epoch
         self._cseq = 0
@@ -212,7 +215,7 @@ class OrderedPull:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         loop = asyncio.get_running_loop()
-        end = loop.time() + max(0.0, timeout_s)
+        end = loop.time() + max(_MIN_FETCH_S, timeout_s)
         recreated = False
         while True:
             if self._stale or self._epoch() != self._created_epoch:
@@ -315,9 +318,11 @@ class OrderedPull:
             self._cseq = cseq
             self._request_owed -= 1
             self.caught_up = pending == 0
-            if sseq < self.next_seq:
-                continue  # already returned before a re-creation
-            self.next_seq = sseq + 1
+            if self._replacement and sseq < self.next_seq:
+                continue  # already returned before the re-creation
+            # The first consumer cannot repeat itself (its consumer sequence is checked), and
+            # its last-per-subject start need not be in stream order: take all it sends.
+            self.next_seq = max(self.next_seq, sseq + 1)
             operation = _header(headers, KV_OPERATION) or None if headers else None
             out.append(PulledMessage(msg.subject, sseq, msg.data, time_ns, pending, operation))
         return out

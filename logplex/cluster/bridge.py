@@ -164,7 +164,6 @@ SERVE_BUFFER: Final = 256  # requests waiting for a handler; more are dropped (t
 SERVE_CONCURRENCY: Final = 64  # handlers running at once per serve()
 WATCH_BATCH: Final = 256
 WATCH_POLL_S: Final = 5.0
-KEYS_POLL_S: Final = 1.0
 _RETRY_S: Final = 0.2
 _MAX_ERROR_TEXT: Final = 300
 _DELETE_OPERATIONS: Final = frozenset({"DEL", "PURGE"})
@@ -370,7 +369,7 @@ class NatsBridge:
                 self._thread = None
                 await thread.stop()
                 self._up = False
-                self._notify_trio()
+                self._trio_state_changed()  # wake waiters: they see the bridge stopped
 
     @property
     def connected(self) -> bool:
@@ -883,7 +882,10 @@ class NatsBridge:
             live: dict[str, None] = {}
             try:
                 while not pull.caught_up:
-                    for message in await pull.fetch(WATCH_BATCH, KEYS_POLL_S):
+                    messages = await pull.fetch(WATCH_BATCH, self.settings.request_timeout_s)
+                    if not messages and not pull.caught_up:
+                        raise BridgeTimeout(f"KV keys of {bucket}: JetStream stopped delivering")
+                    for message in messages:
                         key = message.subject[len(prefix) :]
                         if message.operation in _DELETE_OPERATIONS:
                             live.pop(key, None)
@@ -951,12 +953,15 @@ class NatsBridge:
                 try:
                     messages, caught_up = await self._fetch(what, pull, None, batch, WATCH_POLL_S)
                 except (NotConnected, BridgeTimeout, NoResponders):
-                    if self._thread is None:
-                        return  # the bridge stopped: the watch ends
-                    if not self.connected:
-                        await self._wait_connected()
-                    else:
-                        await trio.sleep(_RETRY_S)
+                    # Transient: wait for the connection (or a moment) and go on from the
+                    # last revision delivered. When the bridge stops, the watch ends.
+                    try:
+                        if self.connected:
+                            await trio.sleep(_RETRY_S)
+                        else:
+                            await self._wait_connected()
+                    except NotConnected:
+                        return
                     continue
                 for m in messages:
                     value = None if m.operation in _DELETE_OPERATIONS else m.data

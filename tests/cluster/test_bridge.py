@@ -293,6 +293,33 @@ async def test_kv_watch_of_an_empty_bucket_and_a_key_filter(nats_node: NatsNode)
                 pass
 
 
+async def test_a_watch_ends_when_its_bridge_stops(nats_node: NatsNode) -> None:
+    bridge = NatsBridge(BridgeSettings(servers=(nats_node.url,)))
+    bridge_scope = trio.CancelScope()
+    ended = trio.Event()
+
+    async def run_bridge(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with bridge_scope:
+            await bridge.run(task_status=task_status)
+
+    async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with bridge.kv_watch("end") as entries:
+            assert (await entries.receive()).key == MARKER
+            task_status.started()
+            async for _ in entries:
+                pass
+        ended.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_bridge)
+            await bridge.ensure_kv("end")
+            await nursery.start(watch)
+            bridge_scope.cancel()
+            await ended.wait()
+    assert not bridge.connected
+
+
 # -- core NATS --------------------------------------------------------------------------------
 
 
