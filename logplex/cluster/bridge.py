@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -644,7 +644,7 @@ class NatsBridge:
         return await self._call(f"stream info {name}", info)
 
     async def publish_many(
-        self, items: list[tuple[str, bytes, str | None]], *, timeout_s: float | None = None
+        self, items: Sequence[tuple[str, bytes, str | None]], *, timeout_s: float | None = None
     ) -> list[PubAck | BridgeError]:
         """Publish ``(subject, data, msg_id)`` to JetStream, all in one crossing, pipelined,
         and wait for every ack. One result per item, in order: its ``PubAck``, or the error
@@ -655,7 +655,7 @@ class NatsBridge:
         return await self._call("publish", lambda: self._a_publish_many(items, timeout))
 
     async def _a_publish_many(
-        self, items: list[tuple[str, bytes, str | None]], timeout_s: float
+        self, items: Sequence[tuple[str, bytes, str | None]], timeout_s: float
     ) -> list[PubAck | BridgeError]:
         acks = self._acks
         if acks is None:
