@@ -169,6 +169,7 @@ _MAX_ERROR_TEXT: Final = 300
 _DELETE_OPERATIONS: Final = frozenset({"DEL", "PURGE"})
 _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _STREAM_NOT_FOUND: Final = 10059
+_STREAM_NAME_IN_USE: Final = 10058
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
 _NOT_CONNECTED_ERRORS: Final = (
@@ -630,7 +631,9 @@ class NatsBridge:
         except nats.js.errors.NotFoundError:
             try:
                 return _stream_info(await js.add_stream(config))
-            except nats.js.errors.BadRequestError:
+            except nats.js.errors.BadRequestError as error:
+                if error.err_code != _STREAM_NAME_IN_USE:
+                    raise
                 info = await js.stream_info(config.name)  # another router made it just now
         if _stream_differs(info.config, config):
             info = await js.update_stream(config)

@@ -191,6 +191,9 @@ async def test_ensure_stream_updates_an_existing_stream(nats_node: NatsNode) -> 
         assert again.name == "U"
         await bridge.ensure_stream("U", ["u.1", "u.2"], max_bytes=1 << 20)
         assert isinstance((await bridge.publish_many([("u.2", b"x", None)]))[0], PubAck)
+        with pytest.raises(BridgeError, match="duplicate") as refused:
+            await bridge.ensure_stream("BAD", ["bad"], max_age_s=10, duplicate_window_s=60)
+        assert not isinstance(refused.value, StreamNotFound)
 
 
 async def test_reader_waits_for_new_messages(nats_node: NatsNode) -> None:
