@@ -38,6 +38,7 @@ INACTIVE_THRESHOLD_S: Final = 30.0
 MAX_PULL_WAIT_S: Final = 5.0  # one pull request's expiry; bounds how late a lost consumer shows
 _PULL_GRACE_S: Final = 0.5  # a request counts as alive this long after its expiry
 _MIN_PULL_S: Final = 0.01
+_MIN_FETCH_S: Final = 0.05  # a fetch waits at least this long (one pull's round trip)
 _RETRY_S: Final = 0.2
 KV_OPERATION: Final = "KV-Operation"
 
@@ -69,6 +70,17 @@ def _ack_fields(reply: str) -> tuple[str, int, int, int, int] | None:
         return consumer, int(sseq), int(cseq), int(time_ns), int(pending)
     except (IndexError, ValueError):
         return None
+
+
+def _header(headers: dict[str, str] | None, name: str) -> str:
+    """A header's value ("" if absent); nats-py keys some by a ``str`` enum member, which
+    equals the plain name but does not hash like it."""
+    if not headers:
+        return ""
+    value = headers.get(name)
+    if value is None:
+        value = next((v for k, v in headers.items() if k == name), None)
+    return value or ""
 
 
 class OrderedPull:
@@ -112,11 +124,13 @@ class OrderedPull:
         self._queue: deque[Msg] = deque()
         self._consumer: str | None = None
         self._created_epoch = -1
+        self._replacement = False  # the consumer replaces one that delivered already
         self._cseq = 0
         self._stale = True  # (re)create the consumer before the next pull
         self._request_id = 0
         self._request_owed = 0
         self._request_until = 0.0
+        self._last_pull_at = 0.0
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -183,10 +197,12 @@ class OrderedPull:
         )
         epoch = self._epoch()
         info = await self._js.add_consumer(self.stream, config=config, timeout=self._api_timeout_s)
+        self._replacement = not first
         self._consumer = name
         self._created_epoch = epoch
         self._cseq = 0
         self._request_owed = 0
+        self._last_pull_at = asyncio.get_running_loop().time()
         self._stale = False
         self.caught_up = (info.num_pending or 0) == 0
 
@@ -199,7 +215,7 @@ class OrderedPull:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         loop = asyncio.get_running_loop()
-        end = loop.time() + max(0.0, timeout_s)
+        end = loop.time() + max(_MIN_FETCH_S, timeout_s)
         recreated = False
         while True:
             if self._stale or self._epoch() != self._created_epoch:
@@ -214,10 +230,18 @@ class OrderedPull:
             if self._stale:
                 continue
             now = loop.time()
+            if self._request_owed > 0 and now >= self._request_until:
+                # A live consumer ends every pull with its batch or a status (408 at expiry);
+                # silence means it is gone (a pull to a deleted consumer gets no answer).
+                self._stale = True
+                continue
             remaining = end - now
             if remaining <= 0:
                 return []
-            if (self._request_owed <= 0 or now >= self._request_until) and remaining >= _MIN_PULL_S:
+            if self._request_owed <= 0 and remaining >= _MIN_PULL_S:
+                if now - self._last_pull_at > self._inactive_threshold_s / 2:
+                    self._stale = True  # idle so long the server may have removed it
+                    continue
                 await self._pull(max_messages, min(remaining, MAX_PULL_WAIT_S))
             wait_s = min(remaining, max(_MIN_PULL_S, self._request_until - loop.time()))
             self._arrived.clear()
@@ -251,7 +275,9 @@ class OrderedPull:
         assert self._consumer is not None
         self._request_id += 1
         self._request_owed = batch
-        self._request_until = asyncio.get_running_loop().time() + expires_s + _PULL_GRACE_S
+        now = asyncio.get_running_loop().time()
+        self._last_pull_at = now
+        self._request_until = now + expires_s + _PULL_GRACE_S
         request = {"batch": batch, "expires": int(expires_s * 1e9)}
         await self._nc.publish(
             f"{API_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}",
@@ -266,14 +292,14 @@ class OrderedPull:
         while queue and len(out) < max_messages:
             msg = queue.popleft()
             headers = msg.headers
-            status = headers.get("Status") if headers else None
+            status = _header(headers, "Status") if headers else None
             if status:
                 if msg.subject != current_reply:
                     continue  # the end of an earlier request
                 if status == "100":
                     continue  # heartbeat
                 self._request_owed = 0
-                description = (headers or {}).get("Description", "")
+                description = _header(headers, "Description")
                 if status == "503" or (
                     status == "409" and ("Deleted" in description or "Leadership" in description)
                 ):
@@ -292,9 +318,11 @@ class OrderedPull:
             self._cseq = cseq
             self._request_owed -= 1
             self.caught_up = pending == 0
-            if sseq < self.next_seq:
-                continue  # already returned before a re-creation
-            self.next_seq = sseq + 1
-            operation = headers.get(KV_OPERATION) if headers else None
+            if self._replacement and sseq < self.next_seq:
+                continue  # already returned before the re-creation
+            # The first consumer cannot repeat itself (its consumer sequence is checked), and
+            # its last-per-subject start need not be in stream order: take all it sends.
+            self.next_seq = max(self.next_seq, sseq + 1)
+            operation = _header(headers, KV_OPERATION) or None if headers else None
             out.append(PulledMessage(msg.subject, sseq, msg.data, time_ns, pending, operation))
         return out

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,12 +164,12 @@ SERVE_BUFFER: Final = 256  # requests waiting for a handler; more are dropped (t
 SERVE_CONCURRENCY: Final = 64  # handlers running at once per serve()
 WATCH_BATCH: Final = 256
 WATCH_POLL_S: Final = 5.0
-KEYS_POLL_S: Final = 1.0
 _RETRY_S: Final = 0.2
 _MAX_ERROR_TEXT: Final = 300
 _DELETE_OPERATIONS: Final = frozenset({"DEL", "PURGE"})
 _WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 _STREAM_NOT_FOUND: Final = 10059
+_STREAM_NAME_IN_USE: Final = 10058
 _EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
 _NOT_CONNECTED_ERRORS: Final = (
@@ -370,7 +370,7 @@ class NatsBridge:
                 self._thread = None
                 await thread.stop()
                 self._up = False
-                self._notify_trio()
+                self._trio_state_changed()  # wake waiters: they see the bridge stopped
 
     @property
     def connected(self) -> bool:
@@ -552,9 +552,10 @@ class NatsBridge:
         task = asyncio.current_task()
         assert task is not None
         task.set_name(f"logplex-bridge: {what}")
-        if needs_connection and not (self._up and self._nc is not None and self._nc.is_connected):
-            raise NotConnected(f"{what}: not connected to NATS; retry when it is back")
-        self._inflight.add(task)
+        if needs_connection:
+            if not (self._up and self._nc is not None and self._nc.is_connected):
+                raise NotConnected(f"{what}: not connected to NATS; retry when it is back")
+            self._inflight.add(task)  # ended with NotConnected when the connection drops
         try:
             return await fn()
         except asyncio.CancelledError:
@@ -630,7 +631,9 @@ class NatsBridge:
         except nats.js.errors.NotFoundError:
             try:
                 return _stream_info(await js.add_stream(config))
-            except nats.js.errors.BadRequestError:
+            except nats.js.errors.BadRequestError as error:
+                if error.err_code != _STREAM_NAME_IN_USE:
+                    raise
                 info = await js.stream_info(config.name)  # another router made it just now
         if _stream_differs(info.config, config):
             info = await js.update_stream(config)
@@ -644,7 +647,7 @@ class NatsBridge:
         return await self._call(f"stream info {name}", info)
 
     async def publish_many(
-        self, items: list[tuple[str, bytes, str | None]], *, timeout_s: float | None = None
+        self, items: Sequence[tuple[str, bytes, str | None]], *, timeout_s: float | None = None
     ) -> list[PubAck | BridgeError]:
         """Publish ``(subject, data, msg_id)`` to JetStream, all in one crossing, pipelined,
         and wait for every ack. One result per item, in order: its ``PubAck``, or the error
@@ -655,7 +658,7 @@ class NatsBridge:
         return await self._call("publish", lambda: self._a_publish_many(items, timeout))
 
     async def _a_publish_many(
-        self, items: list[tuple[str, bytes, str | None]], timeout_s: float
+        self, items: Sequence[tuple[str, bytes, str | None]], timeout_s: float
     ) -> list[PubAck | BridgeError]:
         acks = self._acks
         if acks is None:
@@ -882,7 +885,10 @@ class NatsBridge:
             live: dict[str, None] = {}
             try:
                 while not pull.caught_up:
-                    for message in await pull.fetch(WATCH_BATCH, KEYS_POLL_S):
+                    messages = await pull.fetch(WATCH_BATCH, self.settings.request_timeout_s)
+                    if not messages and not pull.caught_up:
+                        raise BridgeTimeout(f"KV keys of {bucket}: JetStream stopped delivering")
+                    for message in messages:
                         key = message.subject[len(prefix) :]
                         if message.operation in _DELETE_OPERATIONS:
                             live.pop(key, None)
@@ -950,12 +956,15 @@ class NatsBridge:
                 try:
                     messages, caught_up = await self._fetch(what, pull, None, batch, WATCH_POLL_S)
                 except (NotConnected, BridgeTimeout, NoResponders):
-                    if self._thread is None:
-                        return  # the bridge stopped: the watch ends
-                    if not self.connected:
-                        await self._wait_connected()
-                    else:
-                        await trio.sleep(_RETRY_S)
+                    # Transient: wait for the connection (or a moment) and go on from the
+                    # last revision delivered. When the bridge stops, the watch ends.
+                    try:
+                        if self.connected:
+                            await trio.sleep(_RETRY_S)
+                        else:
+                            await self._wait_connected()
+                    except NotConnected:
+                        return
                     continue
                 for m in messages:
                     value = None if m.operation in _DELETE_OPERATIONS else m.data

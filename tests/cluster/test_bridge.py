@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from logplex.cluster.bridge import (
     BridgeError,
@@ -24,7 +29,7 @@ from logplex.cluster.bridge import (
     StreamNotFound,
     WrongRevision,
 )
-from tests.natsd import NatsNode, free_port
+from tests.natsd import NatsNode, free_port, start_node
 
 MARKER = ""  # the key of the "initial values done" entry of a watch
 
@@ -186,6 +191,9 @@ async def test_ensure_stream_updates_an_existing_stream(nats_node: NatsNode) -> 
         assert again.name == "U"
         await bridge.ensure_stream("U", ["u.1", "u.2"], max_bytes=1 << 20)
         assert isinstance((await bridge.publish_many([("u.2", b"x", None)]))[0], PubAck)
+        with pytest.raises(BridgeError, match="duplicate") as refused:
+            await bridge.ensure_stream("BAD", ["bad"], max_age_s=10, duplicate_window_s=60)
+        assert not isinstance(refused.value, StreamNotFound)
 
 
 async def test_reader_waits_for_new_messages(nats_node: NatsNode) -> None:
@@ -288,6 +296,33 @@ async def test_kv_watch_of_an_empty_bucket_and_a_key_filter(nats_node: NatsNode)
                 pass
 
 
+async def test_a_watch_ends_when_its_bridge_stops(nats_node: NatsNode) -> None:
+    bridge = NatsBridge(BridgeSettings(servers=(nats_node.url,)))
+    bridge_scope = trio.CancelScope()
+    ended = trio.Event()
+
+    async def run_bridge(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with bridge_scope:
+            await bridge.run(task_status=task_status)
+
+    async def watch(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with bridge.kv_watch("end") as entries:
+            assert (await entries.receive()).key == MARKER
+            task_status.started()
+            async for _ in entries:
+                pass
+        ended.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_bridge)
+            await bridge.ensure_kv("end")
+            await nursery.start(watch)
+            bridge_scope.cancel()
+            await ended.wait()
+    assert not bridge.connected
+
+
 # -- core NATS --------------------------------------------------------------------------------
 
 
@@ -334,3 +369,385 @@ async def test_subscribe_delivers_and_counts_drops(nats_node: NatsNode) -> None:
             kept = [messages.receive_nowait() for _ in range(10)]
             assert [m.data for m in kept] == [b"%d" % i for i in range(10)]
         await bridge.publish_core([("t.after", b"gone")])  # unsubscribed: nobody gets it
+
+
+async def test_kv_watch_back_pressure_loses_nothing(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_kv("bp", history=64)
+        with trio.fail_after(30):
+            async with bridge.kv_watch("bp", max_buffer=2) as entries:
+                assert (await entries.receive()).key == MARKER
+                revisions = [await bridge.kv_put("bp", f"k{i % 5}", b"%d" % i) for i in range(60)]
+                await trio.sleep(0.3)  # the watch is stalled on its full channel meanwhile
+                got = [await entries.receive() for _ in range(60)]
+        assert [e.revision for e in got] == revisions
+        assert [e.value for e in got] == [b"%d" % i for i in range(60)]
+
+
+# -- cancellation -------------------------------------------------------------------------
+
+
+async def test_cancelled_calls_return_at_once_and_leave_no_asyncio_task(
+    nats_node: NatsNode,
+) -> None:
+    started = trio.Event()
+
+    async def stuck(data: bytes) -> bytes:
+        started.set()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def echo(data: bytes) -> bytes:
+        return data
+
+    async with running_bridge(nats_node.url) as bridge, trio.open_nursery() as nursery:
+        await bridge.ensure_stream("C", ["c"])
+        await bridge.ensure_kv("ck")
+        await nursery.start(bridge.serve, "svc.stuck", stuck)
+        await nursery.start(bridge.serve, "svc.echo", echo)
+        acks(await bridge.publish_many([("c", b"warm", None)]))  # the ack inbox, once
+        assert await bridge.request("svc.echo", b"warm") == b"warm"  # the reply inbox, once
+        baseline = await bridge._debug_asyncio_tasks()
+
+        async def cancelled_after(delay_s: float, call: Any) -> None:
+            begun = time.monotonic()
+            with trio.move_on_after(delay_s) as scope:
+                await call()
+            assert scope.cancelled_caught
+            assert time.monotonic() - begun < delay_s + 2.0  # promptly, not at the call's timeout
+
+        await cancelled_after(0.3, lambda: bridge.request("svc.stuck", b"x", timeout_s=60))
+        assert started.is_set()
+        reader = await bridge.open_reader("C", 1)
+        assert [m.data for m in await reader.fetch(10, 1.0)] == [b"warm"]
+        await cancelled_after(0.3, lambda: reader.fetch(10, 60.0))
+
+        async def watch_forever() -> None:
+            async with bridge.kv_watch("ck") as entries:
+                async for _ in entries:
+                    pass
+
+        await cancelled_after(0.3, watch_forever)
+        await cancelled_after(0, lambda: bridge.kv_keys("ck"))  # before it even starts
+
+        # Still usable, and the cancelled fetch lost nothing.
+        acks(await bridge.publish_many([("c", b"after", None)]))
+        assert [m.data for m in await reader.fetch(10, 5.0)] == [b"after"]
+        await reader.aclose()
+        assert await bridge.request("svc.echo", b"again") == b"again"
+        with trio.fail_after(10):
+            while await bridge._debug_asyncio_tasks() != baseline:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+
+
+async def test_reader_survives_its_consumer_being_deleted(nats_node: NatsNode) -> None:
+    import asyncio
+
+    import nats
+
+    async def delete_consumers(stream: str) -> int:
+        nc = await nats.connect(nats_node.url)
+        try:
+            js = nc.jetstream()
+            consumers = await js.consumers_info(stream)
+            for consumer in consumers:
+                await js.delete_consumer(stream, consumer.name)
+            return len(consumers)
+        finally:
+            await nc.close()
+
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("X", ["x"])
+        acks(await bridge.publish_many([("x", b"%d" % i, None) for i in range(10)]))
+        reader = await bridge.open_reader("X", 1)
+        got = await reader.fetch(4, 1.0)
+        deleted = await trio.to_thread.run_sync(asyncio.run, delete_consumers("X"))
+        assert deleted == 1
+        acks(await bridge.publish_many([("x", b"%d" % i, None) for i in range(10, 20)]))
+        with trio.fail_after(20):
+            while len(got) < 20:
+                got += await reader.fetch(100, 1.0)
+        assert [m.seq for m in got] == list(range(1, 21))
+        await reader.aclose()
+
+
+# -- outages ------------------------------------------------------------------------------
+
+TRANSIENT = (NotConnected, NoResponders, BridgeTimeout)
+
+
+async def publish_all(
+    bridge: NatsBridge, items: Sequence[tuple[str, bytes, str | None]], timeout_s: float = 30.0
+) -> list[PubAck]:
+    """Publish until every item is acknowledged, resending the failed ones with their ids."""
+    results: list[PubAck | None] = [None] * len(items)
+    with trio.fail_after(timeout_s):
+        while True:
+            todo = [i for i, r in enumerate(results) if r is None]
+            if not todo:
+                return [r for r in results if r is not None]
+            try:
+                answers = await bridge.publish_many([items[i] for i in todo], timeout_s=2.0)
+            except TRANSIENT:
+                await trio.sleep(0.1)
+                continue
+            for index, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, PubAck):
+                    results[index] = answer
+                elif not isinstance(answer, TRANSIENT):
+                    raise answer
+            if any(r is None for r in results):
+                await trio.sleep(0.1)
+
+
+async def retry(call: Any, timeout_s: float = 30.0) -> Any:
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                return await call()
+            except TRANSIENT:
+                await trio.sleep(0.1)
+
+
+async def test_node_restart_not_connected_then_everything_resumes(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("R", ["r"])
+        await bridge.ensure_kv("rk")
+        await publish_all(bridge, [("r", b"%d" % i, f"r{i}") for i in range(10)])
+        reader = await bridge.open_reader("R", 1)
+        got: list[Any] = []
+        with trio.fail_after(20):
+            while len(got) < 10:
+                got += await reader.fetch(100, 1.0)
+        async with bridge.kv_watch("rk") as entries:
+            assert (await entries.receive()).key == MARKER
+            await bridge.kv_put("rk", "before", b"1")
+            assert (await entries.receive()).key == "before"
+
+            aborted = trio.Event()
+
+            async def fetch_in_flight() -> None:
+                with pytest.raises(NotConnected):
+                    await reader.fetch(10, 60.0)
+                aborted.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fetch_in_flight)
+                await trio.sleep(0.2)
+                nats_node.stop()
+                with trio.fail_after(5):  # an in-flight call ends with the connection
+                    await aborted.wait()
+            await wait_until(lambda: not bridge.connected)
+            assert bridge.status()["connected"] is False
+            assert bridge.status()["server"] is None
+            begun = time.monotonic()
+            with pytest.raises(NotConnected):
+                await bridge.publish_many([("r", b"x", "never")])
+            with pytest.raises(NotConnected):
+                await bridge.kv_get("rk", "before")
+            with pytest.raises(NotConnected):
+                await reader.fetch(10, 10.0)
+            with pytest.raises(NotConnected):
+                await bridge.request("svc", b"x", timeout_s=10.0)
+            assert time.monotonic() - begun < 5.0  # promptly, not at the calls' timeouts
+
+            nats_node.start()
+            await wait_until(lambda: bridge.connected)
+            assert bridge.status()["reconnects"] == 1
+            assert bridge.status()["disconnects"] == 1
+            await publish_all(bridge, [("r", b"%d" % i, f"r{i}") for i in range(10, 20)])
+            revision = await retry(lambda: bridge.kv_put("rk", "after", b"2"))
+            with trio.fail_after(20):
+                update = await entries.receive()
+            assert (update.key, update.value, update.revision) == ("after", b"2", revision)
+
+        async def fetch_some() -> Any:
+            return await reader.fetch(100, 1.0)
+
+        with trio.fail_after(30):
+            while len(got) < 20:
+                got += await retry(fetch_some)
+        assert [m.seq for m in got] == list(range(1, 21))
+        assert [m.data for m in got] == [b"%d" % i for i in range(20)]
+        assert await reader.fetch(10, 0.3) == []
+        await reader.aclose()
+
+
+async def test_a_paused_server_times_calls_out(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url, request_timeout_s=0.5) as bridge:
+        await bridge.ensure_kv("pk")
+        nats_node.pause()
+        try:
+            with trio.fail_after(10), pytest.raises(BridgeTimeout):
+                await bridge.kv_get("pk", "k")
+            results = await bridge.publish_many([("nostream", b"x", None)], timeout_s=0.3)
+            assert isinstance(results[0], BridgeTimeout)
+        finally:
+            nats_node.resume()
+        assert await retry(lambda: bridge.kv_get("pk", "k")) is None
+
+
+@pytest.mark.slow
+async def test_r3_stream_survives_killing_its_leader(nats_cluster: list[NatsNode]) -> None:
+    async with running_bridge(*(node.url for node in nats_cluster)) as bridge:
+        await retry(lambda: bridge.ensure_stream("HA", ["ha"], replicas=3))
+        first = [("ha", b"a%d" % i, f"ha-a{i}") for i in range(50)]
+        acked = await publish_all(bridge, first)
+        info = await bridge.stream_info("HA")
+        assert info.replicas == 3
+        assert info.leader in {node.name for node in nats_cluster}
+        leader = next(node for node in nats_cluster if node.name == info.leader)
+        leader.kill()
+        second = [("ha", b"b%d" % i, f"ha-b{i}") for i in range(50)]
+        acked += await publish_all(bridge, second, timeout_s=60.0)
+        new_info = await retry(lambda: bridge.stream_info("HA"))
+        assert new_info.leader != leader.name
+        assert len({a.seq for a in acked}) == 100  # each acknowledged once, at its own seq
+
+        reader = await retry(lambda: bridge.open_reader("HA", 1))
+        got: list[Any] = []
+
+        async def fetch_some() -> Any:
+            return await reader.fetch(100, 1.0)
+
+        with trio.fail_after(60):
+            while len(got) < 100:
+                got += await retry(fetch_some)
+        assert [m.data for m in got] == [data for _, data, _ in first + second]
+        assert [m.seq for m in got] == sorted(a.seq for a in acked)
+        await reader.aclose()
+
+
+# -- the property -------------------------------------------------------------------------
+
+_examples = itertools.count()
+PARTITIONS = 3
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batches=st.lists(
+        st.tuples(st.integers(0, PARTITIONS - 1), st.binary(max_size=64)), min_size=1, max_size=40
+    ),
+    data=st.data(),
+)
+async def test_every_batch_once_in_publish_order_per_stream(
+    nats_node: NatsNode, batches: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    run = next(_examples)
+    subjects = [f"prop.{run}.{p}" for p in range(PARTITIONS)]
+    streams = [f"PROP-{run}-{p}" for p in range(PARTITIONS)]
+    items: list[tuple[str, bytes, str | None]] = [
+        (subjects[p], payload, f"{run}-{i}") for i, (p, payload) in enumerate(batches)
+    ]
+    async with running_bridge(nats_node.url) as bridge:
+        for subject, stream in zip(subjects, streams, strict=True):
+            await bridge.ensure_stream(stream, [subject])
+        sent: set[int] = set()
+        position = 0
+        while position < len(items):
+            size = data.draw(st.integers(1, len(items) - position), label="chunk")
+            chunk = list(range(position, position + size))
+            before = (
+                data.draw(st.lists(st.sampled_from(sorted(sent)), max_size=4), label="resend")
+                if sent
+                else []
+            )
+            after = data.draw(st.lists(st.sampled_from(chunk), max_size=4), label="resend-new")
+            order = before + chunk + after
+            results = await bridge.publish_many([items[i] for i in order])
+            seen = set(sent)
+            for index, result in zip(order, results, strict=True):
+                assert isinstance(result, PubAck), result
+                assert result.duplicate == (index in seen)
+                seen.add(index)
+            sent |= set(chunk)
+            position += size
+        for partition, stream in enumerate(streams):
+            expected = [payload for p, payload in batches if p == partition]
+            assert (await bridge.stream_info(stream)).messages == len(expected)
+            if expected:
+                got = await read_all_quick(bridge, stream, len(expected))
+                assert [m.data for m in got] == expected
+
+
+async def read_all_quick(bridge: NatsBridge, stream: str, count: int) -> list[Any]:
+    reader = await bridge.open_reader(stream, 1)
+    out: list[Any] = []
+    try:
+        with trio.fail_after(20):
+            while len(out) < count:
+                out += await reader.fetch(100, 1.0)
+    finally:
+        await reader.aclose()
+    assert len(out) == count
+    return out
+
+
+# -- TLS and credentials ----------------------------------------------------------------------
+
+
+async def test_tls_verified_against_the_ca_file(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    other_ca_file = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca_file))
+    tls = f'tls {{\n  cert_file: "{cert_file}"\n  key_file: "{key_file}"\n}}'
+    node = start_node(tmp_path, "tls", extra_config=tls)
+    try:
+        url = f"tls://127.0.0.1:{node.port}"
+        async with running_bridge(url, ca_file=ca_file) as bridge:
+            await bridge.ensure_kv("t")
+            assert await bridge.kv_put("t", "k", b"v") == 1
+        wrong = NatsBridge(
+            BridgeSettings(servers=(url,), ca_file=other_ca_file, connect_timeout_s=1)
+        )
+        with trio.fail_after(10), pytest.raises(BridgeError, match=r"127\.0\.0\.1"):
+            await wrong.run()
+    finally:
+        node.kill()
+
+
+async def test_credentials_problems_are_told_without_the_secret(tmp_path: Path) -> None:
+    creds = tmp_path / "user.creds"
+    creds.write_text(
+        "-----BEGIN USER NKEY SEED-----\nSUAVERYSECRETSEED\n------END USER NKEY SEED------\n"
+    )
+    for path in (creds, tmp_path / "missing.creds"):
+        bridge = NatsBridge(BridgeSettings(servers=("nats://127.0.0.1:1",), creds_file=path))
+        with pytest.raises(BridgeError) as caught:
+            await bridge.run()
+        assert "SECRET" not in str(caught.value)
+        assert "nkeys" in str(caught.value) or "cannot read" in str(caught.value)
+
+
+async def test_publish_in_flight_when_the_connection_drops(nats_node: NatsNode) -> None:
+    async with running_bridge(nats_node.url) as bridge:
+        await bridge.ensure_stream("F", ["f"])
+        results: list[PubAck | BridgeError] = []
+
+        items: list[tuple[str, bytes, str | None]] = [("f", b"1", "f1"), ("f", b"2", "f2")]
+
+        async def publish() -> None:
+            results.extend(await bridge.publish_many(items, timeout_s=60))
+
+        nats_node.pause()  # the acks cannot come
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish)
+            await trio.sleep(0.3)
+            nats_node.kill()  # the socket closes: nats-py sees the connection go
+        assert [type(r) for r in results] == [NotConnected, NotConnected]
+        nats_node.start()
+        await wait_until(lambda: bridge.connected)
+        acked = await publish_all(bridge, items)
+        assert [a.seq for a in acked] == sorted(a.seq for a in acked)
+        assert (await retry(lambda: bridge.stream_info("F"))).messages == 2
