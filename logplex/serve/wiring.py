@@ -53,7 +53,13 @@ from logplex.api.registry import (
     session_spec_json,
 )
 from logplex.api.sessions import drop_connections_that_stop_reading
-from logplex.cluster.bridge import BridgeError, BridgeSettings, NatsBridge
+from logplex.cluster.bridge import (
+    BridgeError,
+    BridgeSettings,
+    BridgeTimeout,
+    NatsBridge,
+    NotConnected,
+)
 from logplex.cluster.kvconfig import KvConfigStore
 from logplex.cluster.node import ClusterNode, ClusterSettings
 from logplex.cluster.sessions import KvSessions
@@ -487,12 +493,12 @@ async def _start_cluster(root: trio.Nursery, cluster: _ClusterParts, store: Any)
     except BridgeError as exc:
         raise ServeConfigError(f"cannot use --nats: {exc}") from None
     cluster.started = True
-    try:
-        await root.start(store.run)
-        await root.start(cluster.sessions.run)
-        await root.start(cluster.node.run)
-    except (BridgeError, StoreUnavailable) as exc:
-        raise ServeConfigError(f"cannot start the cluster mode on --nats: {exc}") from None
+    for what, run in (
+        ("the config bucket", store.run),
+        ("the sessions bucket", cluster.sessions.run),
+        ("the cluster's streams and leases", cluster.node.run),
+    ):
+        await _start_when_nats_answers(root, what, run)
     metrics.CLUSTER_CONNECTED.set(1)
     root.start_soon(_report_connection, cluster.bridge)
     log.info(
@@ -502,6 +508,28 @@ async def _start_cluster(root: trio.Nursery, cluster: _ClusterParts, store: Any)
         cluster.node.settings.replicas,
         cluster.node.settings.lease_ttl_s,
     )
+
+
+CLUSTER_START_PATIENCE_S: Final = 60.0
+
+
+async def _start_when_nats_answers(root: trio.Nursery, what: str, run: Any) -> None:
+    """Start a cluster component; while NATS does not answer (a JetStream cluster still
+    electing its leaders after a restart) try again, for up to ``CLUSTER_START_PATIENCE_S``."""
+    deadline = trio.current_time() + CLUSTER_START_PATIENCE_S
+    while True:
+        try:
+            await root.start(run)
+            return
+        except (BridgeTimeout, NotConnected, StoreUnavailable) as exc:
+            if trio.current_time() >= deadline:
+                raise ServeConfigError(
+                    f"cannot start the cluster mode on --nats ({what}): {exc}"
+                ) from None
+            log.info("%s: NATS did not answer yet (%s); trying again", what, exc)
+            await trio.sleep(1.0)
+        except BridgeError as exc:
+            raise ServeConfigError(f"cannot start the cluster mode on --nats: {exc}") from None
 
 
 async def _report_connection(bridge: NatsBridge) -> None:
