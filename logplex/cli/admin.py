@@ -21,7 +21,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from drains import InvalidDrainURL, parse_drain_url
@@ -178,6 +178,72 @@ def cmd_drains_remove(api: ApiClient, args: argparse.Namespace, out: TextIO) -> 
     return 0
 
 
+def cluster_tables(view: dict[str, object]) -> str:
+    """``logplex cluster status``: the members, then one row per partition."""
+    members = view.get("members") or {}
+    assert isinstance(members, dict)
+    rows: list[tuple[str, ...]] = [("MEMBER", "LIVE", "PARTITIONS", "HTTP")]
+    for member, info in sorted(members.items()):
+        info = info if isinstance(info, dict) else {}
+        owned = info.get("partitions") or []
+        assert isinstance(owned, list)
+        rows.append(
+            (
+                member + (" (this router)" if member == view.get("member") else ""),
+                "yes" if info.get("live") else "no",
+                str(len(owned)),
+                str(info.get("http") or "-"),
+            )
+        )
+    text = _table(rows)
+    partitions = view.get("partition_status") or {}
+    assert isinstance(partitions, dict)
+    rows = [("PARTITION", "OWNER", "LEASE AGE", "RENEWED", "STREAM SEQ", "READ SEQ", "LAG")]
+    for key, entry in partitions.items():
+        entry = entry if isinstance(entry, dict) else {}
+
+        def cell(name: str, unit: str = "", entry: dict[str, object] = entry) -> str:
+            value = entry.get(name)
+            return "-" if value is None else f"{value}{unit}"
+
+        rows.append(
+            (
+                str(key),
+                cell("owner"),
+                cell("lease_age_s", " s"),
+                cell("lease_renewed_s_ago", " s ago"),
+                cell("stream_last_seq"),
+                cell("read_seq"),
+                cell("lag_batches"),
+            )
+        )
+    nats = view.get("nats") or {}
+    assert isinstance(nats, dict)
+    head = (
+        f"cluster {view.get('cluster_id')}: {view.get('partitions')} partitions; "
+        f"NATS {'connected to ' + str(nats.get('server')) if nats.get('connected') else 'DOWN'}\n"
+    )
+    return head + text + "\n" + _table(rows)
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+def cmd_cluster_status(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    view = api.request("GET", "/v3/cluster").json()
+    if args.json:
+        print_json(view, out)
+    else:
+        out.write(cluster_tables(view))
+    return 0
+
+
 def cmd_tail(api: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
     return run_tail(api, args)
 
@@ -260,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     remove_drain = leaf(drain_commands, "remove", cmd_drains_remove, "remove a drain")
     remove_drain.add_argument("channel", metavar="CHANNEL")
     remove_drain.add_argument("id", metavar="ID", type=int)
+
+    cluster = commands.add_parser("cluster", help="the cluster mode (serve --nats)")
+    cluster_commands = cluster.add_subparsers(dest="action", metavar="ACTION", required=True)
+    leaf(
+        cluster_commands,
+        "status",
+        cmd_cluster_status,
+        "members, partitions per member, lease ages and consumer lag per partition",
+    )
 
     tail = leaf(commands, "tail", cmd_tail, "print a channel's recent lines, like `heroku logs`")
     tail.add_argument("channel", metavar="CHANNEL")

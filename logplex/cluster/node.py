@@ -293,6 +293,7 @@ class ClusterNode:
             lease=lease,
             cluster_id=self.cluster_id,
             on_stopped=self._owner_stopped,
+            member_id=self.member_id,
         )
         self.owners[partition] = owner
         return owner
@@ -417,35 +418,61 @@ class ClusterNode:
         return self.ready and self.bridge.connected
 
     async def status(self) -> dict[str, object]:
-        """``GET /v3/cluster``: members, partitions per member, lease ages, consumer lag."""
+        """``GET /v3/cluster``: members, partitions per member, lease ages and consumer lag
+        per partition, from any router (each partition's owner answers for it over NATS)."""
         coordinator = self.coordinator
         members: dict[str, object] = {}
-        leases: dict[str, object] = {}
         if coordinator is not None:
-            view = coordinator.status()
-            members = view["members"]  # type: ignore[assignment]
-            leases = view["leases"]  # type: ignore[assignment]
-        lags: dict[str, object] = {}
-        for partition in range(self.partitions):
+            members = dict(coordinator.status()["members"])  # type: ignore[call-overload]
+        partitions: dict[str, dict[str, object]] = {}
+
+        async def one(partition: int) -> None:
+            entry: dict[str, object] = {}
             try:
                 info = await self.bridge.stream_info(names.stream_name(partition))
-            except BridgeError:
-                continue
+                entry.update(
+                    stream_last_seq=info.last_seq,
+                    stream_messages=info.messages,
+                    stream_bytes=info.bytes,
+                    stream_leader=info.leader,
+                )
+            except BridgeError as exc:
+                entry["error"] = str(exc)
             owner = self.owners.get(partition)
-            entry: dict[str, object] = {
-                "stream_last_seq": info.last_seq,
-                "stream_messages": info.messages,
-                "stream_bytes": info.bytes,
-                "leader": info.leader,
-            }
+            view: object = None
             if owner is not None:
-                entry["owner"] = self.member_id
-                entry["read_seq"] = owner.frontier
-                entry["lag_batches"] = max(0, info.last_seq - owner.frontier)
-                entry["backlog_messages"] = owner.lag()["backlog_messages"]
-            elif coordinator is not None:
-                entry["owner"] = coordinator.designated(partition)
-            lags[str(partition)] = entry
+                view = owner.lag()
+            else:
+                try:
+                    reply = await self.bridge.request(
+                        names.owner_subject(partition),
+                        b'{"op":"status","channel":""}',
+                        timeout_s=1.0,
+                    )
+                    view = json.loads(reply)
+                except (BridgeError, ValueError):
+                    view = None
+            if isinstance(view, dict) and "owner" in view:
+                entry.update(view)
+                last = entry.get("stream_last_seq")
+                read = view.get("read_seq")
+                if isinstance(last, int) and isinstance(read, int):
+                    entry["lag_batches"] = max(0, last - read)
+            else:
+                entry["owner"] = None  # between owners (a takeover or hand-off)
+            partitions[str(partition)] = entry
+
+        async with trio.open_nursery() as nursery:
+            for partition in range(self.partitions):
+                nursery.start_soon(one, partition)
+        per_member: dict[str, list[int]] = {}
+        for key, entry in partitions.items():
+            owner_id = entry.get("owner")
+            if isinstance(owner_id, str):
+                per_member.setdefault(owner_id, []).append(int(key))
+        for member_id, view in members.items():
+            if isinstance(view, dict):
+                view["partitions"] = sorted(per_member.get(member_id, []))
         return {
             "cluster_id": self.cluster_id,
             "member": self.member_id,
@@ -453,7 +480,6 @@ class ClusterNode:
             "nats": self.bridge.status(),
             "members": members,
             "owned": sorted(self.owners),
-            "leases": leases,
-            "partition_status": lags,
+            "partition_status": {k: partitions[k] for k in sorted(partitions, key=int)},
             "pending_bytes": self.log.pending_bytes,
         }

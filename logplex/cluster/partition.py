@@ -450,8 +450,10 @@ class PartitionOwner:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         wall_clock_s: Callable[[], float] = time.time,
         on_stopped: Callable[[PartitionOwner], None] | None = None,
+        member_id: str = "",
     ) -> None:
         self.partition = partition
+        self.member_id = member_id
         self._on_stopped = on_stopped
         self.bridge = bridge
         self.router = router
@@ -825,6 +827,8 @@ class PartitionOwner:
             messages = self.history_after(channel, after if isinstance(after, int) else None)
             batch = encode_batch(channel, messages, 0, zstandard.ZstdCompressor(level=1))
             return encode_envelope(KIND_HISTORY, self.frontier, batch)
+        if request.get("op") == "status":
+            return json.dumps(self.lag()).encode()
         if request.get("op") == "drains":
             statuses = self.router.drain_statuses(channel)
             return json.dumps({str(k): v for k, v in statuses.items()}).encode()
@@ -851,11 +855,18 @@ class PartitionOwner:
         return messages[-count:] if count else []
 
     def lag(self) -> dict[str, object]:
+        """This partition as ``GET /v3/cluster`` shows it."""
+        now = self._wall_clock_s()
+        acquired = getattr(self.lease, "acquired_at", None)
+        renewed = getattr(self.lease, "renewed_at", None)
         return {
-            "frontier": self.frontier,
+            "owner": self.member_id,
+            "read_seq": self.frontier,
             "drains": len(self._queues),
             "ready": self.ready.is_set(),
             "backlog_messages": sum(q.queued_messages for q in self._queues.values()),
+            "lease_age_s": None if acquired is None else round(now - acquired, 3),
+            "lease_renewed_s_ago": None if renewed is None else round(now - renewed, 3),
         }
 
 

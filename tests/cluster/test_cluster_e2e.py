@@ -9,7 +9,6 @@ already seen for that line).
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -130,6 +129,30 @@ async def test_two_routers_share_config_traffic_tails_and_drains(
         assert view["partitions"] == PARTITIONS
         owned = set((await cluster_view(a))["owned"]) | set(view["owned"])
         assert owned == set(range(PARTITIONS))
+        # Any router tells the whole cluster: every partition with its owner and lag.
+        for entry in view["partition_status"].values():
+            assert entry["owner"] in view["members"], entry
+            assert entry["lag_batches"] >= 0
+            assert entry["lease_age_s"] >= 0
+        per_member = [len(m["partitions"]) for m in view["members"].values()]
+        assert sum(per_member) == PARTITIONS
+        unauthorized = await a.api.get("/v3/cluster", headers={"Authorization": "Bearer no"})
+        assert unauthorized.status_code == 401
+        # ... and so does the CLI.
+        result = await trio.run_process(
+            [str(Path(sys.executable).with_name("logplex")), "cluster", "status"],
+            env={
+                **env,
+                "LOGPLEX_API_URL": f"http://127.0.0.1:{b.http_port}",
+                "LOGPLEX_AUTH_KEY": AUTH_KEY,
+            },
+            capture_stdout=True,
+        )
+        text = result.stdout.decode()
+        assert f"{PARTITIONS} partitions" in text, text
+        for member in view["members"]:
+            assert member in text
+        assert text.count("\n") >= 2 + len(view["members"]) + 1 + PARTITIONS
     finally:
         for process in (*shims, a, b, sink):
             if process.process is not None and process.alive():
@@ -204,6 +227,3 @@ async def test_owner_sigkill_takeover_loses_nothing_and_repeats_frame_ids(tmp_pa
             await router.api.aclose()
         for node in nodes:
             node.stop()
-
-
-__all__ = ["AUTH_KEY", "signal"]
