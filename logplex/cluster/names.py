@@ -23,7 +23,6 @@ CURSORS_BUCKET: Final = "logplex-cursors"
 CLUSTER_BUCKET: Final = "logplex-cluster"
 
 PARTITIONS_KEY: Final = "partitions"
-OWNER_CONSUMER: Final = "owner"
 
 _FNV_OFFSET: Final = 0x811C9DC5
 _FNV_PRIME: Final = 0x01000193
@@ -67,9 +66,9 @@ def lease_key(partition: int) -> str:
     return f"p.{partition}"
 
 
-def cursor_key(drain_token: str) -> str:
-    """KV key of a drain's stream cursor; drain tokens are ``d.<uuid4>``."""
-    return "d." + drain_token.removeprefix("d.").replace("-", "")
+def checkpoint_key(partition: int) -> str:
+    """KV key (in ``CURSORS_BUCKET``) of a partition owner's checkpoint."""
+    return f"p.{partition}"
 
 
 def session_key(session_id: str) -> str:

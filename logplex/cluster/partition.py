@@ -655,7 +655,7 @@ class PartitionOwner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Take over, replay, start the drains, then deliver until cancelled."""
-        entry = await self.bridge.kv_get(names.CURSORS_BUCKET, names.lease_key(self.partition))
+        entry = await self.bridge.kv_get(names.CURSORS_BUCKET, names.checkpoint_key(self.partition))
         checkpoint = Checkpoint.from_bytes(entry.value) if entry and entry.value else Checkpoint()
         self._checkpoint = checkpoint
         self._attach_positions = dict(checkpoint.drains)
@@ -790,7 +790,7 @@ class PartitionOwner:
         self._dirty = False
         data = self.checkpoint().to_bytes()
         try:
-            await self.bridge.kv_put(names.CURSORS_BUCKET, names.lease_key(self.partition), data)
+            await self.bridge.kv_put(names.CURSORS_BUCKET, names.checkpoint_key(self.partition), data)
         except BridgeError as exc:
             self._dirty = True
             log.info("partition %d: checkpoint not written: %s", self.partition, exc)
