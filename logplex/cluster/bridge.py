@@ -78,6 +78,16 @@ class StreamNotFound(BridgeError):
     """The named stream (or KV bucket) does not exist."""
 
 
+def bridge_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a ``BridgeError``, or a group (from a nursery) of nothing else."""
+    if isinstance(error, BridgeError):
+        return True
+    if isinstance(error, BaseExceptionGroup):
+        _, rest = error.split(BridgeError)
+        return rest is None
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class BridgeSettings:
     servers: tuple[str, ...]  # nats://host:port or tls://host:port

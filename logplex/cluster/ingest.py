@@ -171,9 +171,15 @@ class ClusterLog:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
             batch = self._take_round()
-            results = await self.bridge.publish_many(
-                [(item.subject, item.data, item.msg_id) for item in batch]
-            )
+            results: list[PubAck | BridgeError]
+            try:
+                results = list(
+                    await self.bridge.publish_many(
+                        [(item.subject, item.data, item.msg_id) for item in batch]
+                    )
+                )
+            except BridgeError as exc:
+                results = [exc] * len(batch)
             failed: list[_Pending] = []
             for item, result in zip(batch, results, strict=True):
                 if isinstance(result, PubAck):

@@ -31,7 +31,13 @@ import trio
 import zstandard
 
 from logplex.cluster import names
-from logplex.cluster.bridge import BridgeError, KeyExists, NatsBridge, NoResponders
+from logplex.cluster.bridge import (
+    BridgeError,
+    KeyExists,
+    NatsBridge,
+    NoResponders,
+    bridge_failure,
+)
 from logplex.cluster.ingest import ClusterLog
 from logplex.cluster.ownership import DEFAULT_LEASE_TTL_S, Coordinator, LeaseHandle
 from logplex.cluster.partition import PartitionOwner
@@ -56,6 +62,8 @@ STREAM_MAX_AGE_S: Final = 3 * 24 * 3600.0
 STREAM_DUPLICATE_WINDOW_S: Final = 120.0
 OWNER_REQUEST_ATTEMPTS_S: Final = 8.0
 TAIL_PENDING_BATCHES: Final = 1024
+JETSTREAM_PROBE_S: Final = 1.0
+JETSTREAM_PROBE_TIMEOUT_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +176,9 @@ class ClusterTails:
                         ready.set()
                         async for message in messages:
                             self._dispatch(partition, message.data)
-                except BridgeError as exc:
+                except Exception as exc:
+                    if not bridge_failure(exc):
+                        raise
                     log.info("tail subscription of partition %d: %s; again", partition, exc)
                 ready.set()
                 await trio.sleep(1.0)
@@ -228,6 +238,7 @@ class ClusterNode:
         self.tails = ClusterTails(bridge, self.partitions, self._history_after)
         self.coordinator: Coordinator | None = None
         self.ready = False
+        self._jetstream_ok = True
         self._decompressor = zstandard.ZstdDecompressor()
 
     # -- start-up -------------------------------------------------------------------------
@@ -281,6 +292,7 @@ class ClusterNode:
             await nursery.start(self.log.run)
             await nursery.start(self.tails.run)
             await nursery.start(self.coordinator.run)
+            nursery.start_soon(self._probe_jetstream)
             self.ready = True
             task_status.started()
 
@@ -414,8 +426,28 @@ class ClusterNode:
 
     # -- status ---------------------------------------------------------------------------
 
+    async def _probe_jetstream(self) -> None:
+        """Every second, ask JetStream about one partition stream: connected to a server is
+        not enough, the streams need their quorum to store anything."""
+        stream = names.stream_name(0)
+        while True:
+            problem: str | None = "no answer within 2 s"
+            with trio.move_on_after(JETSTREAM_PROBE_TIMEOUT_S):
+                try:
+                    await self.bridge.stream_info(stream)
+                    problem = None
+                except BridgeError as exc:
+                    problem = str(exc)
+            if problem is not None and self._jetstream_ok:
+                log.warning("JetStream does not answer (%s): /healthcheck says 503", problem)
+            elif problem is None and not self._jetstream_ok:
+                log.info("JetStream answers again")
+            self._jetstream_ok = problem is None
+            await trio.sleep(JETSTREAM_PROBE_S)
+
     def healthy(self) -> bool:
-        return self.ready and self.bridge.connected
+        """For ``/healthcheck``: connected to NATS, and JetStream answered the last probe."""
+        return self.ready and self.bridge.connected and self._jetstream_ok
 
     async def status(self) -> dict[str, object]:
         """``GET /v3/cluster``: members, partitions per member, lease ages and consumer lag

@@ -38,8 +38,10 @@ from logplex.cluster import names
 from logplex.cluster.bridge import (
     BridgeError,
     KeyExists,
+    KvEntry,
     NatsBridge,
     WrongRevision,
+    bridge_failure,
 )
 
 log = logging.getLogger(__name__)
@@ -181,26 +183,36 @@ class Coordinator:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         started = False
-        async with self.bridge.kv_watch(names.MEMBERS_BUCKET) as entries:
-            async for entry in entries:
-                if not entry.key:
-                    if not started:
-                        started = True
-                        task_status.started()
-                    continue
-                member = entry.key.removeprefix("m.")
-                if entry.value is None:
-                    self.members.pop(member, None)
-                    self._last_heard.pop(member, None)
-                else:
-                    try:
-                        value = json.loads(entry.value)
-                    except ValueError:
-                        continue
-                    if isinstance(value, dict):
-                        self.members[member] = value
-                        self._last_heard[member] = trio.current_time()
-                self._changed.set()
+        while True:
+            try:
+                async with self.bridge.kv_watch(names.MEMBERS_BUCKET) as entries:
+                    async for entry in entries:
+                        if not entry.key:
+                            if not started:
+                                started = True
+                                task_status.started()
+                            continue
+                        self._member_update(entry)
+            except Exception as exc:
+                if not bridge_failure(exc) or not started:
+                    raise
+                log.info("the members watch failed (%s); opening it again", exc)
+            await trio.sleep(self.heartbeat_s)
+
+    def _member_update(self, entry: KvEntry) -> None:
+        member = entry.key.removeprefix("m.")
+        if entry.value is None:
+            self.members.pop(member, None)
+            self._last_heard.pop(member, None)
+        else:
+            try:
+                value = json.loads(entry.value)
+            except ValueError:
+                return
+            if isinstance(value, dict):
+                self.members[member] = value
+                self._last_heard[member] = trio.current_time()
+        self._changed.set()
 
     async def _balance_periodically(self) -> None:
         while True:
@@ -284,8 +296,10 @@ class Coordinator:
         try:
             with holding.scope:
                 await holding.owner.run()
-        except BridgeError as exc:
-            log.warning("partition %d: delivery stopped: %s; giving the lease back", partition, exc)
+        except Exception as exc:
+            if not bridge_failure(exc):
+                raise
+            log.warning("partition %d: delivery stopped: %s; giving the lease up", partition, exc)
             self._nursery_release_soon(partition, holding)
         finally:
             holding.done.set()

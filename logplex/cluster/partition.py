@@ -47,7 +47,7 @@ import zstandard
 
 from logplex import metrics
 from logplex.cluster import names
-from logplex.cluster.bridge import BridgeError, NatsBridge, StreamMessage
+from logplex.cluster.bridge import BridgeError, NatsBridge, StreamMessage, bridge_failure
 from logplex.codecs.clusterbatch import (
     KIND_HISTORY,
     KIND_TAIL,
@@ -69,6 +69,7 @@ Position = tuple[int, int]  # (stream seq, index of the message in that batch)
 CHECKPOINT_INTERVAL_S: Final = 1.0
 FETCH_BATCH: Final = 256
 FETCH_TIMEOUT_S: Final = 0.5
+FETCH_RETRY_S: Final = 0.5
 HISTORY_REPLAY_MAX_BATCHES: Final = 50_000
 TAIL_PUBLISH_ATTEMPTS: Final = 5
 TAIL_REPUBLISH_BATCHES: Final = (
@@ -669,9 +670,12 @@ class PartitionOwner:
         try:
             replayed = 0
             while reader.next_seq <= info.last_seq:
-                messages = await reader.fetch(FETCH_BATCH, FETCH_TIMEOUT_S)
+                messages = await self._fetch(reader)
                 if not messages:
-                    refreshed = await self.bridge.stream_info(self.stream)
+                    try:
+                        refreshed = await self.bridge.stream_info(self.stream)
+                    except BridgeError:
+                        continue
                     if (
                         refreshed.first_seq > reader.next_seq
                         or refreshed.last_seq < reader.next_seq
@@ -699,9 +703,7 @@ class PartitionOwner:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._checkpoint_periodically)
-                await nursery.start(
-                    self.bridge.serve, names.owner_subject(self.partition), self._answer
-                )
+                await nursery.start(self._serve_requests)
                 await self._deliver_live(reader)
         finally:
             self.detach_all()
@@ -713,11 +715,22 @@ class PartitionOwner:
 
     async def _deliver_live(self, reader: Any) -> None:
         while True:
-            messages = await reader.fetch(FETCH_BATCH, FETCH_TIMEOUT_S)
+            messages = await self._fetch(reader)
             if not messages:
                 continue
             self.last_read_at = self._wall_clock_s()
             await self._feed_all(messages, tails_after=0)
+
+    async def _fetch(self, reader: Any) -> list[StreamMessage]:
+        """The next messages; while NATS is away, none (the reader resumes where it was,
+        and the lease, which cannot be renewed meanwhile, fences this owner)."""
+        try:
+            messages: list[StreamMessage] = await reader.fetch(FETCH_BATCH, FETCH_TIMEOUT_S)
+        except BridgeError as exc:
+            log.info("partition %d: reading the stream: %s", self.partition, exc)
+            await trio.sleep(FETCH_RETRY_S)
+            return []
+        return messages
 
     async def _feed_all(self, messages: list[StreamMessage], *, tails_after: int) -> None:
         """Feed a fetched round; the batches past ``tails_after`` go to the tails in one
@@ -790,7 +803,9 @@ class PartitionOwner:
         self._dirty = False
         data = self.checkpoint().to_bytes()
         try:
-            await self.bridge.kv_put(names.CURSORS_BUCKET, names.checkpoint_key(self.partition), data)
+            await self.bridge.kv_put(
+                names.CURSORS_BUCKET, names.checkpoint_key(self.partition), data
+            )
         except BridgeError as exc:
             self._dirty = True
             log.info("partition %d: checkpoint not written: %s", self.partition, exc)
@@ -813,6 +828,21 @@ class PartitionOwner:
             await self.write_checkpoint()
 
     # -- requests from other routers --------------------------------------------------------
+
+    async def _serve_requests(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer on the owner subject, again after any NATS failure."""
+        subject = names.owner_subject(self.partition)
+        while True:
+            try:
+                await self.bridge.serve(subject, self._answer, task_status=task_status)
+            except Exception as exc:
+                if not bridge_failure(exc):
+                    raise
+                log.info("partition %d: serving requests: %s; again", self.partition, exc)
+            task_status = trio.TASK_STATUS_IGNORED
+            await trio.sleep(FETCH_RETRY_S)
 
     async def _answer(self, data: bytes) -> bytes:
         try:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -227,3 +228,44 @@ async def test_owner_sigkill_takeover_loses_nothing_and_repeats_frame_ids(tmp_pa
             await router.api.aclose()
         for node in nodes:
             node.stop()
+
+
+async def test_healthcheck_says_503_while_nats_is_away(tmp_path: Path, one_nats: NatsNode) -> None:
+    env = child_env(tmp_path)
+    tls = make_tls(tmp_path)
+    router = make_router(tmp_path, "a", env, tls, [one_nats.url])
+    try:
+        await router.start()
+
+        async def status() -> int:
+            try:
+                return (await router.api.get("/healthcheck")).status_code
+            except httpx.HTTPError:
+                return -1
+
+        assert await status() == 200
+        one_nats.stop()
+
+        async def unhealthy() -> bool:
+            return await status() == 503
+
+        await wait_until(unhealthy, "503 with NATS stopped", 15, poll_s=0.2)
+        body = (await router.api.get("/healthcheck")).json()
+        assert "NATS" in body["error"]
+
+        async def metric_says_down() -> bool:
+            return "logplex_cluster_connected 0.0" in (await router.api.get("/metrics")).text
+
+        await wait_until(metric_says_down, "logplex_cluster_connected 0", 10, poll_s=0.2)
+        one_nats.start()
+
+        async def healthy() -> bool:
+            return await status() == 200
+
+        await wait_until(healthy, "200 with NATS back", 30, poll_s=0.2)
+        router.check_alive()
+        assert (await put_channel(router, "after"))["channel"] == "after"
+    finally:
+        if router.alive():
+            await router.stop()
+        await router.api.aclose()
