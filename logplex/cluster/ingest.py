@@ -7,8 +7,9 @@ round (``NatsBridge.publish_many``, pipelined) and marks the tickets durable onc
 JetStream acknowledged them. A shim gets its ACK, and ``POST /logs`` its 204, only after
 ``wait_durable`` of their ticket returned.
 
-- ``Nats-Msg-Id``: a shim batch is ``s.<stream>.<seq>``, so the resend of a batch to another
-  router after a reconnect is dropped by JetStream's duplicate window; every other batch
+- ``Nats-Msg-Id``: a shim batch is ``s.<token hash>.<stream>.<seq>``, so the resend of a
+  batch to another router after a reconnect is dropped by JetStream's duplicate window; every
+  other batch
   gets ``m.<member>.<counter>``, unique for the life of this router (resends after a failed
   publish reuse it).
 - A failed publish (NATS down, no quorum, a timeout) is retried with the same ids, with
@@ -22,6 +23,7 @@ JetStream acknowledged them. A shim gets its ACK, and ``POST /logs`` its 204, on
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ MAX_ITEMS_PER_ROUND: Final = 512
 MAX_BYTES_PER_ROUND: Final = 16 * 1024 * 1024
 DEFAULT_MAX_PENDING_BYTES: Final = 256 * 1024 * 1024
 RETRY_DELAYS_S: Final = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+TOKEN_TAG_CACHE: Final = 10_000
 
 
 @dataclass(slots=True)
@@ -74,6 +77,7 @@ class ClusterLog:
         self._pending_bytes = 0
         self._next_ticket = 1
         self._counter = 0
+        self._token_tags: dict[str, str] = {}
         # Tickets published but not yet all acknowledged below them: the durable frontier
         # is one less than the smallest ticket not yet acknowledged.
         self._unacked: set[int] = set()
@@ -93,7 +97,7 @@ class ClusterLog:
         published_us = int(time.time() * 1_000_000)
         data = encode_batch(channel, messages, published_us, self._compressor)
         if stream is not None:
-            msg_id = f"s.{stream.stream}.{stream.seq}"
+            msg_id = f"s.{self._token_tag(stream.token)}.{stream.stream}.{stream.seq}"
         else:
             self._counter += 1
             msg_id = f"m.{self.member_id}.{self._counter}"
@@ -107,6 +111,18 @@ class ClusterLog:
         metrics.CLUSTER_PENDING_BYTES.set(self._pending_bytes)
         self._wakeup.set()
         return ticket
+
+    def _token_tag(self, token: str) -> str:
+        """A short hash of the shim's token: two shims that chose the same stream id under
+        different tokens are never taken for each other's resends (the token itself is a
+        credential and stays out of NATS headers)."""
+        tag = self._token_tags.get(token)
+        if tag is None:
+            if len(self._token_tags) >= TOKEN_TAG_CACHE:
+                self._token_tags.clear()
+            tag = hashlib.blake2b(token.encode(), digest_size=8).hexdigest()
+            self._token_tags[token] = tag
+        return tag
 
     def latest_ticket(self) -> int:
         return self._next_ticket - 1

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import collections
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -480,6 +481,8 @@ class PartitionOwner:
         self.bad_messages = 0
         self._needed_channels: set[str] = set()  # channels of checkpointed cursors, at takeover
         self._tail_prev = 0  # the stream seq of the last tail envelope sent (0: none yet)
+        # Batches of the round being fed, per channel, for its history ring.
+        self._held: dict[str, list[Any]] = {}
 
     # -- SpoolSide, for the queues ----------------------------------------------------------
 
@@ -636,7 +639,7 @@ class PartitionOwner:
         if history is None:
             history = self._histories[channel] = _History()
         history.add(message.seq, len(batch.messages), self.router.history_lines)
-        self.router.deliver(channel, batch.messages)
+        self._hold_for_history(channel, batch.messages)
         if channel in self._needed_channels or self.router.channel_has_drains(channel):
             ref = self._channel(channel).append(
                 message.seq, batch.published_us, Batch(batch.messages), len(message.data)
@@ -732,6 +735,29 @@ class PartitionOwner:
             return []
         return messages
 
+    def _hold_for_history(self, channel: str, messages: list[Message]) -> None:
+        """Keep a batch for the channel's history until the round is fed, only as much as
+        the history can hold: a round of many large batches of one channel goes into its
+        ring once, not batch by batch (each of which the ring would compact, then drop)."""
+        held = self._held.get(channel)
+        if held is None:
+            held = self._held[channel] = [collections.deque(), 0]
+        batches, count = held
+        batches.append(messages)
+        count += len(messages)
+        keep = self.router.history_lines
+        while batches and count - len(batches[0]) >= keep:
+            count -= len(batches.popleft())
+        held[1] = count
+
+    def _flush_history(self) -> None:
+        for channel, (batches, _) in self._held.items():
+            if len(batches) == 1:
+                self.router.deliver(channel, batches[0])
+            elif batches:
+                self.router.deliver(channel, list(itertools.chain.from_iterable(batches)))
+        self._held.clear()
+
     async def _feed_all(self, messages: list[StreamMessage], *, tails_after: int) -> None:
         """Feed a fetched round; the batches past ``tails_after`` go to the tails in one
         crossing."""
@@ -744,6 +770,7 @@ class PartitionOwner:
                 envelope = encode_envelope(KIND_TAIL, message.seq, data, self._tail_prev)
                 tails.append((tail_subject, envelope))
                 self._tail_prev = message.seq
+        self._flush_history()
         if tails:
             for attempt in range(TAIL_PUBLISH_ATTEMPTS):
                 try:

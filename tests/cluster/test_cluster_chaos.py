@@ -233,6 +233,10 @@ async def test_cluster_chaos_loses_nothing(tmp_path: Path) -> None:
         response = await routers[1].api.get(f"/v3/channels/{alpha}/logs", params={"num": 1500})
         assert response.status_code == 200
         assert int(response.headers["Logplex-Msg-Count"]) > 0
+        # It holds lines written before the restart (rebuilt from the stream by the owner).
+        counters = [int(m.group(2)) for m in APP_LINE.finditer(response.text) if m.group(1) == "1"]
+        assert counters, response.text[:500]
+        assert min(counters) <= before_restart[1], (min(counters), before_restart[1])
         # The tail: its span (from before the first line to the routers' restart) complete,
         # each line once, each shim in order.
         assert per_shim_in_order(tail)

@@ -102,6 +102,22 @@ def test_checkpoints_round_trip_and_damage_reads_as_empty() -> None:
     assert set(read.drains) == {"d.ok"}
 
 
+def test_a_round_goes_into_a_history_once_and_only_what_it_can_hold() -> None:
+    router = RecordingRouter(set())
+    router.history_lines = 1500
+    first = owner(router)
+    for seq in range(1, 6):
+        first._feed(stream(seq, "ch", messages(seq * 1000, 1000)), live=True)
+    first._feed(stream(6, "other", messages(0, 3)), live=True)
+    first._flush_history()
+    # Of five 1,000-line batches only the two that hold the last 1,500 lines are fed.
+    assert router.delivered == [("ch", 2000), ("other", 3)]
+    router.history_lines = 0
+    first._feed(stream(7, "ch", messages(0, 10)), live=True)
+    first._flush_history()
+    assert router.delivered == [("ch", 2000), ("other", 3)]
+
+
 def test_history_coverage_knows_when_it_no_longer_reaches_back() -> None:
     ring = _History()
     for seq in range(1, 11):
@@ -119,6 +135,7 @@ async def test_posts_are_cut_at_stream_batches_and_fixed_chunks() -> None:
     first._feed(stream(1, "ch", messages(0, 30)), live=True)
     first._feed(stream(2, "other", messages(0, 5)), live=True)
     first._feed(stream(3, "ch", messages(30, 250)), live=True)
+    first._flush_history()
     queue = first.queue_for("ch", "d.1", encode, "k", notice)
     queue.state.next_n = 0
     taken = [queue.take(100, 1 << 30) for _ in range(5)]
@@ -126,7 +143,8 @@ async def test_posts_are_cut_at_stream_batches_and_fixed_chunks() -> None:
     # Never across two stream batches; inside one, chunks of 100 from its first message.
     assert extents == [(0, 30), (30, 130), (130, 230), (230, 280)]
     assert taken[4] is None
-    assert router.delivered == [("ch", 30), ("other", 5), ("ch", 250)]
+    # The history gets each channel's part of the round once.
+    assert router.delivered == [("ch", 280), ("other", 5)]
 
 
 async def test_a_new_owner_forms_the_same_posts_under_the_same_frame_ids() -> None:
