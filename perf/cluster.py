@@ -29,10 +29,21 @@ and receivers in their own processes. Two cases:
   plus a 0.5 s settle; per line in µs. The idle CPU of the routers over 1 s before go is
   reported (lease renewals, heartbeats, 64 partitions' long polls).
 
+  The modes run in the order above, then reversed in the next round, so ``nats_1`` and
+  ``nats_2`` always run next to each other. The machine is shared: ``other_cpu_cores`` is
+  what the rest of it (other work) kept busy during a run (``/proc/stat`` minus the routers,
+  nats-server and the senders, whose CPU comes from ``os.wait4``), on 2 cores.
+
   Figures: per workload and mode the medians over the rounds; ``scaling_2_over_1`` is the
   median of each round's ``nats_2`` / ``nats_1`` lines/s (target >= 1.6); the engine
   overhead is the median router CPU per line of ``nats_1`` minus that of ``no_spool``
   (target <= 0.5 µs) and minus that of ``spool``.
+
+  ``--profile DIR`` runs ``py-spy record`` (raw collapsed stacks, 250 Hz, non-blocking) on
+  every router of every run, and adds to the results each profile's share of samples by
+  ``PROFILE_GROUPS`` (where the CPU goes: scanner, encode, decode, history, nats-py...) and
+  that share times the run's CPU per line; ``--profile-report DIR`` prints the shares of
+  profiles taken earlier. Profiled runs are slower: take the figures from runs without it.
 - ``failover``: ``--failover-routers`` (3) routers ``--nats-lease-ttl 3`` on one NATS, a
   channel with one HTTPS drain to a counting receiver (``perf/receivers.py --https``, TLS by
   trustme), a steady syslog sender (``--failover-rate`` lines/s, 5000) on a router that does
@@ -245,12 +256,16 @@ class Sender:
         assert self.process.stdin is not None
         self.process.stdin.close()
 
-    def result(self, timeout_s: float = WAIT_S) -> dict[str, Any]:
+    def result(self) -> dict[str, Any]:
+        """Its JSON result, with ``cpu_s``: the sender's own CPU time (``os.wait4``)."""
         assert self.process.stdout is not None
         out = self.process.stdout.read()
-        if self.process.wait(timeout_s) != 0 or not out:
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.process.returncode != 0 or not out:
             raise SystemExit(f"a sender failed (exit {self.process.returncode})")
         result: dict[str, Any] = json.loads(out)
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime
         return result
 
     def kill(self) -> None:
@@ -360,6 +375,49 @@ def wait_channels(routers: list[RouterProcess], names: list[str], timeout_s: flo
                 time.sleep(0.05)
 
 
+def machine_busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy since boot, all cores (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        fields = [int(f) for f in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class Profiler:
+    """``py-spy record`` on each router while a run is measured (``--profile DIR``): raw
+    collapsed stacks, on-CPU samples only, one file per router."""
+
+    def __init__(self, out_dir: Path | None, *, native: bool = False) -> None:
+        self.out_dir = out_dir
+        self.native = native
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, routers: list[RouterProcess], label: str) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for index, router in enumerate(routers):
+            argv = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid"]
+            argv += [str(router.pid), "--format", "raw", "--rate", "250", "--threads"]
+            argv += ["--native"] if self.native else ["--nonblocking"]
+            argv += ["-o", str(self.out_dir / f"{label}-router{index}.txt")]
+            self.processes.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        time.sleep(0.5)  # py-spy attaches
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
 def wait_until(what: str, probe: Any, timeout_s: float = WAIT_S) -> int:
     """Poll ``probe()`` every ``POLL_S`` until it is true; ``time.time_ns()`` of that poll."""
     deadline = time.monotonic() + timeout_s
@@ -374,7 +432,7 @@ def wait_until(what: str, probe: Any, timeout_s: float = WAIT_S) -> int:
 
 
 def ingest_run(
-    tmp: Path, workload: str, mode: str, senders: int, per_sender: int
+    tmp: Path, workload: str, mode: str, senders: int, per_sender: int, profiler: Profiler
 ) -> dict[str, Any]:
     """One run of ``workload`` in ``mode``; its figures (see the module docstring)."""
     cluster = mode.startswith("nats")
@@ -409,11 +467,13 @@ def ingest_run(
             if workload == "syslog"
             else (per_sender // LINES_PER_BATCH * LINES_PER_BATCH * senders)
         )
+        profiler.start(routers, tmp.name)
         idle_before = sum(r.cpu_s() for r in routers)
         time.sleep(1)
         idle_cpu_s = sum(r.cpu_s() for r in routers) - idle_before
         cpu_before = [r.cpu_s() for r in routers]
         nats_before = process_cpu_s(nats.process.pid) if nats and nats.process else 0.0
+        machine_before = machine_busy_cpu_s()
         go_ns = time.time_ns()
         for client in clients:
             client.go()
@@ -444,6 +504,11 @@ def ingest_run(
             time.sleep(SETTLE_S)
             result["stored"] = int(routers[0].ingested(workload))
         cpu_s = sum(r.cpu_s() - before for r, before in zip(routers, cpu_before, strict=True))
+        nats_cpu_s = process_cpu_s(nats.process.pid) - nats_before if nats else 0.0
+        machine_cpu_s = machine_busy_cpu_s() - machine_before
+        window_s = (time.time_ns() - go_ns) / 1e9
+        profiler.stop()
+        senders_cpu_s = sum(r["cpu_s"] for r in results)
         seconds = (durable_ns - first_ns) / 1e9
         result.update(
             lossless=result["stored"] == lines
@@ -458,13 +523,18 @@ def ingest_run(
             ],
             router_idle_cpu_s_per_s=round(idle_cpu_s, 3),
             router_peak_rss_bytes=[r.peak_rss() for r in routers],
+            senders_cpu_s=round(senders_cpu_s, 3),
+            # Cores the rest of the machine (other work) kept busy while this ran.
+            other_cpu_cores=round(
+                max(0.0, machine_cpu_s - cpu_s - nats_cpu_s - senders_cpu_s) / window_s, 2
+            ),
         )
-        if nats is not None and nats.process is not None:
-            nats_cpu_s = process_cpu_s(nats.process.pid) - nats_before
+        if nats is not None:
             result["nats_cpu_s"] = round(nats_cpu_s, 3)
             result["nats_cpu_us_per_line"] = round(nats_cpu_s / lines * 1e6, 3)
         return result
     finally:
+        profiler.stop()
         for client in clients:
             client.kill()
         for router in routers:
@@ -479,19 +549,24 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def bench_ingest(
-    tmp: Path, workloads: list[str], rounds: int, senders: int, per_sender: dict[str, int]
+    tmp: Path,
+    workloads: list[str],
+    rounds: int,
+    senders: int,
+    per_sender: dict[str, int],
+    profiler: Profiler,
 ) -> dict[str, Any]:
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         w: {m: [] for m in MODES} for w in workloads
     }
     for round_number in range(rounds):
-        shift = round_number % len(MODES)
-        order = [*MODES[shift:], *MODES[:shift]]
+        # nats_1 and nats_2 always next to each other, in alternating order
+        order = list(MODES) if round_number % 2 == 0 else list(MODES)[::-1]
         for workload in workloads:
             for mode in order:
-                work = tmp / f"ingest-{round_number}-{workload}-{mode}"
+                work = tmp / f"{workload}-{mode}-round{round_number + 1}"
                 work.mkdir()
-                run = ingest_run(work, workload, mode, senders, per_sender[workload])
+                run = ingest_run(work, workload, mode, senders, per_sender[workload], profiler)
                 run["round"] = round_number + 1
                 runs[workload][mode].append(run)
                 print(json.dumps({f"{workload}_{mode}": run}), file=sys.stderr)
@@ -504,6 +579,7 @@ def bench_ingest(
                 "lines_per_s": median_of(by_mode[mode], "lines_per_s"),
                 "router_cpu_us_per_line": median_of(by_mode[mode], "router_cpu_us_per_line"),
                 "nats_cpu_us_per_line": median_of(by_mode[mode], "nats_cpu_us_per_line"),
+                "other_cpu_cores": median_of(by_mode[mode], "other_cpu_cores"),
                 "lossless_runs": sum(1 for run in by_mode[mode] if run["lossless"]),
             }
         ratios = [
@@ -632,6 +708,93 @@ def bench_failover(
     }
 
 
+# -- profiles -----------------------------------------------------------------------------------
+
+# Where a router's CPU goes, by the innermost frame of each sample that matches one of these
+# (function name, file) pairs; the first group that matches a frame wins. Samples of the
+# bridge's asyncio thread that match nothing are "nats-py ...", by the task they run in.
+PROFILE_GROUPS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("ingest: syslog framing + C scanner", (("read_decoder", "syslog_reader.py"),)),
+    ("ingest: shim batch decode", (("decode_batch_messages_and_bytes", "shimbatch.py"),)),
+    ("ingest: cluster batch encode (msgpack + zstd)", (("encode_batch", "clusterbatch.py"),)),
+    ("ingest: spool append + commit", (("Spool.", "spool/"), ("SpoolWriter", "spool/"))),
+    ("ingest: publish rounds (trio side)", (("ClusterLog.run", "cluster/ingest.py"),)),
+    ("owner: batch decode (zstd + msgpack + checks)", (("decode_batch", "clusterbatch.py"),)),
+    ("history ring", (("HistoryRing", "fanout/history.py"), ("Router.deliver", "router.py"))),
+    (
+        "owner: tail re-publish (envelope + crossing)",
+        (("encode_envelope", "clusterbatch.py"), ("NatsBridge.publish_core", "bridge.py")),
+    ),
+    ("owner: fetch (trio side)", (("PartitionOwner._deliver_live", "cluster/partition.py"),)),
+    ("ownership, leases, checkpoints", (("Coordinator", "ownership.py"),)),
+    ("nats-py: socket writes (flusher)", (("Client._flusher", "nats/aio/client.py"),)),
+    ("nats-py: reads (parser, acks, pulled messages)", (("Client._read_loop", "nats/aio/"),)),
+    ("bridge: pull consumers (asyncio side)", (("OrderedPull", "_bridge_pull.py"),)),
+    ("bridge: publish + acks (asyncio side)", (("_a_publish_many", "bridge.py"),)),
+)
+
+
+def _frame_key(frame: str) -> tuple[str, str]:
+    """``func (file:line)`` -> (func, file)."""
+    name, _, where = frame.rpartition(" (")
+    return name, where.rstrip(")").rsplit(":", 1)[0]
+
+
+def profile_groups(path: Path) -> tuple[int, dict[str, int]]:
+    """Samples of one ``py-spy record --format raw --threads`` file, by ``PROFILE_GROUPS``."""
+    groups: dict[str, int] = {}
+    total = 0
+    for row in path.read_text().splitlines():
+        stack, _, count_text = row.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        thread = frames[0]
+        found = None
+        for frame in reversed(frames[1:]):
+            name, where = _frame_key(frame)
+            for group, patterns in PROFILE_GROUPS:
+                if any(n in name and w in where for n, w in patterns):
+                    found = group
+                    break
+            if found:
+                break
+        if found is None:
+            found = (
+                "bridge thread: asyncio loop, other"
+                if "nats-logplex" in thread
+                else "event loop: trio, sockets, other"
+            )
+        groups[found] = groups.get(found, 0) + count
+    return total, groups
+
+
+def profile_report(out_dir: Path, runs: dict[str, Any] | None) -> dict[str, Any]:
+    """Per profiled run: each group's share of the samples and, with the run's measured
+    router CPU per line, its µs per line."""
+    report: dict[str, Any] = {}
+    for path in sorted(out_dir.glob("*-router*.txt")):
+        label = path.stem
+        total, groups = profile_groups(path)
+        if not total:
+            continue
+        report[label] = {"samples": total}
+        report[label]["share"] = {
+            g: round(n / total, 3) for g, n in sorted(groups.items(), key=lambda i: -i[1])
+        }
+    if runs is None:
+        return report
+    for label, entry in report.items():
+        workload, mode = label.split("-")[:2]
+        matching = runs.get(workload, {}).get(mode, [])
+        if matching:
+            us = matching[0]["router_cpu_us_per_line"]
+            entry["us_per_line"] = {g: round(f * us, 3) for g, f in entry["share"].items()}
+    return report
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -667,11 +830,17 @@ def main() -> None:
     add("--failover-routers", type=int, default=3, help="routers in the failover (default 3)")
     add("--failover-rate", type=int, default=5000, help="lines/s of the steady sender (5000)")
     add("--lease-ttl", type=float, default=3.0, help="--nats-lease-ttl (default 3)")
+    add("--profile", type=Path, metavar="DIR", help="py-spy every ingest router into DIR")
+    add("--profile-native", action="store_true", help="py-spy --native (C frames, pauses)")
+    add("--profile-report", type=Path, metavar="DIR", help="only summarise the profiles in DIR")
     add("--no-row", action="store_true", help="print only, no RESULTS.md row")
     add("--send", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.send:
         child(args.send)
+        return
+    if args.profile_report:
+        print(json.dumps(profile_report(args.profile_report, None), indent=1))
         return
     only = args.only or ["ingest", "failover"]
     rounds = args.rounds or (1 if args.quick else 3)
@@ -687,9 +856,12 @@ def main() -> None:
         if "ingest" in only:
             workloads = args.workload or list(WORKLOADS)
             ingest = bench_ingest(
-                tmp, workloads, rounds, args.senders, dict.fromkeys(workloads, per_sender)
+                *(tmp, workloads, rounds, args.senders, dict.fromkeys(workloads, per_sender)),
+                Profiler(args.profile, native=args.profile_native),
             )
             results["ingest"] = ingest
+            if args.profile:
+                results["profile"] = profile_report(args.profile, ingest["runs"])
             for workload, figures in ingest["summary"].items():
                 scaling = figures["scaling_2_over_1"]
                 overhead = figures.get("nats_1_minus_no_spool_us_per_line")
