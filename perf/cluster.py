@@ -64,6 +64,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -122,12 +123,18 @@ class JetStreamNode(NatsNode):  # type: ignore[misc]
 # -- senders (children) -------------------------------------------------------------------
 
 
+_cpu_at_go_s = 0.0
+
+
 def _wait_go() -> None:
     """Say ``ready`` on stdout and wait for the parent's ``go`` line on stdin."""
+    global _cpu_at_go_s
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     if not sys.stdin.readline():
         raise SystemExit("the parent went away before go")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _cpu_at_go_s = usage.ru_utime + usage.ru_stime
 
 
 def send_shim(port: int, batches: int, token: str, stream: str) -> dict[str, Any]:
@@ -257,7 +264,8 @@ class Sender:
         self.process.stdin.close()
 
     def result(self) -> dict[str, Any]:
-        """Its JSON result, with ``cpu_s``: the sender's own CPU time (``os.wait4``)."""
+        """Its JSON result, with ``cpu_s``: the sender's own CPU time after go (``os.wait4``
+        minus what it had used building its frames)."""
         assert self.process.stdout is not None
         out = self.process.stdout.read()
         _, status, usage = os.wait4(self.process.pid, 0)
@@ -265,7 +273,7 @@ class Sender:
         if self.process.returncode != 0 or not out:
             raise SystemExit(f"a sender failed (exit {self.process.returncode})")
         result: dict[str, Any] = json.loads(out)
-        result["cpu_s"] = usage.ru_utime + usage.ru_stime
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime - result.pop("cpu_at_go_s")
         return result
 
     def kill(self) -> None:
@@ -473,7 +481,12 @@ def ingest_run(
         idle_cpu_s = sum(r.cpu_s() for r in routers) - idle_before
         cpu_before = [r.cpu_s() for r in routers]
         nats_before = process_cpu_s(nats.process.pid) if nats and nats.process else 0.0
-        machine_before = machine_busy_cpu_s()
+
+        def our_cpu_s() -> float:  # routers and nats-server (the senders: from os.wait4)
+            nats_s = process_cpu_s(nats.process.pid) if nats is not None else 0.0
+            return sum(r.cpu_s() for r in routers) + nats_s
+
+        machine_before, our_before = machine_busy_cpu_s(), our_cpu_s()
         go_ns = time.time_ns()
         for client in clients:
             client.go()
@@ -492,7 +505,9 @@ def ingest_run(
         result: dict[str, Any] = {"lines": lines}
         if cluster:
             consumed_ns = wait_until("the owners consumed every batch", lambda: consumed(routers))
-            time.sleep(SETTLE_S)
+        end = (time.time_ns(), machine_busy_cpu_s(), our_cpu_s())
+        time.sleep(SETTLE_S)
+        if cluster:
             result["stored"] = int(metric_sum(routers, STORED_MESSAGES))
             result["stored_batches"] = int(metric_sum(routers, STORED_BATCHES))
             view = routers[0].api("GET", "/v3/cluster")
@@ -501,14 +516,15 @@ def ingest_run(
             )
             result["consumed_s"] = round((consumed_ns - first_ns) / 1e9, 3)
         else:
-            time.sleep(SETTLE_S)
             result["stored"] = int(routers[0].ingested(workload))
         cpu_s = sum(r.cpu_s() - before for r, before in zip(routers, cpu_before, strict=True))
         nats_cpu_s = process_cpu_s(nats.process.pid) - nats_before if nats else 0.0
-        machine_cpu_s = machine_busy_cpu_s() - machine_before
-        window_s = (time.time_ns() - go_ns) / 1e9
         profiler.stop()
         senders_cpu_s = sum(r["cpu_s"] for r in results)
+        # Cores busy from go to the end (before the settle): ours, and the rest of the machine.
+        window_s = (end[0] - go_ns) / 1e9
+        ours_s = end[2] - our_before + senders_cpu_s
+        others_s = max(0.0, end[1] - machine_before - ours_s)
         seconds = (durable_ns - first_ns) / 1e9
         result.update(
             lossless=result["stored"] == lines
@@ -524,10 +540,8 @@ def ingest_run(
             router_idle_cpu_s_per_s=round(idle_cpu_s, 3),
             router_peak_rss_bytes=[r.peak_rss() for r in routers],
             senders_cpu_s=round(senders_cpu_s, 3),
-            # Cores the rest of the machine (other work) kept busy while this ran.
-            other_cpu_cores=round(
-                max(0.0, machine_cpu_s - cpu_s - nats_cpu_s - senders_cpu_s) / window_s, 2
-            ),
+            cpu_cores=round(ours_s / window_s, 2),
+            other_cpu_cores=round(others_s / window_s, 2),
         )
         if nats is not None:
             result["nats_cpu_s"] = round(nats_cpu_s, 3)
@@ -811,7 +825,7 @@ def child(argv: list[str]) -> None:
         result = send_paced(int(port), int(rate), token)
     else:
         raise SystemExit(f"unknown sender kind {kind!r}")
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps({**result, "cpu_at_go_s": _cpu_at_go_s}) + "\n")
 
 
 def main() -> None:
