@@ -4,8 +4,8 @@ Every process is real and fresh per run: ``nats-server`` (one JetStream node, R1
 store; ``tests/natsd.py``), ``logplex serve`` as users run it (``perf/harness.py``), senders
 and receivers in their own processes. Two cases:
 
-- ``ingest``: aggregate lossless ingest, side by side in one run, in rotating order each
-  round, for two workloads and four modes. Workloads: ``shim``, ``--senders`` (4) clients of
+- ``ingest``: aggregate lossless ingest, side by side in one run, ``--rounds`` (3) rounds
+  of two workloads in four modes. Workloads: ``shim``, ``--senders`` (4) clients of
   the shim stream protocol, each with its own stream id, sending pre-built BATCH frames of
   1000 lines of 100 bytes within the advertised window and reading the ACKs (as
   ``perf/router_ingest.py`` does); ``syslog``, as many TCP senders of octet-counted 200-byte
@@ -21,13 +21,13 @@ and receivers in their own processes. Two cases:
   Lossless means: the shims' every batch ACKed (an ACK means durable: fsynced by the spool,
   stored by JetStream), and for syslog every line counted in ``/metrics`` (stored in the
   partition streams: ``logplex_cluster_published_messages_total`` summed over the routers;
-  ingested in the single-process modes); ``lines_per_s`` is lines over first go to that
-  moment. In the cluster modes the run then waits until the owners consumed every stored
-  batch (``logplex_cluster_consumed_batches_total`` = stored batches) and checks the
-  partition streams hold exactly the stored batches (``GET /v3/cluster``). Router CPU (all
-  routers, all threads, ``/proc``) and ``nats-server`` CPU are taken from go to that end
-  plus a 0.5 s settle; per line in µs. The idle CPU of the routers over 1 s before go is
-  reported (lease renewals, heartbeats, 64 partitions' long polls).
+  ingested in the single-process modes); ``lines_per_s`` is lines over the time from the
+  first byte sent to that moment. In the cluster modes the run then waits until the owners
+  consumed every stored batch (``logplex_cluster_consumed_batches_total`` = stored batches)
+  and checks the partition streams hold exactly the stored batches (``GET /v3/cluster``).
+  Router CPU (all routers, all threads, ``/proc``) and ``nats-server`` CPU are taken from
+  go to that end plus a 0.5 s settle; per line in µs. The idle CPU of the routers over 1 s
+  before go is reported (lease renewals, heartbeats, 64 partitions' long polls).
 
   The modes run in the order above, then reversed in the next round, so ``nats_1`` and
   ``nats_2`` always run next to each other. The machine is shared: ``other_cpu_cores`` is
