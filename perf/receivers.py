@@ -9,18 +9,22 @@
   bodies, Frame-Id de-duplication) with a counting ``accept``: it checks the Logplex headers
   and the line count as ``--blackhole`` does, counts ``Logplex-Msg-Count`` and notes the
   receipt time; with ``--latency`` it also takes each line's ``lat=<time.time_ns()>`` stamp
-  and keeps receipt minus write, in ns.
+  and keeps receipt minus write, in ns. It keeps the receipt time of the last
+  ``POST_TIMES_KEPT`` posts, duplicates included (a new owner's first posts in the cluster
+  mode repeat Frame-Ids), for ``posts_since``.
 
 Both count the notices among the frames (PRI 172: router, L10/L11; PRI 189: shim lifecycle
 and L12/L13) and add up the N of each ``Error L10``..``L13`` they see. They print
 ``listening NAME=127.0.0.1:PORT`` first, then answer each ``report`` line on stdin with one
-JSON line (``final`` adds the latency percentiles) and exit when stdin closes.
+JSON line (``final`` adds the latency percentiles; ``posts_since NS``, HTTPS only, lists the
+receipt times of the posts received at or after ``NS``) and exit when stdin closes.
 ``Receiver`` is the parent's handle on one of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -45,6 +49,7 @@ ROUTER_NOTICE = b" <172>1 "
 SHIM_NOTICE = b" <189>1 "
 LOSS = re.compile(rb"Error L1([0-3]) \([^)]*\)(?: -> This tail session dropped|:) (\d+) messages")
 STAMP = re.compile(rb"lat=(\d{19})")
+POST_TIMES_KEPT = 100_000
 
 
 class Counts:
@@ -59,6 +64,8 @@ class Counts:
         self.bytes = 0
         self.connections = 0
         self.latencies_ns: list[int] = []
+        self.duplicates = 0
+        self.post_times_ns: collections.deque[int] = collections.deque(maxlen=POST_TIMES_KEPT)
 
     def add(self, frames: int, now_ns: int) -> None:
         self.frames += frames
@@ -84,6 +91,7 @@ class Counts:
             "last_ns": self.last_ns,
             "bytes": self.bytes,
             "connections": self.connections,
+            "duplicates": self.duplicates,
         }
         if final and self.latencies_ns:
             ordered = sorted(self.latencies_ns)
@@ -114,8 +122,16 @@ def scan_syslog(counts: Counts, buffer: bytearray, size: int, carry: bytes) -> b
 
 
 def answer(counts: Counts, commands: bytes) -> None:
-    for command in commands.split():
-        sys.stdout.write(json.dumps(counts.report(final=command == b"final")) + "\n")
+    for command in commands.splitlines():
+        words = command.split()
+        if not words:
+            continue
+        if words[0] == b"posts_since" and len(words) == 2:
+            since_ns = int(words[1])
+            reply: Any = [t for t in counts.post_times_ns if t >= since_ns]
+        else:
+            reply = counts.report(final=words[0] == b"final")
+        sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
 
 
@@ -183,8 +199,10 @@ def serve_https(port: int, cert_file: str, key_file: str, latency: bool) -> None
             check_line_count(body, checked.msg_count)
             now_ns = time.time_ns()
             self.stats.requests += 1
+            counts.post_times_ns.append(now_ns)
             if self.window.check_and_add(checked.frame_id):
                 self.stats.duplicates += 1
+                counts.duplicates += 1
                 return
             counts.bytes += len(body)
             counts.add(checked.msg_count, now_ns)
@@ -255,6 +273,18 @@ class Receiver:
             raise SystemExit("the receiver exited")
         result: dict[str, Any] = json.loads(row)
         return result
+
+    def posts_since(self, since_ns: int) -> list[int]:
+        """Receipt times (``time.time_ns``) of the posts received at or after ``since_ns``."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(b"posts_since %d\n" % since_ns)
+        self.process.stdin.flush()
+        row = self.process.stdout.readline()
+        if not row:
+            raise SystemExit("the receiver exited")
+        times: list[int] = json.loads(row)
+        return times
 
     def wait_for(
         self, app_frames: int, *, idle_s: float = 10, first_timeout_s: float = 120
