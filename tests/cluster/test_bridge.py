@@ -722,12 +722,12 @@ async def test_credentials_problems_are_told_without_the_secret(tmp_path: Path) 
     creds.write_text(
         "-----BEGIN USER NKEY SEED-----\nSUAVERYSECRETSEED\n------END USER NKEY SEED------\n"
     )
-    for path in (creds, tmp_path / "missing.creds"):
+    for path, says in ((creds, "cannot connect"), (tmp_path / "missing.creds", "cannot read")):
         bridge = NatsBridge(BridgeSettings(servers=("nats://127.0.0.1:1",), creds_file=path))
         with pytest.raises(BridgeError) as caught:
             await bridge.run()
         assert "SECRET" not in str(caught.value)
-        assert "nkeys" in str(caught.value) or "cannot read" in str(caught.value)
+        assert says in str(caught.value)
 
 
 async def test_publish_in_flight_when_the_connection_drops(nats_node: NatsNode) -> None:
