@@ -23,7 +23,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -62,6 +62,9 @@ STREAM_MAX_AGE_S: Final = 3 * 24 * 3600.0
 STREAM_DUPLICATE_WINDOW_S: Final = 120.0
 OWNER_REQUEST_ATTEMPTS_S: Final = 8.0
 TAIL_PENDING_BATCHES: Final = 1024
+CATCH_UP_MAX_BATCHES: Final = 100_000
+CATCH_UP_IDLE_FETCHES: Final = 3
+CATCH_UP_PATIENCE_S: Final = 30.0
 JETSTREAM_PROBE_S: Final = 1.0
 JETSTREAM_PROBE_TIMEOUT_S: Final = 2.0
 
@@ -106,22 +109,20 @@ class _SeamedTail:
             self.push(pending_seq, messages)
 
 
-FetchAfter = Callable[[str, int], Awaitable[tuple[list[Message], int]]]
-
-
 class ClusterTails:
     """Live tails on this router for channels owned anywhere.
 
     One core subscription per partition with tails here. Each tail envelope names the
     partition's previous one (``prev_seq``); when one is missing (core NATS dropped it, this
     router's connection was down, the owner changed) every tail of the partition catches up
-    from the owner's history (the lines after the last batch it saw), then goes on live.
+    by reading the partition's stream itself from the batch after the last one it saw up to
+    the envelope that showed the gap (exactly the lines it missed, from the durable log),
+    then goes on live; what arrives live meanwhile waits and is passed on after.
     """
 
-    def __init__(self, bridge: NatsBridge, partitions: int, fetch_after: FetchAfter) -> None:
+    def __init__(self, bridge: NatsBridge, partitions: int) -> None:
         self.bridge = bridge
         self.partitions = partitions
-        self._fetch_after = fetch_after
         self._by_channel: dict[str, list[_SeamedTail]] = {}
         self._subscriptions: dict[int, tuple[trio.CancelScope, trio.Event, set[str]]] = {}
         self._last_seq: dict[int, int] = {}
@@ -205,14 +206,105 @@ class ClusterTails:
             for tail in self._by_channel.get(channel, ()):
                 if tail.through is not None:
                     after = tail.through
-                    tail.through = None  # live batches wait while the history comes
-                    self._nursery.start_soon(self._catch_up, channel, tail, after)
+                    tail.through = None  # live batches wait while the stream is read
+                    target = self._last_seq[partition]
+                    self._nursery.start_soon(
+                        self._catch_up, partition, channel, tail, after, target
+                    )
 
-    async def _catch_up(self, channel: str, tail: _SeamedTail, after: int) -> None:
-        messages, frontier = await self._fetch_after(channel, after)
-        if messages:
-            tail.session.push(messages)
-        tail.set_through(max(frontier, after))
+    async def _catch_up(
+        self, partition: int, channel: str, tail: _SeamedTail, after: int, target: int
+    ) -> None:
+        """Pass on the channel's batches after ``after`` up to ``target`` from the stream,
+        trying again through NATS failures for up to ``CATCH_UP_PATIENCE_S``."""
+        stream = names.stream_name(partition)
+        next_seq = after + 1
+        read = 0
+        deadline = trio.current_time() + CATCH_UP_PATIENCE_S
+        try:
+            while next_seq < target and trio.current_time() < deadline:
+                try:
+                    next_seq, count = await self._read_for_tail(
+                        stream, channel, tail, next_seq, target, deadline
+                    )
+                    read += count
+                except BridgeError as exc:
+                    log.info("tail catch-up on partition %d: %s; again", partition, exc)
+                    await trio.sleep(0.5)
+                    continue
+                if next_seq < target:
+                    try:
+                        info = await self.bridge.stream_info(stream)
+                    except BridgeError as exc:
+                        log.info("tail catch-up on partition %d: %s; again", partition, exc)
+                        await trio.sleep(0.5)
+                        continue
+                    if info.first_seq > next_seq:
+                        # The stream's limits removed them before they could be read.
+                        log.warning(
+                            "tail catch-up on partition %d: batches %d to %d are gone",
+                            partition,
+                            next_seq,
+                            info.first_seq - 1,
+                        )
+                        next_seq = info.first_seq
+        except BridgeError as exc:
+            log.info("tail catch-up on partition %d: %s", partition, exc)
+        finally:
+            if next_seq < target:
+                log.warning(
+                    "tail catch-up on partition %d stopped at %d of %d", partition, next_seq, target
+                )
+            else:
+                log.info(
+                    "tail catch-up on partition %d: %d batches from %d to %d read",
+                    partition,
+                    read,
+                    after + 1,
+                    target - 1,
+                )
+            # From ``target`` on, the live batches (waiting meanwhile) are passed on.
+            tail.set_through(target - 1)
+
+    async def _read_for_tail(
+        self,
+        stream: str,
+        channel: str,
+        tail: _SeamedTail,
+        start: int,
+        target: int,
+        deadline: float,
+    ) -> tuple[int, int]:
+        """Read ``stream`` from ``start`` until ``target`` (or an idle spell); returns the next
+        sequence to read and how many batches were read."""
+        reader = await self.bridge.open_reader(stream, start)
+        read = 0
+        try:
+            idle = 0
+            while reader.next_seq < target and read < CATCH_UP_MAX_BATCHES:
+                if trio.current_time() >= deadline:
+                    break
+                messages = await reader.fetch(256, 1.0)
+                if not messages:
+                    idle += 1
+                    if idle >= CATCH_UP_IDLE_FETCHES:
+                        break
+                    continue
+                idle = 0
+                for message in messages:
+                    if message.seq >= target:
+                        return target, read
+                    read += 1
+                    try:
+                        batch = decode_batch(message.data, self._decompressor)
+                    except ClusterFormatError:
+                        continue
+                    if batch.channel == channel and batch.messages:
+                        tail.session.push(batch.messages)
+            return reader.next_seq, read
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(2.0):
+                await reader.aclose()
 
 
 class ClusterNode:
@@ -235,7 +327,7 @@ class ClusterNode:
         self.router: RouterSide | None = None
         self.owners: dict[int, PartitionOwner] = {}
         self.log = ClusterLog(bridge, member_id=self.member_id, partitions=self.partitions)
-        self.tails = ClusterTails(bridge, self.partitions, self._history_after)
+        self.tails = ClusterTails(bridge, self.partitions)
         self.coordinator: Coordinator | None = None
         self.ready = False
         self._jetstream_ok = True
@@ -367,12 +459,9 @@ class ClusterNode:
     def detach_tail(self, channel: str, session: TailSession) -> None:
         self.tails.detach(channel, session)
 
-    async def _ask_owner(self, channel: str, op: str, after: int | None = None) -> bytes | None:
+    async def _ask_owner(self, channel: str, op: str) -> bytes | None:
         """The owner's answer, waiting through a hand-off or takeover; None if none came."""
-        fields: dict[str, object] = {"op": op, "channel": channel}
-        if after is not None:
-            fields["after"] = after
-        request = json.dumps(fields).encode()
+        request = json.dumps({"op": op, "channel": channel}).encode()
         subject = names.owner_subject(self.partition_of(channel))
         deadline = trio.current_time() + OWNER_REQUEST_ATTEMPTS_S
         while True:
@@ -388,16 +477,10 @@ class ClusterNode:
 
     async def history(self, channel: str) -> tuple[list[Message], int]:
         """The channel's history and the last stream sequence it includes."""
-        return await self._history(channel, None)
-
-    async def _history_after(self, channel: str, after: int) -> tuple[list[Message], int]:
-        return await self._history(channel, after)
-
-    async def _history(self, channel: str, after: int | None) -> tuple[list[Message], int]:
         owner = self.owners.get(self.partition_of(channel))
-        if owner is not None and owner.ready.is_set():
-            return owner.history_after(channel, after), owner.frontier
-        reply = await self._ask_owner(channel, "history", after)
+        if owner is not None and owner.ready.is_set() and self.router is not None:
+            return self.router.history(channel), owner.frontier
+        reply = await self._ask_owner(channel, "history")
         if reply is None:
             return [], 0
         try:

@@ -425,18 +425,6 @@ class _History:
     def first_seq(self) -> int | None:
         return self.batches[0][0] if self.batches else None
 
-    def lines_after(self, seq: int) -> int | None:
-        """How many of the newest lines came in batches after ``seq`` (None: the ring no
-        longer holds all of them)."""
-        if seq < self.dropped_seq:
-            return None
-        count = 0
-        for batch_seq, lines in reversed(self.batches):
-            if batch_seq <= seq:
-                break
-            count += lines
-        return count
-
 
 class PartitionOwner:
     """The delivery side of one owned partition (see the module docstring)."""
@@ -880,8 +868,7 @@ class PartitionOwner:
             return b'{"error":"bad request"}'
         channel = request["channel"]
         if request.get("op") == "history":
-            after = request.get("after")
-            messages = self.history_after(channel, after if isinstance(after, int) else None)
+            messages = self.router.history(channel)
             batch = encode_batch(channel, messages, 0, zstandard.ZstdCompressor(level=1))
             return encode_envelope(KIND_HISTORY, self.frontier, batch)
         if request.get("op") == "status":
@@ -890,26 +877,6 @@ class PartitionOwner:
             statuses = self.router.drain_statuses(channel)
             return json.dumps({str(k): v for k, v in statuses.items()}).encode()
         return b'{"error":"unknown op"}'
-
-    def history_after(self, channel: str, after: int | None) -> list[Message]:
-        """The channel's history; with ``after``, only the lines of batches after that
-        stream sequence (a tail catching up after a gap), or all of it when the ring no
-        longer reaches back that far."""
-        messages = self.router.history(channel)
-        if after is None:
-            return messages
-        ring = self._histories.get(channel)
-        if ring is None:
-            return []
-        count = ring.lines_after(after)
-        if count is None:
-            log.info(
-                "partition %d: a tail of %r caught up past what the history holds",
-                self.partition,
-                channel,
-            )
-            return messages
-        return messages[-count:] if count else []
 
     def lag(self) -> dict[str, object]:
         """This partition as ``GET /v3/cluster`` shows it."""

@@ -27,29 +27,40 @@ LEASE_TTL_S = 2.0
 PAD = 40
 
 
-def cluster_args(urls: list[str]) -> list[str]:
+def cluster_args(urls: list[str], partitions: int = PARTITIONS) -> list[str]:
     return [
         "--nats",
         ",".join(urls),
         "--nats-partitions",
-        str(PARTITIONS),
+        str(partitions),
         "--nats-lease-ttl",
         str(LEASE_TTL_S),
     ]
 
 
 def make_router(
-    tmp_path: Path, name: str, env: dict[str, str], tls: Any, urls: list[str]
+    tmp_path: Path,
+    name: str,
+    env: dict[str, str],
+    tls: Any,
+    urls: list[str],
+    partitions: int = PARTITIONS,
 ) -> Router:
     workdir = tmp_path / name
     workdir.mkdir()
-    router = Router(workdir, env, tls, cluster_args(urls))
+    router = Router(workdir, env, tls, cluster_args(urls, partitions))
     router.name = name
     return router
 
 
 async def put_channel(router: Router, name: str) -> dict[str, Any]:
-    response = await router.api.put(f"/v3/channels/{name}", json={"tokens": ["app", "heroku"]})
+    """Create the channel; a 503 (NATS still electing leaders) is tried again, as a client
+    following ``Retry-After`` would."""
+    for _ in range(20):
+        response = await router.api.put(f"/v3/channels/{name}", json={"tokens": ["app", "heroku"]})
+        if response.status_code != 503:
+            break
+        await trio.sleep(float(response.headers.get("Retry-After", "1")))
     assert response.status_code in (200, 201), response.text
     body: dict[str, Any] = response.json()
     return body

@@ -118,15 +118,12 @@ def test_a_round_goes_into_a_history_once_and_only_what_it_can_hold() -> None:
     assert router.delivered == [("ch", 2000), ("other", 3)]
 
 
-def test_history_coverage_knows_when_it_no_longer_reaches_back() -> None:
+def test_the_history_start_follows_the_ring() -> None:
     ring = _History()
     for seq in range(1, 11):
         ring.add(seq, 10, keep_lines=50)
     assert ring.first_seq() == 6  # 5 batches of 10 lines cover the 50 kept
-    assert ring.lines_after(8) == 20
-    assert ring.lines_after(10) == 0
-    assert ring.lines_after(5) == 50
-    assert ring.lines_after(4) is None  # batch 5 left the ring: lines may be missing
+    assert ring.dropped_seq == 5
 
 
 async def test_posts_are_cut_at_stream_batches_and_fixed_chunks() -> None:
