@@ -78,6 +78,7 @@ class ServeSettings:
     nats_replicas: int | None = None  # None: min(3, the number of --nats servers)
     nats_partitions: int = 64
     nats_lease_ttl: float = 3.0
+    nats_stream_max_bytes: int = 256 << 20
 
     @property
     def spool_dir(self) -> Path | None:
@@ -435,6 +436,14 @@ SETTINGS: Final = (
         64,
         "N",
         "partitions of a new cluster (fixed when the cluster is first created)",
+    ),
+    _Setting(
+        "nats-stream-max-bytes",
+        parse_byte_size,
+        256 << 20,
+        "BYTES",
+        "bound of each partition stream (256MiB, 10GiB, ...): how far behind a drain may fall; "
+        "the oldest batches go first",
     ),
     _Setting(
         "nats-lease-ttl",

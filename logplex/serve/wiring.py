@@ -472,6 +472,7 @@ def _cluster_parts(settings: ServeSettings, public_url: str) -> _ClusterParts:
             partitions=settings.nats_partitions,
             replicas=replicas,
             lease_ttl_s=settings.nats_lease_ttl,
+            stream_max_bytes=settings.nats_stream_max_bytes,
             public_url=public_url,
         ),
     )

@@ -90,6 +90,10 @@ def test_cluster_settings_resolve_from_flags_and_env() -> None:
     assert settings.nats_partitions == 16
     assert settings.nats_lease_ttl == 5.0
     assert settings.nats_replicas is None
+    assert settings.nats_stream_max_bytes == 256 << 20
+    assert resolve_settings({"nats-stream-max-bytes": "10GiB"}, {}, {}).nats_stream_max_bytes == (
+        10 << 30
+    )
     assert resolve_settings({}, {}, {}).nats is None
 
 
