@@ -91,10 +91,12 @@ class _SeamedTail:
 
     def push(self, seq: int, messages: list[Message]) -> None:
         if self.through is None:
-            if len(self.pending) < TAIL_PENDING_BATCHES:
-                self.pending.append((seq, messages))
-            else:
-                self.session.push(messages)  # the buffer's own drop-oldest and L11 apply
+            self.pending.append((seq, messages))
+            if len(self.pending) > TAIL_PENDING_BATCHES:
+                # Bounded while the history or a catch-up is awaited: the oldest go, and
+                # are told in the tail's next L11 (never passed on out of order).
+                _, dropped = self.pending.pop(0)
+                self.session.count_dropped(len(dropped))
             return
         # Stream sequences grow within a partition: one seen already is a repeat (a new
         # owner re-sends what its predecessor may have sent after its last checkpoint).

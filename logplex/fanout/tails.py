@@ -91,6 +91,16 @@ class TailSession:
         self._buffer.extend(messages)
         self._wakeup.set()
 
+    def count_dropped(self, count: int) -> None:
+        """Messages for this reader that were let go before reaching its buffer (a cluster
+        tail's backlog past its bound): told in the next L11 like the buffer's own drops."""
+        if count <= 0 or self._closed:
+            return
+        if not self._dropped:
+            self._dropped_since_us = time.time_ns() // 1000
+        self._dropped += count
+        self._wakeup.set()
+
     def finish(self) -> None:
         """The channel is gone: the reader gets what is buffered, then ``EndOfChannel``."""
         self._closed = True

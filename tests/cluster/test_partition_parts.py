@@ -206,3 +206,26 @@ def test_the_channel_log_maps_numbers_and_positions_both_ways() -> None:
     assert log.batch_at(5) is None
     log.trim()  # no queue: nothing needed any more
     assert log.refs == []
+
+
+async def test_a_waiting_tail_stays_bounded_and_tells_what_it_let_go() -> None:
+    from logplex.cluster import node
+    from logplex.fanout.tails import TailSession
+
+    session = TailSession(capacity=10_000)
+    tail = node._SeamedTail(session)  # waiting for its history: batches are held
+    cap = node.TAIL_PENDING_BATCHES
+    for seq in range(1, cap + 6):
+        tail.push(seq, messages(seq * 10, 2))
+    assert len(tail.pending) == cap
+    tail.set_through(3)  # the history held everything up to seq 3
+    received = await session.receive()
+    notice, lines = received[0], received[1:]
+    assert notice[2:4] == (b"heroku", b"logplex")
+    assert b"L11" in notice[4]
+    assert b" 10 messages" in notice[4]  # the five oldest batches of two lines
+    # What was kept comes in order, after the history's last batch, each batch once.
+    assert lines == [m for seq in range(6, cap + 6) for m in messages(seq * 10, 2)]
+    tail.push(cap + 5, messages(0, 1))  # a repeat of a batch already passed on
+    tail.push(cap + 6, messages(1, 1))
+    assert await session.receive() == messages(1, 1)
