@@ -71,7 +71,9 @@ CHECKPOINT_INTERVAL_S: Final = 1.0
 FETCH_BATCH: Final = 256
 FETCH_TIMEOUT_S: Final = 0.5
 FETCH_RETRY_S: Final = 0.5
-HISTORY_REPLAY_MAX_BATCHES: Final = 50_000
+# A takeover replays at most this many batches for histories alone (drains' cursors are not
+# bounded by it): a quiet channel's older history is not worth a slower failover.
+HISTORY_REPLAY_MAX_BATCHES: Final = 10_000
 TAIL_PUBLISH_ATTEMPTS: Final = 5
 TAIL_REPUBLISH_BATCHES: Final = (
     256  # a takeover re-sends to tails from this far before the checkpoint
