@@ -79,6 +79,7 @@ from logplex.config.store import (
     too_many_channels,
     too_many_drains,
     too_many_tokens,
+    wanted_token_names,
 )
 
 T = TypeVar("T")
@@ -529,12 +530,7 @@ class KvConfigStore:
         """Create or update ``name`` so its tokens are exactly ``token_names`` (as
         ``ConfigStore.put_channel``: kept names keep their token, new names get new tokens,
         names not listed are revoked). Returns the channel and whether it was created."""
-        check_channel_name(name)
-        wanted = sorted(set(token_names))
-        for token_name in wanted:
-            check_token_name(token_name)
-        if max_tokens is not None and len(wanted) > max_tokens:
-            raise too_many_tokens(name, len(wanted), max_tokens)
+        wanted = wanted_token_names(name, token_names, max_tokens)
 
         async def decide(current: ChannelConfig | None) -> _Change[tuple[ChannelConfig, bool]]:
             if current is None:

@@ -569,12 +569,7 @@ class PartitionOwner:
             state = CursorState(channel=channel_name, next_n=channel.n_of(self._default_position))
         else:
             state = CursorState(channel=channel_name, next_n=channel.next_n)
-        previous = self._queues.pop(token, None)
-        if previous is not None:
-            previous.detached = True
-            previous.wake()
-            if previous in previous.channel.queues:
-                previous.channel.queues.remove(previous)
+        self.forget_drain(token)  # a drain replaced for a new URL: the old queue stops
         queue = ClusterQueue(
             self, channel, token, state, encode=encode, memo_key=memo_key, make_notice=make_notice
         )
@@ -584,6 +579,7 @@ class PartitionOwner:
         return queue
 
     def forget_drain(self, token: str) -> None:
+        """The drain's queue stops and leaves its channel (its cursor goes with it)."""
         queue = self._queues.pop(token, None)
         if queue is not None:
             queue.detached = True

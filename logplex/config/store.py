@@ -134,6 +134,19 @@ def check_token_name(name: str) -> None:
         )
 
 
+def wanted_token_names(
+    channel: str, token_names: Iterable[str], max_tokens: int | None
+) -> list[str]:
+    """The checked, sorted, distinct token names a ``put_channel`` asks for (both stores)."""
+    check_channel_name(channel)
+    wanted = sorted(set(token_names))
+    for token_name in wanted:
+        check_token_name(token_name)
+    if max_tokens is not None and len(wanted) > max_tokens:
+        raise too_many_tokens(channel, len(wanted), max_tokens)
+    return wanted
+
+
 def new_token() -> str:
     return f"t.{uuid.uuid4()}"
 
@@ -372,12 +385,7 @@ class ConfigStore:
         ``TooManyTokens`` for more than ``max_tokens`` names and ``TooManyChannels`` when a
         new channel would make more than ``max_channels``.
         """
-        check_channel_name(name)
-        wanted = sorted(set(token_names))
-        for token_name in wanted:
-            check_token_name(token_name)
-        if max_tokens is not None and len(wanted) > max_tokens:
-            raise too_many_tokens(name, len(wanted), max_tokens)
+        wanted = wanted_token_names(name, token_names, max_tokens)
 
         def put(conn: sqlite3.Connection) -> tuple[ChannelConfig, bool]:
             created = (

@@ -51,7 +51,6 @@ from chaos_harness import (  # noqa: E402
 from cluster_harness import (  # noqa: E402
     LEASE_TTL_S,
     PAD,
-    PARTITIONS,
     AttributingFront,
     add_drain,
     cluster_view,
@@ -63,10 +62,11 @@ from cluster_harness import (  # noqa: E402
 )
 from natsd import start_cluster, wait_cluster  # noqa: E402
 
-from logplex.cluster.names import partition_of  # noqa: E402
+from logplex.cluster.names import partition_of, rendezvous_owner  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.peer("nats-server")]
 
+PARTITIONS = 8  # over three routers each owns some (all to one is 1 in 2,000)
 RATE = 120  # lines per second per shim
 CANDIDATES = ("alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota")
 
@@ -88,7 +88,7 @@ async def test_cluster_chaos_loses_nothing(tmp_path: Path) -> None:
     env = child_env(tmp_path)
     tls = make_tls(tmp_path)
     urls = [node.url for node in nodes]
-    routers = [make_router(tmp_path, f"r{i}", env, tls, urls) for i in range(3)]
+    routers = [make_router(tmp_path, f"r{i}", env, tls, urls, PARTITIONS) for i in range(3)]
     sink = Sink(tmp_path, env, tls)
     front = AttributingFront(tls, sink.port, lambda: pids(routers))
     shims: list[Shim] = []
@@ -99,17 +99,29 @@ async def test_cluster_chaos_loses_nothing(tmp_path: Path) -> None:
             await router.start()
         await wait_until(lambda: members_live(routers[0], 3), "three routers", 30, poll_s=0.2)
 
-        async def all_owned() -> bool:
-            return len(await owners(routers)) == PARTITIONS
+        async def settled() -> bool:
+            # Every partition held by the member rendezvous hashing gives it.
+            members = sorted((await cluster_view(routers[0]))["members"])
+            found = await owners(routers)
+            if len(found) != PARTITIONS:
+                return False
+            for partition, router in found.items():
+                member = (await cluster_view(router))["member"]
+                if rendezvous_owner(partition, members) != member:
+                    return False
+            return True
 
-        await wait_until(all_owned, "every partition owned", 30, poll_s=0.2)
+        await wait_until(settled, "every partition with its owner", 30, poll_s=0.2)
         owned = await owners(routers)
         # alpha and beta on partitions of two different owners; the tail on the third.
         alpha = CANDIDATES[0]
         victim1 = owned[partition_of(alpha, PARTITIONS)]
-        beta = next(c for c in CANDIDATES[1:] if owned[partition_of(c, PARTITIONS)] is not victim1)
+        beta = next(
+            (c for c in CANDIDATES[1:] if owned[partition_of(c, PARTITIONS)] is not victim1),
+            CANDIDATES[1],
+        )
         victim2 = owned[partition_of(beta, PARTITIONS)]
-        tail_router = next(r for r in routers if r not in (victim1, victim2))
+        tail_router = next(r for r in routers if r is not victim1 and r is not victim2)
 
         async with trio.open_nursery() as nursery:
             await nursery.start(front.run)
