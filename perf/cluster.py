@@ -89,14 +89,16 @@ from logplex.cluster.names import partition_of  # noqa: E402
 from perf.harness import (  # noqa: E402
     FRAME_BYTES,
     RouterProcess,
+    ShimSender,
     child_env,
     process_cpu_s,
+    shim_batch_frames,
     syslog_frames,
+    write_repeated,
 )
 from perf.receivers import Receiver  # noqa: E402
 from perf.results import append_results  # noqa: E402
 from perf.spool import tls_files  # noqa: E402
-from perf.workload import line  # noqa: E402
 
 WORKLOADS = ("shim", "syslog")
 MODES = ("spool", "no_spool", "nats_1", "nats_2")
@@ -105,7 +107,6 @@ SETTLE_S = 0.5
 SILENCE_S = 0.5
 POLL_S = 0.02
 WAIT_S = 600.0
-_CHUNK_BYTES = 256 * 1024
 
 
 class JetStreamNode(NatsNode):  # type: ignore[misc]
@@ -139,74 +140,22 @@ def _wait_go() -> None:
 
 def send_shim(port: int, batches: int, token: str, stream: str) -> dict[str, Any]:
     """Child: HELLO, then ``batches`` pre-built BATCH frames within the window, ACKs read."""
-    import zstandard
-
-    from logplex.codecs import shimbatch, shimproto
-
-    compressor = zstandard.ZstdCompressor(level=1)
-    distinct = 64
-    payloads = []
-    for b in range(distinct):
-        records = [
-            [1_795_000_000_000_000 + n, 1, line(b * LINES_PER_BATCH + n)]
-            for n in range(LINES_PER_BATCH)
-        ]
-        payloads.append(shimbatch.compress_records(records, compressor))
-    frames = [
-        shimproto.encode_batch_payload(seq, payloads[seq % distinct])
-        for seq in range(1, batches + 1)
-    ]
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(shimproto.encode_hello(token, "web.1", stream, "perf-cluster/1"))
-    decoder = shimproto.ShimFrameDecoder(max_frame_bytes=1 << 20)
-
-    def next_event() -> shimproto.Event:
-        while True:
-            event = decoder.next_event()
-            if event is not None:
-                return event
-            data = sock.recv(65536)
-            if not data:
-                raise SystemExit("the router closed the shim connection")
-            decoder.feed(data)
-
-    ready = next_event()
-    if not isinstance(ready, shimproto.Ready):
-        raise SystemExit(f"the router answered HELLO with {ready!r}")
-    window = ready.window
+    frames = shim_batch_frames(batches, LINES_PER_BATCH)
+    sender = ShimSender(port, token, stream, "perf-cluster/1")
     _wait_go()
-    acked = sent = 0
     first_ns = time.time_ns()
-    while acked < batches:
-        if sent < batches and sent - acked < window:
-            upto = min(batches, acked + window)
-            sock.sendall(b"".join(frames[sent:upto]))
-            sent = upto
-            continue
-        event = next_event()
-        if isinstance(event, shimproto.Ack):
-            acked = event.seq
-        elif isinstance(event, shimproto.ErrorFrame):
-            raise SystemExit(f"the router refused a batch: {event!r}")
+    sender.send(frames)
     last_ns = time.time_ns()
-    sock.close()
+    sender.close()
     return {"lines": batches * LINES_PER_BATCH, "first_ns": first_ns, "last_ns": last_ns}
 
 
 def send_syslog(port: int, lines: int, token: str) -> dict[str, Any]:
     """Child: ``lines`` octet-counted 200-byte frames as fast as the socket takes them."""
-    block = memoryview(syslog_frames(token.encode()))
-    total = lines * FRAME_BYTES
+    block = syslog_frames(token.encode())
     sock = socket.create_connection(("127.0.0.1", port))
     _wait_go()
-    sent = 0
-    first_ns = time.time_ns()
-    while sent < total:
-        offset = sent % len(block)
-        size = min(_CHUNK_BYTES, total - sent, len(block) - offset)
-        sock.sendall(block[offset : offset + size])
-        sent += size
-    last_ns = time.time_ns()
+    first_ns, last_ns = write_repeated(sock, block, lines * FRAME_BYTES)
     sock.close()
     return {"lines": lines, "first_ns": first_ns, "last_ns": last_ns}
 

@@ -334,21 +334,96 @@ def syslog_frames(token: bytes, count: int = _FRAMES_PER_BLOCK) -> bytes:
     return b"".join(frames)
 
 
-def send_syslog(port: int, lines: int, token: bytes) -> dict[str, Any]:
-    """Child mode: write ``lines`` frames to loopback ``port``; the send times (ns, realtime)."""
-    block = memoryview(syslog_frames(token))
-    total = lines * FRAME_BYTES
-    sock = socket.create_connection(("127.0.0.1", port))
+def write_repeated(sock: socket.socket, block: bytes, total: int) -> tuple[int, int]:
+    """Write ``total`` bytes of ``block`` repeated, in big chunks; the first and last send
+    times (ns, realtime)."""
+    view = memoryview(block)
     sent = 0
     first_ns = time.time_ns()
     while sent < total:
-        offset = sent % len(block)
-        size = min(_CHUNK_BYTES, total - sent, len(block) - offset)
-        sock.sendall(block[offset : offset + size])
+        offset = sent % len(view)
+        size = min(_CHUNK_BYTES, total - sent, len(view) - offset)
+        sock.sendall(view[offset : offset + size])
         sent += size
-    last_ns = time.time_ns()
+    return first_ns, time.time_ns()
+
+
+def send_syslog(port: int, lines: int, token: bytes) -> dict[str, Any]:
+    """Child mode: write ``lines`` frames to loopback ``port``; the send times (ns, realtime)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    first_ns, last_ns = write_repeated(sock, syslog_frames(token), lines * FRAME_BYTES)
     sock.close()
     return {"lines": lines, "first_byte_ns": first_ns, "last_byte_ns": last_ns}
+
+
+SHIM_LINES_PER_BATCH = 1000
+
+
+def shim_batch_frames(batches: int, lines_per_batch: int = SHIM_LINES_PER_BATCH) -> list[bytes]:
+    """``batches`` BATCH frames (seq 1 on) of ``lines_per_batch`` workload lines, built ahead
+    from 64 distinct payloads so that sending costs the sender next to nothing."""
+    import zstandard
+
+    from logplex.codecs import shimbatch, shimproto
+
+    compressor = zstandard.ZstdCompressor(level=1)
+    distinct = 64
+    payloads = []
+    for b in range(distinct):
+        records = [
+            [1_795_000_000_000_000 + n, 1, line(b * lines_per_batch + n)]
+            for n in range(lines_per_batch)
+        ]
+        payloads.append(shimbatch.compress_records(records, compressor))
+    return [
+        shimproto.encode_batch_payload(seq, payloads[seq % distinct])
+        for seq in range(1, batches + 1)
+    ]
+
+
+class ShimSender:
+    """A client of the shim stream protocol: HELLO, READY, then frames within the window."""
+
+    def __init__(self, port: int, token: str, stream: str, agent: str) -> None:
+        from logplex.codecs import shimproto
+
+        self._proto = shimproto
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(shimproto.encode_hello(token, "web.1", stream, agent))
+        self._decoder = shimproto.ShimFrameDecoder(max_frame_bytes=1 << 20)
+        ready = self._next_event()
+        if not isinstance(ready, shimproto.Ready):
+            raise SystemExit(f"the router answered HELLO with {ready!r}")
+        self.window = ready.window
+
+    def _next_event(self) -> Any:
+        while True:
+            event = self._decoder.next_event()
+            if event is not None:
+                return event
+            data = self.sock.recv(65536)
+            if not data:
+                raise SystemExit("the router closed the shim connection")
+            self._decoder.feed(data)
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send every frame, never more than the window ahead of the ACKs; return once the
+        last is ACKed (an ERROR frame ends the sender)."""
+        acked = sent = 0
+        while acked < len(frames):
+            if sent < len(frames) and sent - acked < self.window:
+                upto = min(len(frames), acked + self.window)
+                self.sock.sendall(b"".join(frames[sent:upto]))
+                sent = upto
+                continue
+            event = self._next_event()
+            if isinstance(event, self._proto.Ack):
+                acked = event.seq
+            elif isinstance(event, self._proto.ErrorFrame):
+                raise SystemExit(f"the router refused a batch: {event!r}")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def run_syslog_sender(port: int, lines: int, token: str) -> dict[str, Any]:

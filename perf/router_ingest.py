@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
 # perf/drains.py would shadow the drains package for scripts run from perf/: import the package.
@@ -52,7 +51,6 @@ if sys.path and Path(sys.path[0]).resolve() == ROOT / "perf":
     sys.path[0] = str(ROOT)
 
 from drains import DrainContext, DrainStatus  # noqa: E402
-from logplex.codecs import shimbatch, shimproto  # noqa: E402
 from logplex.codecs.octet import encode_octet_frame  # noqa: E402
 from logplex.codecs.records import Batch  # noqa: E402
 from logplex.codecs.syslog_reader import read_decoder, scan_common_python  # noqa: E402
@@ -61,6 +59,7 @@ from logplex.fanout.router import Router  # noqa: E402
 from logplex.ingest.shim import ShimListener  # noqa: E402
 from logplex.ingest.syslog import SyslogListener  # noqa: E402
 from logplex.serve.wiring import tune_gc  # noqa: E402
+from perf.harness import ShimSender, shim_batch_frames  # noqa: E402
 from perf.results import append_results  # noqa: E402
 from perf.workload import LINE_BYTES, line  # noqa: E402
 
@@ -118,50 +117,12 @@ def make_router() -> tuple[Router, list[CountingDrain]]:
 
 def shim_client(port: int, batches: int) -> None:
     """Send ``batches`` pre-built BATCH frames within the window; print the JSON result."""
-    compressor = zstandard.ZstdCompressor(level=1)
-    distinct = 64
-    payloads = []
-    for b in range(distinct):
-        records = [
-            [1_795_000_000_000_000 + n, 1, line(b * LINES_PER_BATCH + n)]
-            for n in range(LINES_PER_BATCH)
-        ]
-        payloads.append(shimbatch.compress_records(records, compressor))
-    frames = [
-        shimproto.encode_batch_payload(seq, payloads[seq % distinct])
-        for seq in range(1, batches + 1)
-    ]
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(shimproto.encode_hello(TOKEN, "web.1", "perf-stream", "perf/1"))
-    decoder = shimproto.ShimFrameDecoder(max_frame_bytes=1 << 20)
-
-    def next_event() -> shimproto.Event:
-        while True:
-            event = decoder.next_event()
-            if event is not None:
-                return event
-            data = sock.recv(65536)
-            if not data:
-                raise SystemExit("router closed the connection")
-            decoder.feed(data)
-
-    ready = next_event()
-    assert isinstance(ready, shimproto.Ready), ready
-    window = ready.window
-    acked = 0
-    sent = 0
+    frames = shim_batch_frames(batches, LINES_PER_BATCH)
+    sender = ShimSender(port, TOKEN, "perf-stream", "perf/1")
     started = time.perf_counter()
-    while acked < batches:
-        if sent < batches and sent - acked < window:
-            upto = min(batches, acked + window)
-            sock.sendall(b"".join(frames[sent:upto]))
-            sent = upto
-            continue
-        event = next_event()
-        if isinstance(event, shimproto.Ack):
-            acked = event.seq
+    sender.send(frames)
     elapsed = time.perf_counter() - started
-    sock.close()
+    sender.close()
     lines = batches * LINES_PER_BATCH
     print(json.dumps({"lines": lines, "seconds": elapsed, "lines_per_s": lines / elapsed}))
 
