@@ -174,6 +174,16 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _lease_ttl(text: str) -> float:
+    value = float(text)
+    if not 1.0 <= value <= 3600.0:  # also refuses NaN
+        raise ValueError(
+            f"{text} is not a lease TTL in [1, 3600] seconds: renewals run every third of it, "
+            "and a shorter one would move partitions on every hiccup"
+        )
+    return value
+
+
 def _sync_ms(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 10_000:
@@ -447,7 +457,7 @@ SETTINGS: Final = (
     ),
     _Setting(
         "nats-lease-ttl",
-        _timeout,
+        _lease_ttl,
         3.0,
         "SECONDS",
         "partition lease TTL: a dead owner's partitions move after about this long",

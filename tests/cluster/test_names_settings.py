@@ -100,5 +100,7 @@ def test_cluster_settings_resolve_from_flags_and_env() -> None:
 def test_cluster_only_flags_need_nats() -> None:
     with pytest.raises(ServeConfigError, match="need --nats"):
         resolve_settings({"nats-creds": "/x"}, {}, {})
+    with pytest.raises(ServeConfigError, match=r"lease TTL in \[1, 3600\] seconds"):
+        resolve_settings({"nats": "a:1", "nats-lease-ttl": "0.5"}, {}, {})
     with pytest.raises(ServeConfigError, match="at most 1024"):
         resolve_settings({"nats": "a:1", "nats-partitions": "5000"}, {}, {})
